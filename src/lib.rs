@@ -4,9 +4,13 @@
 //! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
 //! - [`manifest`]: images, layers, chunks; content ID and validation.
 //! - [`pack`]: layer tar → zstd chunks; chunk verification.
+//! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
 //! - [`store`]: verified chunks on disk, crash-safe.
+//! - [`proto`]: wire messages, framing and limits (spec: `proto/PROTOCOL.md`).
 
 pub mod hash;
 pub mod manifest;
 pub mod pack;
+pub mod picker;
+pub mod proto;
 pub mod store;

@@ -1,0 +1,219 @@
+//! The wire protocol: message types, their framing and limits.
+//! `proto/PROTOCOL.md` is the specification; this module and that file
+//! change together, and the golden tests below freeze the encoding.
+//!
+//! Every message travels on a QUIC bidirectional stream as a frame:
+//! a 4-byte big-endian length, then the postcard encoding of [`Message`].
+//! The length is checked against the stream's limit before any allocation.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+
+/// ALPN of this protocol version; a peer speaking another version fails the
+/// TLS handshake instead of misreading frames.
+pub const ALPN: &[u8] = b"p2pimg/1";
+
+/// Largest frame on swarm streams: one chunk of `MAX_CHUNK_SIZE` (8 MiB)
+/// after zstd's worst-case expansion, plus the message header.
+pub const MAX_FRAME: u32 = 9 << 20;
+/// Largest `Announce` frame: a manifest of `MAX_CHUNKS` entries is about
+/// 42 bytes each; 64 MiB leaves room for configs. Only a pusher may send it.
+pub const MAX_ANNOUNCE_FRAME: u32 = 64 << 20;
+
+/// Application close codes for QUIC connections.
+pub mod close {
+    /// Normal end of a distribution.
+    pub const DONE: u32 = 0;
+    /// The peer broke the protocol (bad frame, unexpected message).
+    pub const PROTOCOL: u32 = 1;
+    /// The peer sent data that failed verification.
+    pub const BAD_DATA: u32 = 2;
+    /// The peer's identity may not do what it asked.
+    pub const NOT_AUTHORIZED: u32 = 3;
+}
+
+/// Every message of the protocol. Variant order is part of the encoding:
+/// append new variants, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Pusher → agent, first frame of a control stream: the distribution.
+    Announce { manifest: Manifest },
+    /// Agent → pusher: what the node already holds and will fetch.
+    Plan(Plan),
+    /// Pusher → agent: the other participating agents; start fetching.
+    Start { peers: Vec<PeerInfo> },
+    /// Agent → pusher: fetch progress.
+    Progress(Progress),
+    /// Agent → pusher: final result for this node.
+    Done(Outcome),
+    /// Pusher → agent: the distribution is over; stop serving it.
+    Finish,
+    /// First frame each way of a swarm stream: which chunks the sender holds.
+    Hello { dist: Hash, have: Bitfield },
+    /// Swarm stream: the sender has verified one more chunk.
+    Have { index: u32 },
+    /// First frame of a request stream: send chunk `index` of `dist`.
+    Request { dist: Hash, index: u32 },
+    /// Answer to `Request`: the chunk's zstd bytes.
+    Chunk { data: Vec<u8> },
+    /// A refusal or failure, on any stream.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The sender's identity may not do this (a node announcing a push).
+    NotAuthorized,
+    /// The distribution is not known here (not announced, or over).
+    UnknownDistribution,
+    /// The chunk is not held here.
+    NotFound,
+    /// The request was malformed or unexpected.
+    BadRequest,
+    /// The manifest failed validation.
+    BadManifest,
+    /// Something failed on this side.
+    Internal,
+}
+
+/// What an agent will do for an announced distribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Per image of the manifest: already in the node's engine.
+    pub present: Vec<bool>,
+    /// Chunks the node must fetch.
+    pub need_chunks: u32,
+    /// Compressed bytes the node must fetch.
+    pub need_bytes: u64,
+    /// Chunks it needs that were already verified in its store (resume).
+    pub stored_chunks: u32,
+}
+
+/// An agent's progress on a distribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Chunks verified so far (of `Plan::need_chunks`).
+    pub chunks: u32,
+    /// Compressed bytes verified so far.
+    pub bytes: u64,
+    /// True once every chunk is verified and `docker load` runs.
+    pub loading: bool,
+}
+
+/// How a distribution ended on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every image was already in the engine; nothing was fetched.
+    Skipped,
+    /// The images were loaded and tagged.
+    Loaded { received: Vec<PeerBytes> },
+    /// The node could not complete.
+    Failed {
+        reason: String,
+        received: Vec<PeerBytes>,
+    },
+}
+
+/// Bytes one node received from one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerBytes {
+    /// The sending peer's certificate name.
+    pub peer: String,
+    /// Verified chunks received from it.
+    pub chunks: u32,
+    /// Their compressed bytes.
+    pub bytes: u64,
+}
+
+/// Another agent of the swarm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its name, which its certificate must carry.
+    pub name: String,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+/// One bit per chunk, chunk 0 in the lowest bit of byte 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bitfield(pub Vec<u8>);
+
+impl Bitfield {
+    /// All bits clear, for `len` chunks.
+    pub fn new(len: usize) -> Self {
+        Bitfield(vec![0; len.div_ceil(8)])
+    }
+
+    /// Sets bit `i`.
+    pub fn set(&mut self, i: usize) {
+        self.0[i / 8] |= 1 << (i % 8);
+    }
+
+    /// Bit `i`; false past the end.
+    pub fn get(&self, i: usize) -> bool {
+        self.0.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Whether this is a valid bitfield for `len` chunks: exact byte length,
+    /// no bits set past `len`.
+    pub fn fits(&self, len: usize) -> bool {
+        self.0.len() == len.div_ceil(8) && (len..self.0.len() * 8).all(|i| !self.get(i))
+    }
+}
+
+/// A frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed or ended mid-frame.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream ended cleanly before a frame began.
+    #[error("stream closed")]
+    Closed,
+    /// The length prefix exceeds the limit for this stream.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: u32, max: u32 },
+    /// The frame is not a valid message.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Encodes a message as one frame (length prefix included).
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let mut buf = vec![0u8; 4];
+    let body = postcard::to_extend(msg, Vec::new()).expect("messages encode");
+    buf.extend_from_slice(&body);
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
+/// Writes one frame.
+pub async fn write_frame(w: &mut (impl AsyncWrite + Unpin), msg: &Message) -> Result<(), FrameError> {
+    w.write_all(&encode(msg)).await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes; `Closed` if the stream ended
+/// before its first byte.
+pub async fn read_frame(r: &mut (impl AsyncRead + Unpin), max: u32) -> Result<Message, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read(&mut len[..1]).await? {
+        0 => return Err(FrameError::Closed),
+        _ => r.read_exact(&mut len[1..]).await?,
+    };
+    let len = u32::from_be_bytes(len);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+#[cfg(test)]
+mod tests;
