@@ -349,4 +349,4 @@ fn dup(what: &'static str, id: &str) -> ManifestError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

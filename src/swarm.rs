@@ -1,0 +1,676 @@
+//! The swarm side of one distribution: links to peers, HAVE exchange,
+//! chunk fetching, and serving chunks to whoever asks.
+//!
+//! ```text
+//!   connection tasks ──AddPeer──►  Swarm actor  ◄──Hello/Have/Gone── link tasks (one per peer)
+//!   (serve_connection)             owns Picker  ──Have(i)──────────►  (write HAVE to the peer)
+//!                                  JoinSet of fetch tasks: open stream, Request, verify, store
+//!   callers ◄── watch<SwarmProgress> ──┘
+//! ```
+//!
+//! A chunk becomes HAVE only after [`decode_chunk`] verified it and the
+//! store wrote it; only then is it announced. A peer that sends bad data
+//! is disconnected and its chunk is requested elsewhere.
+//!
+//! Shutdown order: the handle's `shutdown` (or all handles dropped) stops
+//! the actor, which aborts its fetch tasks and link tasks (JoinSets are
+//! aborted on drop); connections stay open for other distributions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::hash::Hash;
+use crate::manifest::Manifest;
+use crate::pack::decode_chunk;
+use crate::picker::{PeerId, Picker};
+use crate::proto::{self, close, read_frame, write_frame, Bitfield, ErrorCode, Message, PeerBytes};
+use crate::store::ChunkStore;
+
+/// Requests in flight per peer: with 1 MiB chunks, 8 outstanding keep a
+/// 100 Mbit/s link with 50 ms RTT busy (bandwidth-delay product ≈ 0.6 MB).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// Longest wait for one chunk before asking someone else: 8 requests of
+/// 1 MiB over a 2 Mbit/s link take about 35 s.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Depth of the actor's inbox; senders wait when it is full.
+const INBOX: usize = 256;
+
+/// What every task of a distribution shares, immutable but for counters.
+#[derive(Debug)]
+pub struct DistShared {
+    /// The manifest's ID.
+    pub id: Hash,
+    /// The validated manifest.
+    pub manifest: Arc<Manifest>,
+    /// Where verified chunks live.
+    pub store: ChunkStore,
+    served: Mutex<HashMap<String, PeerBytes>>,
+}
+
+impl DistShared {
+    /// Shared state for a validated manifest.
+    pub fn new(manifest: Arc<Manifest>, store: ChunkStore) -> Arc<Self> {
+        Arc::new(DistShared {
+            id: manifest.id(),
+            manifest,
+            store,
+            served: Mutex::default(),
+        })
+    }
+
+    /// Bytes served to each peer so far, by peer name.
+    pub fn served(&self) -> Vec<PeerBytes> {
+        let mut v: Vec<PeerBytes> = self
+            .served
+            .lock()
+            .expect("stats lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
+        v
+    }
+
+    fn count_served(&self, peer: &str, bytes: u64) {
+        let mut map = self.served.lock().expect("stats lock");
+        let e = map.entry(peer.to_string()).or_insert_with(|| PeerBytes {
+            peer: peer.into(),
+            chunks: 0,
+            bytes: 0,
+        });
+        e.chunks += 1;
+        e.bytes += bytes;
+    }
+}
+
+/// The distributions this process takes part in, by manifest ID.
+#[derive(Clone, Debug, Default)]
+pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>);
+
+impl Registry {
+    /// Makes `handle` reachable for incoming swarm and request streams.
+    pub fn insert(&self, handle: SwarmHandle) {
+        self.0
+            .lock()
+            .expect("registry lock")
+            .insert(handle.shared.id, handle);
+    }
+
+    /// Stops routing streams for `id`.
+    pub fn remove(&self, id: &Hash) {
+        self.0.lock().expect("registry lock").remove(id);
+    }
+
+    fn get(&self, id: &Hash) -> Option<SwarmHandle> {
+        self.0.lock().expect("registry lock").get(id).cloned()
+    }
+}
+
+/// Progress of the local node on a distribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmProgress {
+    /// Chunks fetched and verified.
+    pub chunks: u32,
+    /// Their compressed bytes.
+    pub bytes: u64,
+    /// Every needed chunk is held.
+    pub complete: bool,
+}
+
+/// Tuning of a swarm.
+#[derive(Clone, Copy, Debug)]
+pub struct SwarmOptions {
+    /// Requests in flight per peer.
+    pub max_in_flight: usize,
+}
+
+impl Default for SwarmOptions {
+    fn default() -> Self {
+        SwarmOptions {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+enum Cmd {
+    AddPeer {
+        name: String,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        their: Option<Bitfield>,
+    },
+    Hello {
+        id: PeerId,
+        their: Bitfield,
+    },
+    Have {
+        id: PeerId,
+        index: u32,
+    },
+    Gone {
+        id: PeerId,
+    },
+    Received {
+        reply: tokio::sync::oneshot::Sender<Vec<PeerBytes>>,
+    },
+}
+
+/// Cheap handle to a distribution's swarm actor.
+#[derive(Clone, Debug)]
+pub struct SwarmHandle {
+    tx: mpsc::Sender<Cmd>,
+    /// The distribution's shared state.
+    pub shared: Arc<DistShared>,
+    progress: watch::Receiver<SwarmProgress>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+impl SwarmHandle {
+    /// Hands a swarm stream to the actor. `their` is the peer's bitfield
+    /// when it already arrived (we accepted the stream), `None` when we
+    /// opened it and still wait for the peer's `Hello`.
+    pub async fn add_peer(
+        &self,
+        name: String,
+        conn: Connection,
+        (send, recv): (SendStream, RecvStream),
+        their: Option<Bitfield>,
+    ) {
+        let _ = self
+            .tx
+            .send(Cmd::AddPeer {
+                name,
+                conn,
+                send,
+                recv,
+                their,
+            })
+            .await;
+    }
+
+    /// Opens a swarm stream to a peer on `conn` and adds it.
+    pub async fn connect_peer(&self, name: String, conn: Connection) -> Result<(), quinn::ConnectionError> {
+        let streams = conn.open_bi().await?;
+        self.add_peer(name, conn, streams, None).await;
+        Ok(())
+    }
+
+    /// Follows the local node's progress.
+    pub fn progress(&self) -> watch::Receiver<SwarmProgress> {
+        self.progress.clone()
+    }
+
+    /// Verified chunks and bytes received so far, per sending peer.
+    pub async fn received(&self) -> Vec<PeerBytes> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Cmd::Received { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct PeerLink {
+    name: String,
+    conn: Connection,
+    haves: mpsc::UnboundedSender<u32>,
+    ready: bool,
+}
+
+/// The actor: owns the picker, the peer links and the fetch tasks.
+pub struct Swarm {
+    shared: Arc<DistShared>,
+    picker: Picker,
+    peers: HashMap<PeerId, PeerLink>,
+    next_id: PeerId,
+    inbox: mpsc::Receiver<Cmd>,
+    self_tx: mpsc::WeakSender<Cmd>,
+    links: JoinSet<()>,
+    fetches: JoinSet<(PeerId, u32, Result<u64, FetchError>)>,
+    received: HashMap<String, PeerBytes>,
+    progress: watch::Sender<SwarmProgress>,
+    rng: StdRng,
+}
+
+/// Why one chunk request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The peer sent bytes that are not the chunk.
+    #[error("peer sent bad data for chunk {index}: {cause}")]
+    BadData {
+        index: u32,
+        cause: crate::pack::ChunkError,
+    },
+    /// The peer refused or broke the exchange.
+    #[error("peer refused chunk {index}: {detail}")]
+    Refused { index: u32, detail: String },
+    /// The stream or connection failed.
+    #[error("transfer of chunk {index} failed: {detail}")]
+    Transfer { index: u32, detail: String },
+    /// The chunk could not be stored locally.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl Swarm {
+    /// Starts the actor for a distribution. `need[i]`: chunk `i` must be
+    /// fetched; `have[i]`: it is verified in the store. The returned task
+    /// ends when every handle is dropped.
+    pub fn spawn(
+        shared: Arc<DistShared>,
+        need: &[bool],
+        have: &[bool],
+        opts: SwarmOptions,
+    ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let picker = Picker::new(need, have, opts.max_in_flight);
+        let complete = picker.is_complete();
+        let (progress, progress_rx) = watch::channel(SwarmProgress {
+            complete,
+            ..Default::default()
+        });
+        let swarm = Swarm {
+            shared: shared.clone(),
+            picker,
+            peers: HashMap::new(),
+            next_id: 0,
+            inbox,
+            self_tx: tx.downgrade(),
+            links: JoinSet::new(),
+            fetches: JoinSet::new(),
+            received: HashMap::new(),
+            progress,
+            rng: StdRng::from_entropy(),
+        };
+        let task = tokio::spawn(swarm.run());
+        (
+            SwarmHandle {
+                tx,
+                shared,
+                progress: progress_rx,
+            },
+            task,
+        )
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                cmd = self.inbox.recv() => match cmd {
+                    Some(cmd) => self.handle_cmd(cmd),
+                    None => break,
+                },
+                Some(done) = self.fetches.join_next() => {
+                    if let Ok((id, index, result)) = done {
+                        self.on_fetched(id, index, result);
+                    }
+                }
+                Some(_) = self.links.join_next() => {}
+            }
+            self.schedule();
+        }
+        tracing::debug!(dist = %self.shared.id.short(), "swarm stopped");
+    }
+
+    fn handle_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::AddPeer {
+                name,
+                conn,
+                send,
+                recv,
+                their,
+            } => self.on_add_peer(name, conn, send, recv, their),
+            Cmd::Hello { id, their } => self.on_hello(id, their),
+            Cmd::Have { id, index } => {
+                if !self.picker.peer_has(id, index) {
+                    self.drop_peer(id, close::PROTOCOL, "HAVE for a chunk that does not exist");
+                }
+            }
+            Cmd::Gone { id } => self.forget_peer(id),
+            Cmd::Received { reply } => {
+                let _ = reply.send(self.received.values().cloned().collect());
+            }
+        }
+    }
+
+    fn on_add_peer(
+        &mut self,
+        name: String,
+        conn: Connection,
+        send: SendStream,
+        recv: RecvStream,
+        their: Option<Bitfield>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (haves, haves_rx) = mpsc::unbounded_channel();
+        let ours = self.picker.bitfield();
+        let tx = self.self_tx.clone();
+        let link = LinkTask {
+            id,
+            dist: self.shared.id,
+            chunks: self.shared.manifest.chunks.len(),
+            tx,
+        };
+        self.links.spawn(link.run(send, recv, ours, their, haves_rx));
+        tracing::debug!(peer = %name, dist = %self.shared.id.short(), "peer link opened");
+        self.peers.insert(
+            id,
+            PeerLink {
+                name,
+                conn,
+                haves,
+                ready: false,
+            },
+        );
+    }
+
+    fn on_hello(&mut self, id: PeerId, their: Bitfield) {
+        let Some(link) = self.peers.get_mut(&id) else {
+            return;
+        };
+        link.ready = true;
+        self.picker.add_peer(id, &their);
+    }
+
+    fn forget_peer(&mut self, id: PeerId) {
+        if let Some(link) = self.peers.remove(&id) {
+            tracing::debug!(peer = %link.name, "peer link closed");
+        }
+        self.picker.remove_peer(id);
+    }
+
+    fn drop_peer(&mut self, id: PeerId, code: u32, why: &str) {
+        if let Some(link) = self.peers.get(&id) {
+            tracing::warn!(peer = %link.name, "dropping peer: {why}");
+            link.conn.close(VarInt::from_u32(code), why.as_bytes());
+        }
+        self.forget_peer(id);
+    }
+
+    /// Starts as many requests as the picker allows.
+    fn schedule(&mut self) {
+        let ready: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, l)| l.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            while let Some(index) = self.picker.pick(id, &mut self.rng) {
+                let conn = self.peers[&id].conn.clone();
+                let shared = self.shared.clone();
+                self.fetches.spawn(async move {
+                    let result = tokio::time::timeout(FETCH_TIMEOUT, fetch(conn, shared, index)).await;
+                    let result = result.unwrap_or_else(|_| {
+                        Err(FetchError::Transfer {
+                            index,
+                            detail: format!("no answer in {FETCH_TIMEOUT:?}"),
+                        })
+                    });
+                    (id, index, result)
+                });
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<u64, FetchError>) {
+        match result {
+            Ok(bytes) => self.on_chunk(id, index, bytes),
+            Err(FetchError::BadData { .. }) => {
+                self.picker.on_failed(id, index);
+                self.drop_peer(id, close::BAD_DATA, "sent a chunk that failed verification");
+            }
+            Err(e) => {
+                tracing::debug!("{e}");
+                self.picker.on_failed(id, index);
+                if matches!(e, FetchError::Refused { .. }) {
+                    self.drop_peer(id, close::PROTOCOL, "refused a chunk it announced");
+                }
+            }
+        }
+    }
+
+    fn on_chunk(&mut self, id: PeerId, index: u32, bytes: u64) {
+        if self.picker.on_received(id, index).is_none() {
+            return; // a late endgame duplicate
+        }
+        if let Some(link) = self.peers.get(&id) {
+            let e = self
+                .received
+                .entry(link.name.clone())
+                .or_insert_with(|| PeerBytes {
+                    peer: link.name.clone(),
+                    chunks: 0,
+                    bytes: 0,
+                });
+            e.chunks += 1;
+            e.bytes += bytes;
+        }
+        for link in self.peers.values() {
+            let _ = link.haves.send(index);
+        }
+        let complete = self.picker.is_complete();
+        self.progress.send_modify(|p| {
+            p.chunks += 1;
+            p.bytes += bytes;
+            p.complete = complete;
+        });
+    }
+}
+
+/// Requests one chunk on a fresh stream, verifies and stores it.
+async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<u64, FetchError> {
+    let transfer = |detail: String| FetchError::Transfer { index, detail };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transfer(e.to_string()))?;
+    write_frame(
+        &mut send,
+        &Message::Request {
+            dist: shared.id,
+            index,
+        },
+    )
+    .await
+    .map_err(|e| transfer(e.to_string()))?;
+    let _ = send.finish();
+    let data = match read_frame(&mut recv, proto::MAX_FRAME).await {
+        Ok(Message::Chunk { data }) => data,
+        Ok(Message::Error { code, message }) => {
+            return Err(FetchError::Refused {
+                index,
+                detail: format!("{code:?}: {message}"),
+            })
+        }
+        Ok(other) => {
+            return Err(FetchError::Refused {
+                index,
+                detail: format!("unexpected {other:?}"),
+            })
+        }
+        Err(e) => return Err(transfer(e.to_string())),
+    };
+    let entry = shared.manifest.chunks[index as usize];
+    let store = shared.store.clone();
+    tokio::task::spawn_blocking(move || {
+        decode_chunk(&entry, &data).map_err(|cause| FetchError::BadData { index, cause })?;
+        store.put(&entry.hash, &data)?;
+        Ok(u64::from(entry.zsize))
+    })
+    .await
+    .map_err(|e| transfer(e.to_string()))?
+}
+
+/// One peer's swarm stream: sends our HELLO and HAVEs, reads theirs.
+struct LinkTask {
+    id: PeerId,
+    dist: Hash,
+    chunks: usize,
+    tx: mpsc::WeakSender<Cmd>,
+}
+
+impl LinkTask {
+    async fn run(
+        self,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        ours: Bitfield,
+        their: Option<Bitfield>,
+        mut haves: mpsc::UnboundedReceiver<u32>,
+    ) {
+        let result = self.exchange(&mut send, &mut recv, ours, their, &mut haves).await;
+        if let Err(e) = result {
+            tracing::debug!(dist = %self.dist.short(), "peer link ended: {e}");
+        }
+        self.tell(Cmd::Gone { id: self.id }).await;
+    }
+
+    async fn exchange(
+        &self,
+        send: &mut SendStream,
+        recv: &mut RecvStream,
+        ours: Bitfield,
+        their: Option<Bitfield>,
+        haves: &mut mpsc::UnboundedReceiver<u32>,
+    ) -> Result<(), proto::FrameError> {
+        write_frame(
+            send,
+            &Message::Hello {
+                dist: self.dist,
+                have: ours,
+            },
+        )
+        .await?;
+        let their = match their {
+            Some(bits) => bits,
+            None => match read_frame(recv, proto::MAX_FRAME).await? {
+                Message::Hello { dist, have } if dist == self.dist => have,
+                _ => return Ok(()),
+            },
+        };
+        if !their.fits(self.chunks) {
+            return Ok(());
+        }
+        self.tell(Cmd::Hello { id: self.id, their }).await;
+        loop {
+            tokio::select! {
+                index = haves.recv() => match index {
+                    Some(index) => write_frame(send, &Message::Have { index }).await?,
+                    None => return Ok(()),
+                },
+                msg = read_frame(recv, proto::MAX_FRAME) => match msg? {
+                    Message::Have { index } => self.tell(Cmd::Have { id: self.id, index }).await,
+                    _ => return Ok(()),
+                },
+            }
+        }
+    }
+
+    async fn tell(&self, cmd: Cmd) {
+        if let Some(tx) = self.tx.upgrade() {
+            let _ = tx.send(cmd).await;
+        }
+    }
+}
+
+/// Serves every stream a peer opens on `conn`: swarm streams (`Hello`) go
+/// to the distribution's actor, `Request`s are answered from the store.
+/// `on_other` gets any other first message (the agent's `Announce`).
+pub async fn serve_connection<F, Fut>(conn: Connection, peer: String, registry: Registry, on_other: F)
+where
+    F: Fn(Message, SendStream, RecvStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    while let Ok((send, mut recv)) = conn.accept_bi().await {
+        let first = match read_frame(&mut recv, proto::MAX_ANNOUNCE_FRAME).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(%peer, "bad first frame: {e}");
+                conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
+                break;
+            }
+        };
+        match first {
+            Message::Hello { dist, have } => match registry.get(&dist) {
+                Some(h) => {
+                    h.add_peer(peer.clone(), conn.clone(), (send, recv), Some(have))
+                        .await
+                }
+                None => {
+                    refuse(
+                        send,
+                        ErrorCode::UnknownDistribution,
+                        "distribution not known here",
+                    )
+                    .await
+                }
+            },
+            Message::Request { dist, index } => {
+                tasks.spawn(serve_request(registry.clone(), peer.clone(), send, dist, index));
+            }
+            other => {
+                tasks.spawn(on_other(other, send, recv));
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+async fn serve_request(registry: Registry, peer: String, mut send: SendStream, dist: Hash, index: u32) {
+    let Some(handle) = registry.get(&dist) else {
+        return refuse(
+            send,
+            ErrorCode::UnknownDistribution,
+            "distribution not known here",
+        )
+        .await;
+    };
+    let shared = handle.shared.clone();
+    let Some(entry) = shared.manifest.chunks.get(index as usize).copied() else {
+        return refuse(send, ErrorCode::BadRequest, "chunk index out of range").await;
+    };
+    let store = shared.store.clone();
+    let data =
+        tokio::task::spawn_blocking(move || store.contains(&entry.hash).then(|| store.read(&entry.hash)))
+            .await
+            .ok()
+            .flatten();
+    match data {
+        Some(Ok(data)) => {
+            let len = data.len() as u64;
+            if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
+                shared.count_served(&peer, len);
+            }
+            let _ = send.finish();
+        }
+        _ => refuse(send, ErrorCode::NotFound, "chunk not held").await,
+    }
+}
+
+/// Answers a stream with an error message and closes it.
+pub async fn refuse(mut send: SendStream, code: ErrorCode, message: &str) {
+    let _ = write_frame(
+        &mut send,
+        &Message::Error {
+            code,
+            message: message.into(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+}
