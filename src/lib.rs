@@ -1,20 +1,34 @@
 //! p2pimg: peer-to-peer distribution of Docker images over a QUIC swarm.
 //!
 //! Crate map:
+//! - [`config`]: the node inventory (nodes.toml) and the agent's options (agent.toml).
+//! - [`identity`]: the cluster CA, node and pusher certificates, roles.
+//! - [`net`]: the QUIC endpoint with mutual TLS; peer identities.
+//! - [`proto`]: wire messages, framing and limits (spec: `proto/PROTOCOL.md`).
 //! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
 //! - [`manifest`]: images, layers, chunks; content ID and validation.
 //! - [`pack`]: layer tar → zstd chunks; chunk verification.
-//! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
-//! - [`plan`]: what a node already holds, what it must fetch and load.
 //! - [`store`]: verified chunks on disk, crash-safe.
+//! - [`image`]: the Docker Engine: export and parse `docker save`, build the minimal tar, load, tag.
+//! - [`plan`]: what a node already holds, what it must fetch and load.
+//! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
 //! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
-//! - [`proto`]: wire messages, framing and limits (spec: `proto/PROTOCOL.md`).
+//! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
+//! - [`push`]: the seed: export, announce, seed, follow every node, report.
+//! - [`report`]: push progress lines and the final table for people.
 
+pub mod agent;
+pub mod config;
 pub mod hash;
+pub mod identity;
+pub mod image;
 pub mod manifest;
+pub mod net;
 pub mod pack;
 pub mod picker;
 pub mod plan;
 pub mod proto;
+pub mod push;
+pub mod report;
 pub mod store;
 pub mod swarm;

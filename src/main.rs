@@ -1,1 +1,221 @@
-fn main() {}
+//! The `p2pimg` command: parses arguments and hands each mode to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use p2pimg::config::{AgentOptions, Inventory};
+use p2pimg::identity::{self, Role};
+use p2pimg::pack::{PackOptions, DEFAULT_ZSTD_LEVEL};
+use p2pimg::push::{self, PushOptions};
+use p2pimg::report::{self, Printer};
+
+/// Peer-to-peer distribution of Docker images: push images from one machine
+/// to every node of a cluster over a QUIC swarm, without a registry.
+#[derive(Parser)]
+#[command(name = "p2pimg", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a cluster identity: a CA (ca.crt, ca.key) and a pusher certificate.
+    Init {
+        /// Directory to write the identity to (created; keys are 0600).
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+    },
+    /// Issue certificates signed by the cluster CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run the agent of a node: serve and fetch chunks, load images into the local Docker Engine.
+    Agent {
+        /// The agent's configuration file (name, listen, state_dir, docker_host, ca, cert, key).
+        #[arg(long, default_value = "/etc/p2pimg/agent.toml")]
+        config: PathBuf,
+    },
+    /// Push images from this machine's Docker Engine to the nodes; exits 0 only when every node holds them.
+    Push(PushArgs),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key.
+    Issue {
+        /// The node's name, as in nodes.toml and agent.toml.
+        name: String,
+        /// The cluster directory made by `p2pimg init`.
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+        /// `node` identities serve and fetch; only `pusher` identities may announce a push.
+        #[arg(long, default_value = "node")]
+        role: Role,
+        /// Validity in days.
+        #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
+        days: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// Images to push, as the seed's engine names them (app:1.4, or an image ID).
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// The node inventory.
+    #[arg(long, default_value = "nodes.toml")]
+    nodes: PathBuf,
+    /// Push only to these nodes (repeatable); default: every node of the inventory.
+    #[arg(long = "node", value_name = "NAME")]
+    only: Vec<String>,
+    /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
+    #[arg(long, default_value = "./cluster")]
+    cluster_dir: PathBuf,
+    /// Which identity in the cluster directory to push as.
+    #[arg(long, default_value = identity::PUSHER_NAME)]
+    identity: String,
+    /// The seed's Docker Engine.
+    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
+    /// Where the seed keeps chunks while pushing (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Uncompressed chunk size in KiB (64 to 8192).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=8192))]
+    chunk_size_kib: u32,
+    /// zstd level for chunks (1 fastest .. 19 smallest).
+    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
+    /// Print events and the final report as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pimg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init { dir } => init(dir),
+        Command::Cert(CertCommand::Issue {
+            name,
+            dir,
+            role,
+            days,
+        }) => issue(name, dir, role, days),
+        Command::Agent { config } => agent(config),
+        Command::Push(args) => push_images(args),
+    }
+}
+
+fn init(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let report = identity::init_cluster(&dir)?;
+    for file in &report.files {
+        println!("wrote {}", file.display());
+    }
+    println!(
+        "next: `p2pimg cert issue NODE --dir {}` for each node",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn issue(name: String, dir: PathBuf, role: Role, days: u32) -> anyhow::Result<ExitCode> {
+    let files = identity::issue(&dir, &name, role, days)?;
+    println!("wrote {} and {}", files.cert.display(), files.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn agent(config: PathBuf) -> anyhow::Result<ExitCode> {
+    logging("info");
+    let opts = AgentOptions::load(&config)?;
+    runtime()?.block_on(async {
+        let agent = p2pimg::agent::Agent::start(&opts)?;
+        println!("listening on {}", agent.local_addr()?);
+        tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
+        agent.run(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
+    logging("warn");
+    let inventory = Inventory::load(&args.nodes)?;
+    let nodes = inventory.only(&args.only)?;
+    let opts = PushOptions {
+        images: args.images,
+        nodes,
+        cluster_dir: args.cluster_dir,
+        identity: args.identity,
+        docker_host: args.docker_host,
+        state_dir: args.state_dir,
+        pack: PackOptions {
+            chunk_size: args.chunk_size_kib << 10,
+            zstd_level: args.zstd_level,
+        },
+    };
+    let json = args.json;
+    runtime()?.block_on(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(async move {
+            let mut printer = Printer::default();
+            while let Some(event) = rx.recv().await {
+                if json {
+                    println!("{}", serde_json::to_string(&event).expect("events serialize"));
+                } else if let Some(line) = printer.line(&event) {
+                    println!("{line}");
+                }
+            }
+        });
+        let report = push::push(opts, tx).await;
+        let _ = printer.await;
+        let report = report?;
+        if json {
+            let value =
+                serde_json::json!({ "event": "report", "report": report, "success": report.success() });
+            println!("{value}");
+        } else {
+            print!("{}", report::table(&report));
+        }
+        Ok(if report.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}

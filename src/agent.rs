@@ -1,0 +1,188 @@
+//! The agent: one per node. Accepts QUIC connections from the pusher and
+//! from peers, serves the chunks it holds, and runs each announced
+//! distribution: plan → fetch from the swarm → `docker load` → report.
+//!
+//! ```text
+//!  endpoint.accept ─► connection task (serve_connection)
+//!                       ├─ Hello / Request ─► swarm::Registry ─► Swarm actor of that distribution
+//!                       └─ Announce (pusher identities only) ─► distribution task (dist.rs)
+//! ```
+//!
+//! Shutdown (SIGINT/SIGTERM): stop accepting, abort connection and
+//! distribution tasks (a distribution interrupted mid-fetch resumes from its
+//! verified chunks when pushed again), close the endpoint, wait briefly for
+//! the close to reach peers.
+
+mod dist;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::task::JoinSet;
+
+use crate::config::AgentOptions;
+use crate::identity::{Identity, Role};
+use crate::net::{self, PeerIdentity};
+use crate::proto::{close, ErrorCode, Message};
+use crate::store::ChunkStore;
+use crate::swarm::{refuse, serve_connection, Registry, SwarmOptions};
+
+/// How long the endpoint may take to tell peers it is closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The identity names another node than the configuration.
+    #[error("agent.toml says name = {config:?} but {cert} is a certificate for {cert_name:?}")]
+    NameMismatch {
+        config: String,
+        cert: String,
+        cert_name: String,
+    },
+    /// The identity is a pusher's, not a node's.
+    #[error("{cert} is a pusher certificate; an agent needs a node certificate (p2pimg cert issue NAME)")]
+    NotANode { cert: String },
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The QUIC endpoint could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
+/// What every task of the agent shares.
+pub(crate) struct AgentCtx {
+    pub name: String,
+    pub docker_host: String,
+    pub store: ChunkStore,
+    pub registry: Registry,
+    pub endpoint: quinn::Endpoint,
+    pub swarm: SwarmOptions,
+}
+
+/// A started agent, listening.
+pub struct Agent {
+    ctx: Arc<AgentCtx>,
+}
+
+impl Agent {
+    /// Loads the identity, opens the store and binds the endpoint.
+    pub fn start(opts: &AgentOptions) -> Result<Agent, AgentError> {
+        let identity = Identity::load(&opts.ca, &opts.cert, &opts.key)?;
+        check_identity(opts, &identity)?;
+        let store = ChunkStore::open(&opts.state_dir)?;
+        let endpoint = net::endpoint(&identity, opts.listen)?;
+        let ctx = AgentCtx {
+            name: opts.name.clone(),
+            docker_host: opts.docker_host.clone(),
+            store,
+            registry: Registry::default(),
+            endpoint,
+            swarm: SwarmOptions::default(),
+        };
+        Ok(Agent { ctx: Arc::new(ctx) })
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.ctx.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                incoming = self.ctx.endpoint.accept() => match incoming {
+                    Some(incoming) => { conns.spawn(handle_incoming(self.ctx.clone(), incoming)); }
+                    None => break,
+                },
+                Some(_) = conns.join_next() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!("shutting down");
+        self.ctx.endpoint.set_server_config(None);
+        conns.shutdown().await;
+        self.ctx
+            .endpoint
+            .close(VarInt::from_u32(close::DONE), b"agent stopping");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.ctx.endpoint.wait_idle()).await;
+    }
+}
+
+fn check_identity(opts: &AgentOptions, identity: &Identity) -> Result<(), AgentError> {
+    let cert = opts.cert.display().to_string();
+    if identity.role != Role::Node {
+        return Err(AgentError::NotANode { cert });
+    }
+    if identity.name != opts.name {
+        let cert_name = identity.name.clone();
+        return Err(AgentError::NameMismatch {
+            config: opts.name.clone(),
+            cert,
+            cert_name,
+        });
+    }
+    Ok(())
+}
+
+async fn handle_incoming(ctx: Arc<AgentCtx>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => return tracing::warn!(%remote, "refused connection: {e}"),
+    };
+    match net::peer_identity(&conn) {
+        Ok(peer) => serve(ctx, conn, peer).await,
+        Err(e) => tracing::warn!(%remote, "connection without a usable identity: {e}"),
+    }
+}
+
+/// Serves a connection, whichever side opened it. Boxed because serving
+/// may start a distribution, which dials peers and serves those connections.
+pub(crate) fn serve(ctx: Arc<AgentCtx>, conn: Connection, peer: PeerIdentity) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        tracing::debug!(peer = %peer.name, remote = %conn.remote_address(), "connected");
+        let registry = ctx.registry.clone();
+        let name = peer.name.clone();
+        let on_other = {
+            let conn = conn.clone();
+            move |msg, send, recv| on_control(ctx.clone(), conn.clone(), peer.clone(), msg, send, recv)
+        };
+        serve_connection(conn, name, registry, on_other).await;
+    })
+}
+
+async fn on_control(
+    ctx: Arc<AgentCtx>,
+    conn: Connection,
+    peer: PeerIdentity,
+    msg: Message,
+    send: SendStream,
+    recv: RecvStream,
+) {
+    match msg {
+        Message::Announce { manifest } if peer.role == Role::Pusher => {
+            dist::run(ctx, conn, peer, manifest, send, recv).await;
+        }
+        Message::Announce { .. } => {
+            tracing::warn!(peer = %peer.name, "refused an announce from a {} identity", peer.role);
+            refuse(
+                send,
+                ErrorCode::NotAuthorized,
+                "only a pusher identity may announce a distribution",
+            )
+            .await;
+        }
+        _ => refuse(send, ErrorCode::BadRequest, "unexpected first message").await,
+    }
+}

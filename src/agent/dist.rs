@@ -1,0 +1,229 @@
+//! One distribution on one agent, driven by the pusher's control stream:
+//! Announce → Plan → Start → Progress… → Done → Finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::task::JoinSet;
+
+use super::AgentCtx;
+use crate::image::{self, Engine};
+use crate::manifest::Manifest;
+use crate::net::{self, PeerIdentity};
+use crate::plan::{self, NodePlan};
+use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
+use crate::swarm::{DistShared, Swarm, SwarmHandle};
+
+/// Least time between two progress reports to the pusher: often enough for
+/// a live view, rare enough to cost nothing next to 1 MiB chunks.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// The control stream to the pusher.
+struct Control {
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl Control {
+    async fn send(&mut self, msg: &Message) -> bool {
+        write_frame(&mut self.send, msg).await.is_ok()
+    }
+
+    /// Waits until the pusher says `Finish` or goes away.
+    async fn wait_finish(&mut self) {
+        while let Ok(msg) = read_frame(&mut self.recv, proto::MAX_FRAME).await {
+            if msg == Message::Finish {
+                break;
+            }
+        }
+        let _ = self.send.finish();
+    }
+}
+
+/// Runs a distribution the pusher `pusher` announced on `conn`.
+pub(super) async fn run(
+    ctx: Arc<AgentCtx>,
+    conn: Connection,
+    pusher: PeerIdentity,
+    manifest: Manifest,
+    send: SendStream,
+    recv: RecvStream,
+) {
+    let mut control = Control { send, recv };
+    if let Err(e) = manifest.validate() {
+        tracing::warn!(pusher = %pusher.name, "rejected manifest: {e}");
+        let msg = Message::Error {
+            code: ErrorCode::BadManifest,
+            message: e.to_string(),
+        };
+        control.send(&msg).await;
+        return control.wait_finish().await;
+    }
+    let manifest = Arc::new(manifest);
+    let id = manifest.id();
+    tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), "announced");
+    // Connections dialed to peers are served until the distribution ends,
+    // so peers still fetching can request chunks on them.
+    let mut dials = JoinSet::new();
+    let outcome = match prepare(&ctx, &manifest).await {
+        Ok((engine, plan)) => {
+            control.send(&Message::Plan(plan.summary.clone())).await;
+            let node = Node {
+                ctx: &ctx,
+                conn: &conn,
+                pusher: &pusher,
+                engine,
+            };
+            node.distribute(&mut control, &mut dials, manifest, plan).await
+        }
+        Err(reason) => Outcome::Failed {
+            reason,
+            received: Vec::new(),
+        },
+    };
+    log_outcome(&id, &outcome);
+    control.send(&Message::Done(outcome)).await;
+    control.wait_finish().await;
+    ctx.registry.remove(&id);
+    dials.shutdown().await;
+}
+
+/// Everything before fetching: reach the engine, see what it holds, plan.
+async fn prepare(ctx: &AgentCtx, manifest: &Arc<Manifest>) -> Result<(Engine, NodePlan), String> {
+    let engine = Engine::connect(&ctx.docker_host)
+        .await
+        .map_err(|e| e.to_string())?;
+    let held = engine.held().await.map_err(|e| e.to_string())?;
+    let (m, store) = (manifest.clone(), ctx.store.clone());
+    let plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held.image_ids, &held.chain_ids, &store))
+        .await
+        .map_err(|e| format!("planning failed: {e}"))?;
+    Ok((engine, plan))
+}
+
+/// The node's side of one distribution.
+struct Node<'a> {
+    ctx: &'a Arc<AgentCtx>,
+    conn: &'a Connection,
+    pusher: &'a PeerIdentity,
+    engine: Engine,
+}
+
+impl Node<'_> {
+    async fn distribute(
+        &self,
+        control: &mut Control,
+        dials: &mut JoinSet<()>,
+        manifest: Arc<Manifest>,
+        plan: NodePlan,
+    ) -> Outcome {
+        let (ctx, conn, pusher, engine) = (self.ctx, self.conn, self.pusher, &self.engine);
+        if plan.is_skip() {
+            return match tag_all(engine, &manifest).await {
+                Ok(()) => Outcome::Skipped,
+                Err(reason) => Outcome::Failed {
+                    reason,
+                    received: Vec::new(),
+                },
+            };
+        }
+        let shared = DistShared::new(manifest.clone(), ctx.store.clone());
+        let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
+        ctx.registry.insert(swarm.clone());
+        let peers = match read_frame(&mut control.recv, proto::MAX_FRAME).await {
+            Ok(Message::Start { peers }) => peers,
+            other => {
+                let reason = format!("pusher did not start the distribution: {other:?}");
+                return Outcome::Failed {
+                    reason,
+                    received: Vec::new(),
+                };
+            }
+        };
+        if let Err(e) = swarm.connect_peer(pusher.name.clone(), conn.clone()).await {
+            tracing::warn!("cannot open a swarm stream to the pusher: {e}");
+        }
+        for peer in peers.into_iter().filter(|p| p.name > ctx.name) {
+            dials.spawn(dial_peer(ctx.clone(), swarm.clone(), peer));
+        }
+        let fetched = follow_progress(&swarm, control).await;
+        let received = swarm.received().await;
+        if !fetched {
+            let reason = "the pusher went away before every chunk arrived".to_string();
+            return Outcome::Failed { reason, received };
+        }
+        control
+            .send(&Message::Progress(Progress {
+                loading: true,
+                ..current(&swarm)
+            }))
+            .await;
+        let (images, layers) = (plan.images, plan.layers);
+        match image::load_images(engine, manifest, images, layers, ctx.store.clone()).await {
+            Ok(()) => Outcome::Loaded { received },
+            Err(e) => Outcome::Failed {
+                reason: e.to_string(),
+                received,
+            },
+        }
+    }
+}
+
+fn current(swarm: &SwarmHandle) -> Progress {
+    let p = swarm.progress().borrow().clone();
+    Progress {
+        chunks: p.chunks,
+        bytes: p.bytes,
+        loading: false,
+    }
+}
+
+/// Reports progress until every chunk is held (true) or the swarm or the
+/// pusher is gone (false).
+async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> bool {
+    let mut progress = swarm.progress();
+    loop {
+        if progress.borrow_and_update().complete {
+            return true;
+        }
+        if !control.send(&Message::Progress(current(swarm))).await {
+            return false;
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        if progress.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Connects to a peer and opens a swarm stream; the connection is also
+/// served, so the peer can request chunks on it.
+async fn dial_peer(ctx: Arc<AgentCtx>, swarm: SwarmHandle, peer: PeerInfo) {
+    match net::connect(&ctx.endpoint, peer.addr, Some(&peer.name)).await {
+        Ok((conn, identity)) => {
+            if let Err(e) = swarm.connect_peer(peer.name.clone(), conn.clone()).await {
+                tracing::warn!(peer = %peer.name, "cannot open a swarm stream: {e}");
+            }
+            super::serve(ctx, conn, identity).await;
+        }
+        Err(e) => tracing::warn!(peer = %peer.name, "cannot reach peer: {e}"),
+    }
+}
+
+async fn tag_all(engine: &Engine, manifest: &Manifest) -> Result<(), String> {
+    for image in &manifest.images {
+        for r in &image.refs {
+            engine.tag(&image.id, r).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn log_outcome(id: &crate::hash::Hash, outcome: &Outcome) {
+    match outcome {
+        Outcome::Skipped => tracing::info!(dist = %id.short(), "skipped: images already present"),
+        Outcome::Loaded { .. } => tracing::info!(dist = %id.short(), "loaded"),
+        Outcome::Failed { reason, .. } => tracing::warn!(dist = %id.short(), "failed: {reason}"),
+    }
+}

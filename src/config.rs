@@ -1,0 +1,503 @@
+//! Configuration files: the inventory of nodes a pusher distributes to (`nodes.toml`) and the
+//! agent's options (`agent.toml`). Both are strict: unknown keys are errors, and every error
+//! names the file and, where it can, the line, so a typo is fixed in one look.
+//!
+//! ```toml
+//! # nodes.toml
+//! [[node]]
+//! name = "n1"
+//! addr = "10.0.0.1:7701"                     # host:port; host names are resolved at load
+//! labels = { role = "worker", zone = "a" }   # optional
+//! ```
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::identity::{self, Identity, IdentityError};
+
+/// Default agent listen address: every interface, on p2pimg's port 7701 (unassigned by IANA,
+/// and the port nodes.example.toml uses), so peers on any of the node's networks can dial in.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7701";
+/// Default agent state directory: the FHS place for a daemon's persistent state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pimg";
+/// Default Docker Engine endpoint: the socket dockerd creates on every Linux install.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Errors from reading and checking configuration files.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A node asked for on the command line is not in the inventory.
+    #[error("node {name:?} is not in the inventory")]
+    UnknownNode { name: String },
+    /// The file could not be read.
+    #[error("cannot read {}: {source} (check the path, or pass another file)", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// TOML syntax error, unknown key, missing key or wrongly typed value.
+    #[error("{}{}: {message}", path.display(), at_line(*line))]
+    Syntax {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    /// The inventory has no `[[node]]` table.
+    #[error("{} lists no nodes: add a [[node]] table with `name` and `addr` for each node", path.display())]
+    Empty { path: PathBuf },
+    /// A name breaks the naming rule.
+    #[error("{} line {line}: {source}", path.display())]
+    InvalidName {
+        path: PathBuf,
+        line: usize,
+        source: IdentityError,
+    },
+    /// Two nodes have the same name.
+    #[error("{} line {line}: node name `{name}` is already used on line {first_line}; each node needs its own name", path.display())]
+    DuplicateName {
+        path: PathBuf,
+        name: String,
+        line: usize,
+        first_line: usize,
+    },
+    /// Two nodes have the same address.
+    #[error("{} line {line}: node `{name}` has address {addr}, already used by node `{first}` on line {first_line}; each agent listens on its own address", path.display())]
+    DuplicateAddr {
+        path: PathBuf,
+        addr: SocketAddr,
+        name: String,
+        line: usize,
+        first: String,
+        first_line: usize,
+    },
+    /// An address does not parse or resolve.
+    #[error("{} line {line}: address `{addr}` of node `{name}` is unusable: {detail} (write host:port, e.g. 10.0.0.1:7701)", path.display())]
+    BadAddr {
+        path: PathBuf,
+        line: usize,
+        name: String,
+        addr: String,
+        detail: String,
+    },
+    /// The agent's certificate, key or CA could not be loaded.
+    #[error("{}: {source}", path.display())]
+    Identity { path: PathBuf, source: IdentityError },
+    /// agent.toml's `name` differs from the CommonName of its `cert`.
+    #[error("{}: name is `{name}` but certificate {} is issued to `{cert_name}` (make them match, or issue a certificate for `{name}`)", path.display(), cert.display())]
+    NameMismatch {
+        path: PathBuf,
+        name: String,
+        cert: PathBuf,
+        cert_name: String,
+    },
+}
+
+/// " line N" when the line is known.
+fn at_line(line: Option<usize>) -> String {
+    line.map(|n| format!(" line {n}")).unwrap_or_default()
+}
+
+/// One node of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The node's name; the CommonName its agent's certificate must carry.
+    pub name: String,
+    /// Where its agent listens (host names resolved at load).
+    pub addr: SocketAddr,
+    /// Free-form labels for selecting nodes.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The nodes a pusher distributes to, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// At least one node; names and addresses are unique.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// nodes.toml as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+/// One `[[node]]` table as written, with spans for line numbers in errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    addr: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl Inventory {
+    /// Reads and checks the inventory at `path`.
+    pub fn load(path: &Path) -> Result<Inventory, ConfigError> {
+        Inventory::parse(&read(path)?, path)
+    }
+
+    /// Parses and checks inventory `text`; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Inventory, ConfigError> {
+        let raw: RawInventory = parse_toml(text, origin)?;
+        if raw.node.is_empty() {
+            return Err(ConfigError::Empty { path: origin.into() });
+        }
+        let mut seen = Seen::default();
+        let nodes = raw
+            .node
+            .into_iter()
+            .map(|node| seen.check(node, text, origin))
+            .collect::<Result<_, _>>()?;
+        Ok(Inventory { nodes })
+    }
+
+    /// The nodes named in `names`, in inventory order; all nodes when
+    /// `names` is empty.
+    pub fn only(&self, names: &[String]) -> Result<Vec<NodeEntry>, ConfigError> {
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !self.nodes.iter().any(|node| &&node.name == n))
+        {
+            return Err(ConfigError::UnknownNode {
+                name: unknown.clone(),
+            });
+        }
+        let wanted = |node: &&NodeEntry| names.is_empty() || names.contains(&node.name);
+        Ok(self.nodes.iter().filter(wanted).cloned().collect())
+    }
+}
+
+/// Names and addresses met so far, with their lines, to report duplicates.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, usize>,
+    addrs: HashMap<SocketAddr, (String, usize)>,
+}
+
+impl Seen {
+    /// Validates one node and records it; errors point at the offending line.
+    fn check(&mut self, node: RawNode, text: &str, path: &Path) -> Result<NodeEntry, ConfigError> {
+        let name_line = line_of(text, node.name.span().start);
+        let addr_line = line_of(text, node.addr.span().start);
+        let name = node.name.into_inner();
+        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
+            path: path.into(),
+            line: name_line,
+            source,
+        })?;
+        if let Some(&first_line) = self.names.get(&name) {
+            return Err(ConfigError::DuplicateName {
+                path: path.into(),
+                name,
+                line: name_line,
+                first_line,
+            });
+        }
+        let addr = resolve(node.addr.get_ref()).map_err(|detail| ConfigError::BadAddr {
+            path: path.into(),
+            line: addr_line,
+            name: name.clone(),
+            addr: node.addr.get_ref().clone(),
+            detail,
+        })?;
+        if let Some((first, first_line)) = self.addrs.get(&addr).cloned() {
+            let line = addr_line;
+            return Err(ConfigError::DuplicateAddr {
+                path: path.into(),
+                addr,
+                name,
+                line,
+                first,
+                first_line,
+            });
+        }
+        self.names.insert(name.clone(), name_line);
+        self.addrs.insert(addr, (name.clone(), addr_line));
+        Ok(NodeEntry {
+            name,
+            addr,
+            labels: node.labels,
+        })
+    }
+}
+
+/// Resolves `host:port` to its first socket address.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = addr.to_socket_addrs().map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => "it is not host:port (is the port missing?)".to_string(),
+        _ => e.to_string(),
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| "the host name resolves to no address".to_string())
+}
+
+/// The agent's options, from agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// This node's name; must match the CommonName of `cert`.
+    pub name: String,
+    /// UDP address the agent's QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Where chunks and completion records live.
+    pub state_dir: PathBuf,
+    /// The local Docker Engine endpoint.
+    pub docker_host: String,
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key (mode 0600).
+    pub key: PathBuf,
+}
+
+/// agent.toml as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_docker_host")]
+    docker_host: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN
+        .parse()
+        .expect("DEFAULT_LISTEN is a socket address")
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+
+fn default_docker_host() -> String {
+    DEFAULT_DOCKER_HOST.into()
+}
+
+impl AgentOptions {
+    /// Reads agent.toml at `path`; relative paths in it are taken relative to its directory.
+    pub fn load(path: &Path) -> Result<AgentOptions, ConfigError> {
+        AgentOptions::parse(&read(path)?, path)
+    }
+
+    /// Parses agent.toml `text`; `origin` names the file and anchors relative paths.
+    pub fn parse(text: &str, origin: &Path) -> Result<AgentOptions, ConfigError> {
+        let raw: RawAgent = parse_toml(text, origin)?;
+        let line = line_of(text, raw.name.span().start);
+        let name = raw.name.into_inner();
+        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
+            path: origin.into(),
+            line,
+            source,
+        })?;
+        let base = origin.parent().unwrap_or(Path::new(""));
+        Ok(AgentOptions {
+            name,
+            listen: raw.listen,
+            state_dir: base.join(raw.state_dir),
+            docker_host: raw.docker_host,
+            ca: base.join(raw.ca),
+            cert: base.join(raw.cert),
+            key: base.join(raw.key),
+        })
+    }
+
+    /// Loads the identity in `ca`, `cert` and `key`, and checks it is issued to `name`.
+    /// `origin` is agent.toml's path, for error messages.
+    pub fn load_identity(&self, origin: &Path) -> Result<Identity, ConfigError> {
+        let identity =
+            Identity::load(&self.ca, &self.cert, &self.key).map_err(|source| ConfigError::Identity {
+                path: origin.into(),
+                source,
+            })?;
+        if identity.name != self.name {
+            return Err(ConfigError::NameMismatch {
+                path: origin.into(),
+                name: self.name.clone(),
+                cert: self.cert.clone(),
+                cert_name: identity.name,
+            });
+        }
+        Ok(identity)
+    }
+}
+
+/// Reads a whole configuration file.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Deserializes TOML, turning an error's byte span into a line number.
+fn parse_toml<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: origin.into(),
+        line: e.span().map(|span| line_of(text, span.start)),
+        message: e.message().trim_end().to_string(),
+    })
+}
+
+/// 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(text: &str) -> Result<Inventory, ConfigError> {
+        Inventory::parse(text, Path::new("nodes.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        inventory(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_inventory_parses() {
+        let inv = inventory(include_str!("../nodes.example.toml")).unwrap();
+        assert!(inv.nodes.len() >= 3);
+        assert!(inv.nodes.iter().any(|n| !n.labels.is_empty()));
+    }
+
+    #[test]
+    fn good_inventory_parses_in_order() {
+        let text = "# fleet\n[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\"\n\
+                    labels = { role = \"worker\", zone = \"a\" }\n\n\
+                    [[node]]\nname = \"n2\"\naddr = \"localhost:7702\"\n";
+        let inv = inventory(text).unwrap();
+        assert_eq!(inv.nodes[0].name, "n1");
+        assert_eq!(inv.nodes[0].addr, "10.0.0.1:7701".parse().unwrap());
+        assert_eq!(inv.nodes[0].labels["zone"], "a");
+        assert_eq!(inv.nodes[1].addr.port(), 7702);
+        assert!(inv.nodes[1].labels.is_empty());
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\n";
+        assert!(err(text).starts_with("nodes.toml line 3: "), "{}", err(text));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_expected_keys() {
+        let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\n\n\nadr = \"x\"\n";
+        let msg = err(text);
+        assert!(
+            msg.starts_with("nodes.toml line 7: unknown field `adr`, expected one of"),
+            "{msg}"
+        );
+        assert!(msg.contains("`labels`"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_name_names_both_lines() {
+        let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\
+                    [[node]]\nname = \"n1\"\naddr = \"10.0.0.2:1\"\n";
+        assert_eq!(
+            err(text),
+            "nodes.toml line 5: node name `n1` is already used on line 2; each node needs its own name"
+        );
+    }
+
+    #[test]
+    fn duplicate_addr_names_both_nodes() {
+        let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\
+                    [[node]]\nname = \"n2\"\naddr = \"10.0.0.1:1\"\n";
+        let msg = err(text);
+        assert!(
+            msg.starts_with(
+                "nodes.toml line 6: node `n2` has address 10.0.0.1:1, already used by node `n1` on line 3"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_names_addresses_and_empty_files_are_refused() {
+        let bad_name = "[[node]]\nname = \"-n1\"\naddr = \"10.0.0.1:1\"\n";
+        assert!(
+            err(bad_name).starts_with("nodes.toml line 2: invalid name `-n1`"),
+            "{}",
+            err(bad_name)
+        );
+        let no_port = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1\"\n";
+        assert!(
+            err(no_port).starts_with("nodes.toml line 3: address `10.0.0.1`"),
+            "{}",
+            err(no_port)
+        );
+        assert!(err("# nothing\n").contains("lists no nodes"));
+        assert!(err("[[nodes]]\nname = \"n1\"\n").contains("unknown field `nodes`"));
+    }
+
+    #[test]
+    fn agent_defaults_and_relative_paths() {
+        let text = "name = \"n1\"\nca = \"ca.crt\"\ncert = \"certs/n1.crt\"\nkey = \"/etc/p2pimg/n1.key\"\n";
+        let opts = AgentOptions::parse(text, Path::new("/etc/p2pimg/agent.toml")).unwrap();
+        assert_eq!(opts.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(opts.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(opts.docker_host, DEFAULT_DOCKER_HOST);
+        assert_eq!(opts.ca, Path::new("/etc/p2pimg/ca.crt"));
+        assert_eq!(opts.cert, Path::new("/etc/p2pimg/certs/n1.crt"));
+        assert_eq!(opts.key, Path::new("/etc/p2pimg/n1.key"));
+    }
+
+    #[test]
+    fn agent_errors_name_line() {
+        let origin = Path::new("agent.toml");
+        let typo = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nlisen = \"0.0.0.0:1\"\n";
+        let msg = AgentOptions::parse(typo, origin).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("agent.toml line 5: unknown field `lisen`"),
+            "{msg}"
+        );
+        let missing = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\n";
+        let msg = AgentOptions::parse(missing, origin).unwrap_err().to_string();
+        assert!(msg.contains("missing field `key`"), "{msg}");
+    }
+
+    #[test]
+    fn agent_identity_must_match_name() {
+        let dir = tempfile::tempdir().unwrap();
+        identity::init_cluster(dir.path()).unwrap();
+        identity::issue(dir.path(), "n1", identity::Role::Node, 1).unwrap();
+        let origin = dir.path().join("agent.toml");
+        let text = "name = \"n2\"\nca = \"ca.crt\"\ncert = \"n1.crt\"\nkey = \"n1.key\"\n";
+        let opts = AgentOptions::parse(text, &origin).unwrap();
+        let msg = opts.load_identity(&origin).unwrap_err().to_string();
+        assert!(msg.contains("name is `n2` but certificate"), "{msg}");
+        let opts = AgentOptions {
+            name: "n1".into(),
+            ..opts
+        };
+        assert_eq!(opts.load_identity(&origin).unwrap().name, "n1");
+    }
+
+    #[test]
+    fn errors_are_send_sync_for_anyhow_and_clap() {
+        fn check<T: std::error::Error + Send + Sync + 'static>() {}
+        check::<ConfigError>();
+    }
+}

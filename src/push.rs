@@ -1,0 +1,289 @@
+//! `push`: export images from the seed's engine, announce them to the
+//! nodes, seed the swarm, follow every node to its end and report.
+//!
+//! ```text
+//!  push ─► export (engine → chunks in the seed store) ─► manifest
+//!       ─► per node: a task on its control stream: Announce → Plan ─┐
+//!          all plans in ─► Start(peers) to every node that fetches  │ events ─► caller
+//!          Progress… Done ◄──────────────────────────────────────────┘
+//!       ─► every node done ─► Finish to all, close the endpoint
+//!  the seed's Swarm actor serves chunks on the same connections
+//! ```
+
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::NodeEntry;
+use crate::identity::Identity;
+use crate::image::{self, Engine};
+use crate::manifest::Manifest;
+use crate::pack::PackOptions;
+use crate::proto::{PeerBytes, PeerInfo, Plan, Progress};
+use crate::store::ChunkStore;
+use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions};
+
+/// What to push where.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Image references on the seed's engine.
+    pub images: Vec<String>,
+    /// Target nodes.
+    pub nodes: Vec<NodeEntry>,
+    /// Directory with ca.crt and the pusher's certificate and key.
+    pub cluster_dir: PathBuf,
+    /// Name of the identity in `cluster_dir` to push as.
+    pub identity: String,
+    /// The seed's Docker Engine.
+    pub docker_host: String,
+    /// Where the seed keeps chunks; a temporary directory when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// How layers are cut and compressed.
+    pub pack: PackOptions,
+}
+
+/// Why a push could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The pusher identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// The seed's engine could not export the images.
+    #[error(transparent)]
+    Engine(#[from] crate::image::EngineError),
+    /// Exporting or packing failed.
+    #[error("export failed: {0}")]
+    Export(String),
+    /// The seed's chunk store is unusable.
+    #[error("seed state directory: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The QUIC endpoint could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
+/// Something that happened during a push, for a progress display.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PushEvent {
+    /// The images are exported and packed.
+    Exported {
+        images: usize,
+        layers: usize,
+        chunks: usize,
+        bytes: u64,
+        compressed: u64,
+        secs: f64,
+    },
+    /// A node answered the announce with its plan.
+    Planned { node: String, plan: Plan },
+    /// A node reported progress.
+    Progress { node: String, progress: Progress },
+    /// A node finished.
+    Finished { node: String, status: NodeStatus },
+}
+
+/// How a node ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// The images were loaded.
+    Loaded,
+    /// The node already held every image.
+    Skipped,
+    /// The node failed, and why.
+    Failed(String),
+}
+
+/// The result for one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// How it ended.
+    pub status: NodeStatus,
+    /// What it planned to fetch, if it got that far.
+    pub plan: Option<Plan>,
+    /// Verified chunks it received, per sending peer.
+    pub received: Vec<PeerBytes>,
+}
+
+/// The result of a push.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    /// Manifest ID (hex).
+    pub manifest: String,
+    /// Pushed images as (reference, image ID).
+    pub images: Vec<(String, String)>,
+    /// Compressed size of all chunks.
+    pub compressed_bytes: u64,
+    /// Per node results, in inventory order.
+    pub nodes: Vec<NodeReport>,
+    /// The pusher's identity name, as nodes name the seed in `received`.
+    pub pusher: String,
+    /// Bytes the seed uploaded, per receiving node.
+    pub seed_uploaded: Vec<PeerBytes>,
+    /// Seconds from start to the last node done.
+    pub secs: f64,
+}
+
+impl PushReport {
+    /// True when every node has every image.
+    pub fn success(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| matches!(n.status, NodeStatus::Loaded | NodeStatus::Skipped))
+    }
+}
+
+/// Removes a temporary seed directory when the push ends.
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Runs a push to the end; node failures are in the report, not errors.
+pub async fn push(
+    opts: PushOptions,
+    events: mpsc::UnboundedSender<PushEvent>,
+) -> Result<PushReport, PushError> {
+    let start = Instant::now();
+    let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
+    let engine = Engine::connect(&opts.docker_host).await?;
+    let resolved = engine.resolve(&opts.images).await?;
+    let (state_dir, _cleanup) = match &opts.state_dir {
+        Some(dir) => (dir.clone(), TempDir(None)),
+        None => {
+            let dir = std::env::temp_dir().join(format!("p2pimg-seed-{}", std::process::id()));
+            (dir.clone(), TempDir(Some(dir)))
+        }
+    };
+    let store = ChunkStore::open(&state_dir)?;
+    let manifest = export(&engine, &opts, &store, &events).await?;
+    let shared = DistShared::new(manifest.clone(), store);
+    let chunks = manifest.chunks.len();
+    let (seed, _task) = Swarm::spawn(
+        shared.clone(),
+        &vec![false; chunks],
+        &vec![true; chunks],
+        SwarmOptions::default(),
+    );
+    let registry = Registry::default();
+    registry.insert(seed);
+    let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
+    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events).await;
+    registry.remove(&shared.id);
+    endpoint.close(quinn::VarInt::from_u32(crate::proto::close::DONE), b"push done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(PushReport {
+        manifest: shared.id.to_hex(),
+        images: resolved.into_iter().map(|r| (r.reference, r.id)).collect(),
+        compressed_bytes: manifest.compressed_size(),
+        nodes,
+        pusher: identity.name.clone(),
+        seed_uploaded: shared.served(),
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+async fn export(
+    engine: &Engine,
+    opts: &PushOptions,
+    store: &ChunkStore,
+    events: &mpsc::UnboundedSender<PushEvent>,
+) -> Result<Arc<Manifest>, PushError> {
+    let t = Instant::now();
+    let manifest = image::export_to_manifest(engine, &opts.images, store, &opts.pack)
+        .await
+        .map_err(|e| PushError::Export(e.to_string()))?;
+    let _ = events.send(PushEvent::Exported {
+        images: manifest.images.len(),
+        layers: manifest.layers.len(),
+        chunks: manifest.chunks.len(),
+        bytes: manifest.layers.iter().map(|l| l.size).sum(),
+        compressed: manifest.compressed_size(),
+        secs: t.elapsed().as_secs_f64(),
+    });
+    Ok(Arc::new(manifest))
+}
+
+/// Binds the pusher's endpoint in the address family of the nodes.
+fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
+    match nodes.first().map(|n| n.addr) {
+        Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid address"),
+        _ => "0.0.0.0:0".parse().expect("valid address"),
+    }
+}
+
+/// Runs one session per node; Start goes out once every node has planned
+/// (or failed), Finish once every node is done.
+async fn run_sessions(
+    endpoint: &quinn::Endpoint,
+    registry: &Registry,
+    nodes: &[NodeEntry],
+    manifest: &Arc<Manifest>,
+    events: &mpsc::UnboundedSender<PushEvent>,
+) -> Vec<NodeReport> {
+    let (planned_tx, mut planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let mut tasks = JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let session = session::Session {
+            endpoint: endpoint.clone(),
+            registry: registry.clone(),
+            node: node.clone(),
+            manifest: manifest.clone(),
+            events: events.clone(),
+            planned: planned_tx.clone(),
+            start: start_rx.clone(),
+            finish: finish_rx.clone(),
+            done: done_tx.clone(),
+        };
+        tasks.spawn(async move { (i, session.run().await) });
+    }
+    let mut fetching = Vec::new();
+    for _ in nodes {
+        match planned_rx.recv().await {
+            Some((name, true)) => fetching.push(name),
+            Some((_, false)) => {}
+            None => break,
+        }
+    }
+    let peers = nodes.iter().filter(|n| fetching.contains(&n.name));
+    let _ = start_tx.send(Some(
+        peers
+            .map(|n| PeerInfo {
+                name: n.name.clone(),
+                addr: n.addr,
+            })
+            .collect(),
+    ));
+    for _ in nodes {
+        if done_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let _ = finish_tx.send(true);
+    let mut reports: Vec<(usize, NodeReport)> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        reports.extend(r.ok());
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}

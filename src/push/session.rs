@@ -1,0 +1,218 @@
+//! One node's session of a push: connect, announce, plan, start, follow
+//! progress to `Done`, then `Finish` when every node is done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{mpsc, watch};
+
+use super::{NodeReport, NodeStatus, PushEvent};
+use crate::config::NodeEntry;
+use crate::manifest::Manifest;
+use crate::net;
+use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo};
+use crate::swarm::{refuse, serve_connection, Registry};
+
+/// Longest wait for a node's plan: it inspects every image in its engine
+/// and re-verifies stored chunks, which takes seconds, not minutes.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub(super) struct Session {
+    pub endpoint: quinn::Endpoint,
+    pub registry: Registry,
+    pub node: NodeEntry,
+    pub manifest: Arc<Manifest>,
+    pub events: mpsc::UnboundedSender<PushEvent>,
+    /// (node, fetches) once the node planned or failed before planning.
+    pub planned: mpsc::UnboundedSender<(String, bool)>,
+    pub start: watch::Receiver<Option<Vec<PeerInfo>>>,
+    pub finish: watch::Receiver<bool>,
+    /// One message when the node is done, whatever the outcome.
+    pub done: mpsc::UnboundedSender<()>,
+}
+
+struct Progressed {
+    planned: bool,
+    done: bool,
+}
+
+impl Session {
+    pub(super) async fn run(mut self) -> NodeReport {
+        let mut report = NodeReport {
+            name: self.node.name.clone(),
+            addr: self.node.addr,
+            status: NodeStatus::Failed("not started".into()),
+            plan: None,
+            received: Vec::new(),
+        };
+        let mut at = Progressed {
+            planned: false,
+            done: false,
+        };
+        if let Err(reason) = self.drive(&mut report, &mut at).await {
+            report.status = NodeStatus::Failed(reason);
+        }
+        if !at.planned {
+            let _ = self.planned.send((self.node.name.clone(), false));
+        }
+        if !at.done {
+            self.finished(&report);
+        }
+        report
+    }
+
+    fn finished(&self, report: &NodeReport) {
+        let node = self.node.name.clone();
+        let _ = self.events.send(PushEvent::Finished {
+            node,
+            status: report.status.clone(),
+        });
+        let _ = self.done.send(());
+    }
+
+    async fn drive(&mut self, report: &mut NodeReport, at: &mut Progressed) -> Result<(), String> {
+        let (conn, peer) = net::connect(&self.endpoint, self.node.addr, Some(&self.node.name))
+            .await
+            .map_err(|e| e.to_string())?;
+        let serving = tokio::spawn(serve_connection(
+            conn.clone(),
+            peer.name,
+            self.registry.clone(),
+            |_, send, _| {
+                refuse(
+                    send,
+                    ErrorCode::BadRequest,
+                    "a pusher accepts only swarm and request streams",
+                )
+            },
+        ));
+        let result = self.control(&conn, report, at).await;
+        serving.abort();
+        result
+    }
+
+    async fn control(
+        &mut self,
+        conn: &Connection,
+        report: &mut NodeReport,
+        at: &mut Progressed,
+    ) -> Result<(), String> {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("connection lost: {e}"))?;
+        let announce = Message::Announce {
+            manifest: (*self.manifest).clone(),
+        };
+        write_frame(&mut send, &announce)
+            .await
+            .map_err(|e| format!("cannot announce: {e}"))?;
+        let fetches = self.await_plan(&mut recv, report).await?;
+        at.planned = true;
+        let _ = self.planned.send((self.node.name.clone(), fetches));
+        if fetches {
+            self.send_start(&mut send).await?;
+        }
+        self.await_done(&mut recv, report).await?;
+        at.done = true;
+        self.finished(report);
+        let _ = self.finish.wait_for(|f| *f).await;
+        let _ = write_frame(&mut send, &Message::Finish).await;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// Reads the node's plan; true when it has something to fetch.
+    async fn await_plan(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<bool, String> {
+        let msg = tokio::time::timeout(PLAN_TIMEOUT, read_frame(recv, proto::MAX_FRAME))
+            .await
+            .map_err(|_| format!("no plan within {PLAN_TIMEOUT:?}"))?;
+        match msg.map_err(|e| format!("connection lost before planning: {e}"))? {
+            Message::Plan(plan) => {
+                let fetches = plan.present.iter().any(|p| !p);
+                let node = self.node.name.clone();
+                let _ = self.events.send(PushEvent::Planned {
+                    node,
+                    plan: plan.clone(),
+                });
+                report.plan = Some(plan);
+                Ok(fetches)
+            }
+            other => Err(describe_refusal(other)),
+        }
+    }
+
+    async fn send_start(&mut self, send: &mut SendStream) -> Result<(), String> {
+        let name = &self.node.name;
+        let peers: Vec<PeerInfo> = {
+            let all = self
+                .start
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| "push aborted".to_string())?;
+            all.iter()
+                .flatten()
+                .filter(|p| &p.name != name)
+                .cloned()
+                .collect()
+        };
+        write_frame(send, &Message::Start { peers })
+            .await
+            .map_err(|e| format!("connection lost: {e}"))
+    }
+
+    async fn await_done(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<(), String> {
+        loop {
+            let msg = read_frame(recv, proto::MAX_FRAME)
+                .await
+                .map_err(|e| format!("connection lost: {e}"))?;
+            match msg {
+                Message::Progress(progress) => {
+                    let node = self.node.name.clone();
+                    let _ = self.events.send(PushEvent::Progress { node, progress });
+                }
+                Message::Done(outcome) => {
+                    (report.status, report.received) = match outcome {
+                        Outcome::Skipped => (NodeStatus::Skipped, Vec::new()),
+                        Outcome::Loaded { received } => (NodeStatus::Loaded, received),
+                        Outcome::Failed { reason, received } => (NodeStatus::Failed(reason), received),
+                    };
+                    return Ok(());
+                }
+                other => return Err(describe_refusal(other)),
+            }
+        }
+    }
+}
+
+/// A message in place of the expected one, as a reason for people.
+fn describe_refusal(msg: Message) -> String {
+    match msg {
+        Message::Error {
+            code: ErrorCode::NotAuthorized,
+            message,
+        } => {
+            format!("refused the push: {message} (push with the cluster's pusher identity)")
+        }
+        Message::Error { code, message } => format!("refused the push ({code:?}): {message}"),
+        Message::Done(Outcome::Failed { reason, .. }) => reason,
+        other => format!("protocol error: unexpected {}", kind(&other)),
+    }
+}
+
+fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Announce { .. } => "Announce",
+        Message::Plan(_) => "Plan",
+        Message::Start { .. } => "Start",
+        Message::Progress(_) => "Progress",
+        Message::Done(_) => "Done",
+        Message::Finish => "Finish",
+        Message::Hello { .. } => "Hello",
+        Message::Have { .. } => "Have",
+        Message::Request { .. } => "Request",
+        Message::Chunk { .. } => "Chunk",
+        Message::Error { .. } => "Error",
+    }
+}

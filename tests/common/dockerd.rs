@@ -1,0 +1,446 @@
+//! A private Docker Engine per simulated node: its own dockerd (and the containerd that
+//! dockerd starts under its exec-root), data-root, socket and log, under a fresh
+//! `/tmp/p2pimg-test-*` directory, torn down and removed on drop.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::process::{
+    self, check, is_alive, kill_all_referring_to, run_with_timeout, signal, unmount_under, SIGTERM,
+};
+
+/// Debian's docker.io puts the 20.10 engine here; `P2PIMG_TEST_DOCKERD` overrides it.
+const DOCKERD: &str = "/usr/sbin/dockerd";
+
+/// Parent of every daemon directory. Unix socket paths must fit in 108 bytes and
+/// containerd's sockets sit four levels below the daemon directory, so it must be short:
+/// not `$TMPDIR`, which may be long.
+const ROOT: &str = "/tmp";
+
+/// Prefix of daemon directories; the stale-directory reaper looks only at these.
+const PREFIX: &str = "p2pimg-test-";
+
+/// File in a daemon directory naming the pid of the test process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// How long a daemon may take to answer `_ping`. It takes 0.2–0.5 s on an idle 2-core
+/// machine; parallel tests and image loads can slow that a lot.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long dockerd may take to stop after SIGTERM before it is killed. It stops
+/// containers (given `SHUTDOWN_TIMEOUT_SECS`), then its containerd.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// dockerd logs this once it has stopped containers and released its storage. After
+/// that and its containerd's exit, it only idles for about a second on a gRPC reconnect
+/// timer before exiting, so the harness kills it then: 8 daemons drop in 1 s, not 9.
+const SHUTDOWN_COMPLETE: &str = "Daemon shutdown complete";
+
+/// `--shutdown-timeout`: seconds dockerd gives running containers to stop. Test
+/// containers are throwaway, so be quick.
+const SHUTDOWN_TIMEOUT_SECS: &str = "3";
+
+/// Limit for one docker CLI command: a `docker load` of a benchmark image of several
+/// hundred MB on a busy machine.
+pub const DOCKER_TIMEOUT_SECS: u64 = 600;
+
+/// Directories whose owner is gone are reaped only after this long without an owner
+/// file, so that a directory another process is just creating is left alone.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// A running private dockerd. Dropping it stops the daemon and removes its directory.
+#[derive(Debug)]
+pub struct Dockerd {
+    name: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Dockerd {
+    /// Starts a daemon named `name` (used in its directory name and in messages) and
+    /// waits until it answers. Panics, with the tail of its log, if it does not.
+    pub fn start(name: &str) -> Dockerd {
+        reap_stale_once();
+        let dir = make_dir(name);
+        let socket = dir.join("docker.sock");
+        let child = spawn_dockerd(&dir, &socket);
+        let mut d = Dockerd {
+            name: name.to_string(),
+            dir,
+            socket,
+            child,
+        };
+        d.wait_ready();
+        d
+    }
+
+    /// Starts `n` daemons named `<prefix>1` … `<prefix>n` in parallel (about 0.1 s each on
+    /// an idle machine, so 8 start in well under a second).
+    pub fn start_many(prefix: &str, n: usize) -> Vec<Dockerd> {
+        thread::scope(|s| {
+            let starts: Vec<_> = (1..=n)
+                .map(|i| s.spawn(move || Dockerd::start(&format!("{prefix}{i}"))))
+                .collect();
+            starts
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+
+    /// The daemon's name, as given to [`Dockerd::start`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `unix:///tmp/p2pimg-test-…/docker.sock`: the value for `docker -H` or an agent's
+    /// `docker_host`.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The daemon's unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's private directory (data, exec-root, log). Scratch space for a test
+    /// that must be on the same filesystem lives here too and goes away with the daemon.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The dockerd process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `docker -H <this daemon>` command, isolated from the user's docker
+    /// environment, to add arguments and stdio to (for pipes).
+    pub fn docker_cmd(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H")
+            .arg(self.host())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            .env("DOCKER_CLI_HINTS", "false");
+        cmd
+    }
+
+    /// Runs the docker CLI against this daemon with no stdin; returns its output
+    /// whatever the exit status.
+    pub fn docker<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.docker_cmd();
+        cmd.args(args).stdin(Stdio::null());
+        run_with_timeout(&mut cmd, DOCKER_TIMEOUT_SECS)
+    }
+
+    /// Runs the docker CLI and panics unless it succeeds; returns trimmed stdout.
+    pub fn docker_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<S> = args.into_iter().collect();
+        let out = self.docker(&args);
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        check(&format!("docker ({}) {}", self.name, shown.join(" ")), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The image ID (`sha256:…`) of `reference` on this daemon, or `None` if the daemon
+    /// has no such image. Panics on any other error (daemon down…).
+    pub fn image_id(&self, reference: &str) -> Option<String> {
+        let out = self.docker(["image", "inspect", "--format", "{{.Id}}", reference]);
+        if out.status.success() {
+            return Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.to_lowercase().contains("no such image") {
+            return None;
+        }
+        panic!("docker ({}) image inspect {reference} failed: {err}", self.name)
+    }
+
+    /// The diffIDs of the layers of `reference`, bottom first. Panics if it is absent.
+    pub fn layers(&self, reference: &str) -> Vec<String> {
+        let json = self.docker_ok([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RootFS.Layers}}",
+            reference,
+        ]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("bad layer list {json:?}: {e}"))
+    }
+
+    /// Copies `reference` from this daemon to `to` with `docker save | docker load`.
+    pub fn copy_image_to(&self, to: &Dockerd, reference: &str) {
+        let save_err = self.dir.join(format!("save-{}.err", unique_suffix()));
+        let mut save = self
+            .docker_cmd()
+            .args(["save", reference])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&save_err).expect("create save stderr file"))
+            .spawn()
+            .expect("start docker save");
+        let mut load = to.docker_cmd();
+        load.args(["load"])
+            .stdin(save.stdout.take().expect("save stdout"));
+        let loaded = run_with_timeout(&mut load, DOCKER_TIMEOUT_SECS);
+        let saved = save.wait().expect("wait for docker save");
+        let err = fs::read_to_string(&save_err).unwrap_or_default();
+        let _ = fs::remove_file(&save_err);
+        assert!(
+            saved.success(),
+            "docker ({}) save {reference} failed ({saved}): {err}",
+            self.name
+        );
+        check(&format!("docker ({}) load of {reference}", to.name), &loaded);
+    }
+
+    /// The last `lines` lines of the daemon's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.dir.join("dockerd.log"), lines)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !ping(&self.socket) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "dockerd {} exited ({status}) before answering on {}; log tail:\n{}",
+                    self.name,
+                    self.socket.display(),
+                    self.log_tail(30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dockerd {} did not answer on {} within {START_TIMEOUT:?}; log tail:\n{}",
+                self.name,
+                self.socket.display(),
+                self.log_tail(30)
+            );
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    /// Shutdown order: kill running containers, SIGTERM dockerd (it stops containers, then its containerd), SIGKILL
+    /// it once that is done or after `STOP_TIMEOUT`, SIGKILL whatever still names the
+    /// directory (containerd, shims), detach leftover mounts, remove the directory.
+    /// Never panics.
+    fn drop(&mut self) {
+        self.kill_containers();
+        self.stop_daemon();
+        remove_daemon_dir(&self.dir);
+    }
+}
+
+impl Dockerd {
+    /// dockerd gives each running container its own stop timeout (10 s by default,
+    /// whatever `--shutdown-timeout` says), and busybox as PID 1 ignores SIGTERM: kill
+    /// leftover containers first so a drop never waits for them.
+    fn kill_containers(&self) {
+        let any = fs::read_dir(self.dir.join("data/containers")).is_ok_and(|mut d| d.next().is_some());
+        if !any {
+            return;
+        }
+        let Some(ids) = self.try_docker(&["ps", "-q"]) else {
+            return;
+        };
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            self.try_docker(&[&["kill"], &ids[..]].concat());
+        }
+    }
+
+    /// The docker CLI for use in drop: stdout if it succeeded within 20 s, else `None`.
+    fn try_docker(&self, args: &[&str]) -> Option<String> {
+        let mut child = self
+            .docker_cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let status = process::wait_deadline(&mut child, Duration::from_secs(20));
+        if !status.is_some_and(|s| s.success()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        let mut out = String::new();
+        child.stdout.take()?.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    fn stop_daemon(&mut self) {
+        let containerd = fs::read_to_string(self.dir.join("exec/containerd/containerd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        signal(self.child.id(), SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while let Ok(None) = self.child.try_wait() {
+            let done =
+                containerd.is_some_and(|pid| !is_alive(pid)) && self.log_tail(40).contains(SHUTDOWN_COMPLETE);
+            if done || Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Creates `/tmp/p2pimg-test-<name>-XXXXXX` and marks it as owned by this process.
+fn make_dir(name: &str) -> PathBuf {
+    let short: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(16)
+        .collect();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}{short}-"))
+        .rand_bytes(6)
+        .tempdir_in(ROOT)
+        .unwrap_or_else(|e| panic!("cannot create a daemon directory in {ROOT}: {e}"))
+        .keep();
+    fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).expect("write owner file");
+    dir
+}
+
+fn spawn_dockerd(dir: &Path, socket: &Path) -> Child {
+    // Containerd's debug socket is the longest path the daemon binds.
+    let longest = dir.join("exec/containerd/containerd-debug.sock");
+    assert!(
+        longest.as_os_str().len() < 108,
+        "socket path too long: {}",
+        longest.display()
+    );
+    // The config file isolates the daemon from /etc/docker/daemon.json, and its
+    // `deprecated-key-path` (a config key, not a flag, in 20.10) keeps the daemon's
+    // identity key out of the shared /etc/docker/key.json that parallel daemons would race
+    // to create.
+    let config = serde_json::json!({ "deprecated-key-path": dir.join("key.json") });
+    fs::write(dir.join("daemon.json"), config.to_string()).expect("write daemon.json");
+    let log = File::create(dir.join("dockerd.log")).expect("create dockerd.log");
+    let bin = std::env::var("P2PIMG_TEST_DOCKERD").unwrap_or_else(|_| DOCKERD.to_string());
+    let driver = std::env::var("P2PIMG_TEST_STORAGE_DRIVER").unwrap_or_else(|_| "overlay2".into());
+    Command::new(&bin)
+        .arg("--config-file")
+        .arg(dir.join("daemon.json"))
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("--pidfile")
+        .arg(dir.join("docker.pid"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+        .args([
+            "--storage-driver",
+            &driver,
+            "--shutdown-timeout",
+            SHUTDOWN_TIMEOUT_SECS,
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (scripts/test.sh installs Debian's docker.io)"))
+}
+
+/// True if the daemon answers `GET /_ping` with 200 on its socket.
+fn ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.") && reply.lines().next().is_some_and(|l| l.contains(" 200 "))
+}
+
+/// Kills what is left of a daemon, unmounts and removes its directory. Never panics.
+fn remove_daemon_dir(dir: &Path) {
+    kill_all_referring_to(dir);
+    unmount_under(dir);
+    if let Err(e) = fs::remove_dir_all(dir) {
+        eprintln!("harness: cannot remove {}: {e}", dir.display());
+    }
+}
+
+/// Once per test process: removes daemon directories (and kills their processes) left by
+/// test processes that died without dropping their daemons (a timeout, a SIGKILL).
+fn reap_stale_once() {
+    static REAP: Once = Once::new();
+    REAP.call_once(|| {
+        let Ok(entries) = fs::read_dir(ROOT) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(PREFIX) && is_orphan(&e.path()) {
+                eprintln!("harness: reaping stale {}", e.path().display());
+                remove_daemon_dir(&e.path());
+            }
+        }
+    });
+}
+
+fn is_orphan(dir: &Path) -> bool {
+    match fs::read_to_string(dir.join(OWNER_FILE)) {
+        Ok(pid) => pid.trim().parse().is_ok_and(|pid: u32| !is_alive(pid)),
+        Err(_) => fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > ORPHAN_AGE),
+    }
+}
+
+/// The last `lines` lines of a text file ("" if unreadable).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A suffix unique within this process, for scratch files in a shared directory.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,27 @@
+//! Harness for the integration tests: real Docker Engines, registry-free images, real
+//! agent processes. Each `tests/*.rs` file says `mod common;`. It uses std, tempfile and
+//! serde_json only, never the p2pimg library: it drives the program from the outside.
+//!
+//! - [`process`]: `run_with_timeout`, signals, finding and killing leftover processes.
+//! - [`dockerd`]: [`Dockerd`], a private dockerd per simulated node, under
+//!   `/tmp/p2pimg-test-*`, removed on drop (and reaped by the next run if a test process
+//!   died without dropping it).
+//! - [`image`]: [`build_test_image`], a multi-layer image from `docker import` of a
+//!   generated busybox rootfs and a legacy `docker build` with two `COPY` layers.
+//! - [`agent`]: [`Agent`], a `p2pimg agent` process, and [`AgentConfig`], its agent.toml.
+//!
+//! Everything that fails panics with a message naming what failed and showing the
+//! daemon's or agent's log: this is a test harness.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod agent;
+pub mod dockerd;
+pub mod image;
+pub mod process;
+
+pub use agent::{Agent, AgentConfig};
+pub use dockerd::Dockerd;
+pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
+pub use process::{run_ok, run_with_timeout};
