@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::config::AgentOptions;
 use crate::identity::{Identity, Role};
 use crate::net::{self, PeerIdentity};
-use crate::proto::{close, ErrorCode, Message};
+use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FRAME};
 use crate::store::ChunkStore;
 use crate::swarm::{refuse, serve_connection, Registry, SwarmOptions};
 
@@ -154,11 +154,16 @@ pub(crate) fn serve(ctx: Arc<AgentCtx>, conn: Connection, peer: PeerIdentity) ->
         tracing::debug!(peer = %peer.name, remote = %conn.remote_address(), "connected");
         let registry = ctx.registry.clone();
         let name = peer.name.clone();
+        let max_first = if peer.role == Role::Pusher {
+            MAX_ANNOUNCE_FRAME
+        } else {
+            MAX_FRAME
+        };
         let on_other = {
             let conn = conn.clone();
             move |msg, send, recv| on_control(ctx.clone(), conn.clone(), peer.clone(), msg, send, recv)
         };
-        serve_connection(conn, name, registry, on_other).await;
+        serve_connection(conn, name, max_first, registry, on_other).await;
     })
 }
 

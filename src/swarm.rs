@@ -589,27 +589,58 @@ impl LinkTask {
 /// Serves every stream a peer opens on `conn`: swarm streams (`Hello`) go
 /// to the distribution's actor, `Request`s are answered from the store.
 /// `on_other` gets any other first message (the agent's `Announce`).
-pub async fn serve_connection<F, Fut>(conn: Connection, peer: String, registry: Registry, on_other: F)
-where
-    F: Fn(Message, SendStream, RecvStream) -> Fut,
+/// Each stream is handled in its own task, so a slow stream holds up none.
+/// `max_first` bounds a stream's first frame: `MAX_ANNOUNCE_FRAME` only for
+/// a pusher, whose `Announce` may be large.
+pub async fn serve_connection<F, Fut>(
+    conn: Connection,
+    peer: String,
+    max_first: u32,
+    registry: Registry,
+    on_other: F,
+) where
+    F: Fn(Message, SendStream, RecvStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let on_other = Arc::new(on_other);
     let mut tasks = JoinSet::new();
-    while let Ok((send, mut recv)) = conn.accept_bi().await {
-        let first = match read_frame(&mut recv, proto::MAX_ANNOUNCE_FRAME).await {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let stream = StreamCtx {
+            conn: conn.clone(),
+            peer: peer.clone(),
+            max_first,
+            registry: registry.clone(),
+        };
+        tasks.spawn(stream.handle(send, recv, on_other.clone()));
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.shutdown().await;
+}
+
+/// What a stream handler needs to know about its connection.
+struct StreamCtx {
+    conn: Connection,
+    peer: String,
+    max_first: u32,
+    registry: Registry,
+}
+
+impl StreamCtx {
+    async fn handle<F, Fut>(self, send: SendStream, mut recv: RecvStream, on_other: Arc<F>)
+    where
+        F: Fn(Message, SendStream, RecvStream) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let first = match read_frame(&mut recv, self.max_first).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(%peer, "bad first frame: {e}");
-                conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
-                break;
+                tracing::debug!(peer = %self.peer, "bad first frame: {e}");
+                return self.conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
             }
         };
         match first {
-            Message::Hello { dist, have } => match registry.get(&dist) {
-                Some(h) => {
-                    h.add_peer(peer.clone(), conn.clone(), (send, recv), Some(have))
-                        .await
-                }
+            Message::Hello { dist, have } => match self.registry.get(&dist) {
+                Some(h) => h.add_peer(self.peer, self.conn, (send, recv), Some(have)).await,
                 None => {
                     refuse(
                         send,
@@ -620,15 +651,11 @@ where
                 }
             },
             Message::Request { dist, index } => {
-                tasks.spawn(serve_request(registry.clone(), peer.clone(), send, dist, index));
+                serve_request(self.registry, self.peer, send, dist, index).await
             }
-            other => {
-                tasks.spawn(on_other(other, send, recv));
-            }
+            other => on_other(other, send, recv).await,
         }
-        while tasks.try_join_next().is_some() {}
     }
-    tasks.shutdown().await;
 }
 
 async fn serve_request(registry: Registry, peer: String, mut send: SendStream, dist: Hash, index: u32) {

@@ -78,6 +78,7 @@ impl Session {
         let serving = tokio::spawn(serve_connection(
             conn.clone(),
             peer.name,
+            proto::MAX_FRAME,
             self.registry.clone(),
             |_, send, _| {
                 refuse(

@@ -9,6 +9,7 @@
 //! - [`image`]: [`build_test_image`], a multi-layer image from `docker import` of a
 //!   generated busybox rootfs and a legacy `docker build` with two `COPY` layers.
 //! - [`agent`]: [`Agent`], a `p2pimg agent` process, and [`AgentConfig`], its agent.toml.
+//! - [`cluster`]: [`Cluster`], a seed engine and N nodes with agents and a CA; [`Push`], a parsed `push --json`.
 //!
 //! Everything that fails panics with a message naming what failed and showing the
 //! daemon's or agent's log: this is a test harness.
@@ -17,11 +18,13 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
+pub mod cluster;
 pub mod dockerd;
 pub mod image;
 pub mod process;
 
 pub use agent::{Agent, AgentConfig};
+pub use cluster::{Cluster, Push};
 pub use dockerd::Dockerd;
 pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
 pub use process::{run_ok, run_with_timeout};

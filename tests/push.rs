@@ -1,0 +1,109 @@
+//! End to end: real dockerd engines, real agents, real QUIC on loopback.
+//! A multi-layer image pushed to 4 nodes arrives with the same image ID and tag
+//! everywhere and runs; nodes exchange chunks among themselves; a node holding
+//! the base fetches only the rest; pushing again sends nothing.
+
+mod common;
+
+use std::path::Path;
+
+use common::{build_test_image_with, Cluster, ImageOptions, HELLO_PATH};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
+}
+
+/// Random (incompressible) bytes in the base image's own files.
+const BASE_RANDOM: usize = 4 << 20;
+
+#[test]
+fn push_to_four_nodes_then_again() {
+    let cluster = Cluster::start(bin(), 4);
+    // 4 MiB random base + 1 MiB text, 24 MiB random app layer: ~30 chunks, enough for
+    // peers to trade chunks before the seed has sent every node everything.
+    let opts = ImageOptions {
+        base_random_bytes: BASE_RANDOM,
+        base_text_bytes: 1 << 20,
+        layer_random_bytes: 24 << 20,
+        ..ImageOptions::default()
+    };
+    let image = build_test_image_with(&cluster.seed, "app:1.4", &opts);
+    // n4 already holds the base image: it must fetch only the layers above it.
+    cluster.seed.copy_image_to(&cluster.nodes[3].engine, &image.base);
+
+    let push = cluster.push(&["app:1.4"], &[]);
+    assert_eq!(
+        push.code,
+        0,
+        "push failed:\n{}\n{}\n{}",
+        push.stdout,
+        push.stderr,
+        cluster.logs()
+    );
+    let compressed = push.report()["compressed_bytes"].as_u64().unwrap();
+    for node in &cluster.nodes {
+        assert_eq!(
+            push.status(&node.name),
+            "loaded",
+            "{}: {}",
+            node.name,
+            push.reason(&node.name)
+        );
+        assert_eq!(
+            node.engine.image_id("app:1.4").as_deref(),
+            Some(image.id.as_str()),
+            "{}",
+            node.name
+        );
+        let out = node
+            .engine
+            .docker_ok(["run", "--rm", "--network", "none", "app:1.4", "cat", HELLO_PATH]);
+        assert_eq!(out, image.hello.trim_end(), "{} reads the top layer", node.name);
+    }
+
+    // Nodes without the base received every chunk, from the seed or from peers.
+    for name in ["n1", "n2", "n3"] {
+        assert_eq!(
+            push.received_total(name),
+            compressed,
+            "{name} received the whole image once"
+        );
+    }
+    // n4 received only the layers above the base: at least the base's random
+    // bytes less than the others.
+    let n4 = push.received_total("n4");
+    assert!(
+        n4 > 0 && n4 <= compressed - BASE_RANDOM as u64,
+        "n4 received {n4} of {compressed}"
+    );
+    assert_eq!(push.node("n4")["plan"]["need_bytes"].as_u64(), Some(n4));
+
+    // Peers exchanged chunks: some node received bytes from another node.
+    let from_peers: u64 = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .flat_map(|to| ["n1", "n2", "n3", "n4"].map(|from| push.received(to, from)))
+        .sum();
+    assert!(from_peers > 0, "no chunk went between nodes:\n{}", push.stdout);
+    let from_seed: u64 = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|n| push.received(n, "pusher"))
+        .sum();
+    // The seed may also have sent endgame duplicates that arrived second and were dropped.
+    assert!(
+        push.seed_uploaded() >= from_seed,
+        "seed counted less than the nodes received from it"
+    );
+
+    // The same push again: every node skips, no chunk byte moves.
+    let again = cluster.push(&["app:1.4"], &[]);
+    assert_eq!(
+        again.code, 0,
+        "second push failed:\n{}\n{}",
+        again.stdout, again.stderr
+    );
+    for node in &cluster.nodes {
+        assert_eq!(again.status(&node.name), "skipped", "{}", node.name);
+        assert_eq!(again.received_total(&node.name), 0, "{}", node.name);
+    }
+    assert_eq!(again.seed_uploaded(), 0);
+}

@@ -1,0 +1,57 @@
+//! Trust: a pusher with a certificate from another cluster's CA is refused at
+//! the handshake, and a node identity of this cluster cannot announce a push.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{build_test_image, run_ok, Cluster};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
+}
+
+#[test]
+fn foreign_ca_and_node_identity_are_refused() {
+    let cluster = Cluster::start(bin(), 1);
+    let image = build_test_image(&cluster.seed, "app:1");
+    let engine = &cluster.nodes[0].engine;
+
+    // A pusher of another cluster: same file layout, different CA.
+    let foreign = cluster.dir.path().join("foreign");
+    run_ok(Command::new(bin()).args(["init", "--dir"]).arg(&foreign), 30);
+    let push = cluster.push(&["app:1"], &["--cluster-dir", foreign.to_str().unwrap()]);
+    assert_ne!(push.code, 0, "foreign pusher succeeded:\n{}", push.stdout);
+    assert_eq!(push.status("n1"), "failed");
+    let reason = push.reason("n1");
+    assert!(
+        reason.contains("CA"),
+        "reason should name the CA problem: {reason}"
+    );
+    assert_eq!(engine.image_id("app:1"), None, "nothing arrived");
+
+    // This cluster's node identity n1 used as a pusher: the agent refuses the announce.
+    let push = cluster.push(&["app:1"], &["--identity", "n1"]);
+    assert_ne!(push.code, 0, "node identity announced a push:\n{}", push.stdout);
+    let reason = push.reason("n1");
+    assert!(reason.contains("only a pusher identity"), "reason: {reason}");
+    assert_eq!(engine.image_id("app:1"), None, "nothing arrived");
+    assert!(
+        cluster.nodes[0].agent.log().contains("refused an announce"),
+        "{}",
+        cluster.logs()
+    );
+
+    // The real pusher still works.
+    let push = cluster.push(&["app:1"], &[]);
+    assert_eq!(
+        push.code,
+        0,
+        "{}\n{}\n{}",
+        push.stdout,
+        push.stderr,
+        cluster.logs()
+    );
+    assert_eq!(engine.image_id("app:1").as_deref(), Some(image.id.as_str()));
+}
