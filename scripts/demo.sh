@@ -9,6 +9,7 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh"
 
 DIR="$(realpath -m "${1:-./.cluster-demo}")"
 NODES=3

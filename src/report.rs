@@ -37,7 +37,7 @@ impl Printer {
                 if progress.loading {
                     return Some(format!("{node}: all chunks verified, loading into docker"));
                 }
-                (last != Some(step)).then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
+                (last != Some(step) && progress.bytes > 0).then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
             }
             PushEvent::Finished { node, status } => Some(format!("{node}: {}", status_text(status))),
         }
