@@ -27,8 +27,9 @@ use crate::config::AgentOptions;
 use crate::identity::{Identity, Role};
 use crate::net::{self, PeerIdentity};
 use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FRAME};
+use crate::serve::{refuse, serve_connection};
 use crate::store::ChunkStore;
-use crate::swarm::{refuse, serve_connection, Registry, SwarmOptions};
+use crate::swarm::{Registry, SwarmOptions};
 
 /// How long the endpoint may take to tell peers it is closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);

@@ -13,6 +13,7 @@
 //! - [`plan`]: what a node already holds, what it must fetch and load.
 //! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
 //! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
+//! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
 //! - [`push`]: the seed: export, announce, seed, follow every node, report.
 //! - [`report`]: push progress lines and the final table for people.
@@ -30,5 +31,6 @@ pub mod plan;
 pub mod proto;
 pub mod push;
 pub mod report;
+pub mod serve;
 pub mod store;
 pub mod swarm;

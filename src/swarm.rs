@@ -1,5 +1,5 @@
-//! The swarm side of one distribution: links to peers, HAVE exchange,
-//! chunk fetching, and serving chunks to whoever asks.
+//! The swarm side of one distribution: links to peers, HAVE exchange and
+//! chunk fetching. (Answering peers' requests is `serve`'s.)
 //!
 //! ```text
 //!   connection tasks ──AddPeer──►  Swarm actor  ◄──Hello/Have/Gone── link tasks (one per peer)
@@ -12,9 +12,9 @@
 //! store wrote it; only then is it announced. A peer that sends bad data
 //! is disconnected and its chunk is requested elsewhere.
 //!
-//! Shutdown order: the handle's `shutdown` (or all handles dropped) stops
-//! the actor, which aborts its fetch tasks and link tasks (JoinSets are
-//! aborted on drop); connections stay open for other distributions.
+//! Shutdown order: when every handle is dropped (the registry's last) the
+//! actor's inbox closes and it returns, aborting its fetch and link tasks
+//! (JoinSets abort on drop); connections stay open for other distributions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::pack::decode_chunk;
 use crate::picker::{PeerId, Picker};
-use crate::proto::{self, close, read_frame, write_frame, Bitfield, ErrorCode, Message, PeerBytes};
+use crate::proto::{self, close, read_frame, write_frame, Bitfield, Message, PeerBytes};
 use crate::store::ChunkStore;
 
 /// Requests in flight per peer: with 1 MiB chunks, 8 outstanding keep a
@@ -78,7 +78,7 @@ impl DistShared {
         v
     }
 
-    fn count_served(&self, peer: &str, bytes: u64) {
+    pub(crate) fn count_served(&self, peer: &str, bytes: u64) {
         let mut map = self.served.lock().expect("stats lock");
         let e = map.entry(peer.to_string()).or_insert_with(|| PeerBytes {
             peer: peer.into(),
@@ -108,7 +108,7 @@ impl Registry {
         self.0.lock().expect("registry lock").remove(id);
     }
 
-    fn get(&self, id: &Hash) -> Option<SwarmHandle> {
+    pub(crate) fn get(&self, id: &Hash) -> Option<SwarmHandle> {
         self.0.lock().expect("registry lock").get(id).cloned()
     }
 }
@@ -584,120 +584,4 @@ impl LinkTask {
             let _ = tx.send(cmd).await;
         }
     }
-}
-
-/// Serves every stream a peer opens on `conn`: swarm streams (`Hello`) go
-/// to the distribution's actor, `Request`s are answered from the store.
-/// `on_other` gets any other first message (the agent's `Announce`).
-/// Each stream is handled in its own task, so a slow stream holds up none.
-/// `max_first` bounds a stream's first frame: `MAX_ANNOUNCE_FRAME` only for
-/// a pusher, whose `Announce` may be large.
-pub async fn serve_connection<F, Fut>(
-    conn: Connection,
-    peer: String,
-    max_first: u32,
-    registry: Registry,
-    on_other: F,
-) where
-    F: Fn(Message, SendStream, RecvStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let on_other = Arc::new(on_other);
-    let mut tasks = JoinSet::new();
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        let stream = StreamCtx {
-            conn: conn.clone(),
-            peer: peer.clone(),
-            max_first,
-            registry: registry.clone(),
-        };
-        tasks.spawn(stream.handle(send, recv, on_other.clone()));
-        while tasks.try_join_next().is_some() {}
-    }
-    tasks.shutdown().await;
-}
-
-/// What a stream handler needs to know about its connection.
-struct StreamCtx {
-    conn: Connection,
-    peer: String,
-    max_first: u32,
-    registry: Registry,
-}
-
-impl StreamCtx {
-    async fn handle<F, Fut>(self, send: SendStream, mut recv: RecvStream, on_other: Arc<F>)
-    where
-        F: Fn(Message, SendStream, RecvStream) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
-        let first = match read_frame(&mut recv, self.max_first).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(peer = %self.peer, "bad first frame: {e}");
-                return self.conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
-            }
-        };
-        match first {
-            Message::Hello { dist, have } => match self.registry.get(&dist) {
-                Some(h) => h.add_peer(self.peer, self.conn, (send, recv), Some(have)).await,
-                None => {
-                    refuse(
-                        send,
-                        ErrorCode::UnknownDistribution,
-                        "distribution not known here",
-                    )
-                    .await
-                }
-            },
-            Message::Request { dist, index } => {
-                serve_request(self.registry, self.peer, send, dist, index).await
-            }
-            other => on_other(other, send, recv).await,
-        }
-    }
-}
-
-async fn serve_request(registry: Registry, peer: String, mut send: SendStream, dist: Hash, index: u32) {
-    let Some(handle) = registry.get(&dist) else {
-        return refuse(
-            send,
-            ErrorCode::UnknownDistribution,
-            "distribution not known here",
-        )
-        .await;
-    };
-    let shared = handle.shared.clone();
-    let Some(entry) = shared.manifest.chunks.get(index as usize).copied() else {
-        return refuse(send, ErrorCode::BadRequest, "chunk index out of range").await;
-    };
-    let store = shared.store.clone();
-    let data =
-        tokio::task::spawn_blocking(move || store.contains(&entry.hash).then(|| store.read(&entry.hash)))
-            .await
-            .ok()
-            .flatten();
-    match data {
-        Some(Ok(data)) => {
-            let len = data.len() as u64;
-            if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
-                shared.count_served(&peer, len);
-            }
-            let _ = send.finish();
-        }
-        _ => refuse(send, ErrorCode::NotFound, "chunk not held").await,
-    }
-}
-
-/// Answers a stream with an error message and closes it.
-pub async fn refuse(mut send: SendStream, code: ErrorCode, message: &str) {
-    let _ = write_frame(
-        &mut send,
-        &Message::Error {
-            code,
-            message: message.into(),
-        },
-    )
-    .await;
-    let _ = send.finish();
 }

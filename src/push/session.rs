@@ -12,7 +12,8 @@ use crate::config::NodeEntry;
 use crate::manifest::Manifest;
 use crate::net;
 use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo};
-use crate::swarm::{refuse, serve_connection, Registry};
+use crate::serve::{refuse, serve_connection};
+use crate::swarm::Registry;
 
 /// Longest wait for a node's plan: it inspects every image in its engine
 /// and re-verifies stored chunks, which takes seconds, not minutes.

@@ -1,0 +1,138 @@
+//! Tests of `config`.
+
+use super::*;
+
+fn inventory(text: &str) -> Result<Inventory, ConfigError> {
+    Inventory::parse(text, Path::new("nodes.toml"))
+}
+
+fn err(text: &str) -> String {
+    inventory(text).unwrap_err().to_string()
+}
+
+#[test]
+fn example_inventory_parses() {
+    let inv = inventory(include_str!("../../nodes.example.toml")).unwrap();
+    assert!(inv.nodes.len() >= 3);
+    assert!(inv.nodes.iter().any(|n| !n.labels.is_empty()));
+}
+
+#[test]
+fn good_inventory_parses_in_order() {
+    let text = "# fleet\n[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\"\n\
+                labels = { role = \"worker\", zone = \"a\" }\n\n\
+                [[node]]\nname = \"n2\"\naddr = \"localhost:7702\"\n";
+    let inv = inventory(text).unwrap();
+    assert_eq!(inv.nodes[0].name, "n1");
+    assert_eq!(inv.nodes[0].addr, "10.0.0.1:7701".parse().unwrap());
+    assert_eq!(inv.nodes[0].labels["zone"], "a");
+    assert_eq!(inv.nodes[1].addr.port(), 7702);
+    assert!(inv.nodes[1].labels.is_empty());
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\n";
+    assert!(err(text).starts_with("nodes.toml line 3: "), "{}", err(text));
+}
+
+#[test]
+fn unknown_key_names_line_and_expected_keys() {
+    let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\n\n\nadr = \"x\"\n";
+    let msg = err(text);
+    assert!(
+        msg.starts_with("nodes.toml line 7: unknown field `adr`, expected one of"),
+        "{msg}"
+    );
+    assert!(msg.contains("`labels`"), "{msg}");
+}
+
+#[test]
+fn duplicate_name_names_both_lines() {
+    let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\
+                [[node]]\nname = \"n1\"\naddr = \"10.0.0.2:1\"\n";
+    assert_eq!(
+        err(text),
+        "nodes.toml line 5: node name `n1` is already used on line 2; each node needs its own name"
+    );
+}
+
+#[test]
+fn duplicate_addr_names_both_nodes() {
+    let text = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:1\"\n\
+                [[node]]\nname = \"n2\"\naddr = \"10.0.0.1:1\"\n";
+    let msg = err(text);
+    assert!(
+        msg.starts_with(
+            "nodes.toml line 6: node `n2` has address 10.0.0.1:1, already used by node `n1` on line 3"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn bad_names_addresses_and_empty_files_are_refused() {
+    let bad_name = "[[node]]\nname = \"-n1\"\naddr = \"10.0.0.1:1\"\n";
+    assert!(
+        err(bad_name).starts_with("nodes.toml line 2: invalid name `-n1`"),
+        "{}",
+        err(bad_name)
+    );
+    let no_port = "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1\"\n";
+    assert!(
+        err(no_port).starts_with("nodes.toml line 3: address `10.0.0.1`"),
+        "{}",
+        err(no_port)
+    );
+    assert!(err("# nothing\n").contains("lists no nodes"));
+    assert!(err("[[nodes]]\nname = \"n1\"\n").contains("unknown field `nodes`"));
+}
+
+#[test]
+fn agent_defaults_and_relative_paths() {
+    let text = "name = \"n1\"\nca = \"ca.crt\"\ncert = \"certs/n1.crt\"\nkey = \"/etc/p2pimg/n1.key\"\n";
+    let opts = AgentOptions::parse(text, Path::new("/etc/p2pimg/agent.toml")).unwrap();
+    assert_eq!(opts.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(opts.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert_eq!(opts.docker_host, DEFAULT_DOCKER_HOST);
+    assert_eq!(opts.ca, Path::new("/etc/p2pimg/ca.crt"));
+    assert_eq!(opts.cert, Path::new("/etc/p2pimg/certs/n1.crt"));
+    assert_eq!(opts.key, Path::new("/etc/p2pimg/n1.key"));
+}
+
+#[test]
+fn agent_errors_name_line() {
+    let origin = Path::new("agent.toml");
+    let typo = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\nlisen = \"0.0.0.0:1\"\n";
+    let msg = AgentOptions::parse(typo, origin).unwrap_err().to_string();
+    assert!(
+        msg.starts_with("agent.toml line 5: unknown field `lisen`"),
+        "{msg}"
+    );
+    let missing = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\n";
+    let msg = AgentOptions::parse(missing, origin).unwrap_err().to_string();
+    assert!(msg.contains("missing field `key`"), "{msg}");
+}
+
+#[test]
+fn agent_identity_must_match_name() {
+    let dir = tempfile::tempdir().unwrap();
+    identity::init_cluster(dir.path()).unwrap();
+    identity::issue(dir.path(), "n1", identity::Role::Node, 1).unwrap();
+    let origin = dir.path().join("agent.toml");
+    let text = "name = \"n2\"\nca = \"ca.crt\"\ncert = \"n1.crt\"\nkey = \"n1.key\"\n";
+    let opts = AgentOptions::parse(text, &origin).unwrap();
+    let msg = opts.load_identity(&origin).unwrap_err().to_string();
+    assert!(msg.contains("name is `n2` but certificate"), "{msg}");
+    let opts = AgentOptions {
+        name: "n1".into(),
+        ..opts
+    };
+    assert_eq!(opts.load_identity(&origin).unwrap().name, "n1");
+}
+
+#[test]
+fn errors_are_send_sync_for_anyhow_and_clap() {
+    fn check<T: std::error::Error + Send + Sync + 'static>() {}
+    check::<ConfigError>();
+}
