@@ -20,6 +20,10 @@ pub struct Node {
     pub name: String,
     pub engine: Dockerd,
     pub agent: Agent,
+    /// Its agent.toml.
+    pub config: PathBuf,
+    /// Its agent's state directory.
+    pub state_dir: PathBuf,
 }
 
 /// A local cluster for one test.
@@ -71,6 +75,18 @@ impl Cluster {
 
     pub fn nodes_toml(&self) -> PathBuf {
         self.dir.path().join("nodes.toml")
+    }
+
+    /// Stops node `i`'s agent; `restart_agent` starts it again on the same state.
+    pub fn stop_agent(&mut self, i: usize) {
+        self.nodes[i].agent.stop();
+    }
+
+    /// Starts node `i`'s agent again (on a new port) and rewrites nodes.toml.
+    pub fn restart_agent(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.agent = Agent::start(&self.bin, &node.config);
+        self.write_inventory();
     }
 
     fn write_inventory(&self) {
@@ -142,6 +158,8 @@ fn start_node(bin: &Path, dir: &Path, name: &str, engine: Dockerd) -> Node {
         name: name.to_string(),
         engine,
         agent,
+        config: path,
+        state_dir: config.state_dir,
     }
 }
 

@@ -1,0 +1,83 @@
+//! Resume: an agent restarted on the same state directory re-verifies the
+//! chunks it kept and fetches only what is missing or damaged.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{build_test_image, Cluster};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
+}
+
+/// Every chunk file under a state directory.
+fn chunk_files(state: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in fs::read_dir(state.join("chunks")).expect("chunks dir") {
+        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
+    let mut cluster = Cluster::start(bin(), 1);
+    let image = build_test_image(&cluster.seed, "app:1");
+    let first = cluster.push(&["app:1"], &[]);
+    assert_eq!(
+        first.code,
+        0,
+        "{}\n{}\n{}",
+        first.stdout,
+        first.stderr,
+        cluster.logs()
+    );
+    let chunks = first.node("n1")["plan"]["need_chunks"].as_u64().unwrap();
+    assert!(chunks >= 3, "test image should have several chunks, has {chunks}");
+
+    // While the agent is down: the image leaves the engine, one chunk file is damaged.
+    cluster.stop_agent(0);
+    let engine = &cluster.nodes[0].engine;
+    engine.docker_ok(["rmi", "app:1"]);
+    assert_eq!(engine.image_id("app:1"), None);
+    let files = chunk_files(&cluster.nodes[0].state_dir);
+    assert_eq!(files.len() as u64, chunks, "one file per distinct chunk");
+    let damaged = &files[0];
+    let mut bytes = fs::read(damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    fs::write(damaged, bytes).unwrap();
+    cluster.restart_agent(0);
+
+    let second = cluster.push(&["app:1"], &[]);
+    assert_eq!(
+        second.code,
+        0,
+        "{}\n{}\n{}",
+        second.stdout,
+        second.stderr,
+        cluster.logs()
+    );
+    let plan = &second.node("n1")["plan"];
+    assert_eq!(
+        plan["stored_chunks"].as_u64(),
+        Some(chunks - 1),
+        "kept chunks re-verified: {plan}"
+    );
+    assert_eq!(
+        plan["need_chunks"].as_u64(),
+        Some(1),
+        "only the damaged chunk is fetched: {plan}"
+    );
+    let received = second.node("n1")["received"][0]["chunks"].as_u64();
+    assert_eq!(received, Some(1), "{}", second.stdout);
+    assert_eq!(
+        cluster.nodes[0].engine.image_id("app:1").as_deref(),
+        Some(image.id.as_str())
+    );
+}
