@@ -12,6 +12,7 @@
 //! - [`image`]: the Docker Engine: export and parse `docker save`, build the minimal tar, load, tag.
 //! - [`plan`]: what a node already holds, what it must fetch and load.
 //! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
+//! - [`seeder`]: what the seed offers to whom, so it uploads each chunk about once (no I/O).
 //! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
 //! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
@@ -31,6 +32,7 @@ pub mod plan;
 pub mod proto;
 pub mod push;
 pub mod report;
+pub mod seeder;
 pub mod serve;
 pub mod store;
 pub mod swarm;

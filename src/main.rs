@@ -207,9 +207,12 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let printer = tokio::spawn(async move {
             let mut printer = Printer::default();
+            let start = std::time::Instant::now();
             while let Some(event) = rx.recv().await {
                 if json {
-                    println!("{}", serde_json::to_string(&event).expect("events serialize"));
+                    let mut value = serde_json::to_value(&event).expect("events serialize");
+                    value["t"] = start.elapsed().as_secs_f64().into();
+                    println!("{value}");
                 } else if let Some(line) = printer.line(&event) {
                     println!("{line}");
                 }

@@ -74,6 +74,16 @@ impl Picker {
         }
     }
 
+    /// Number of chunks in the distribution.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether the distribution has no chunk at all.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
     /// Chunks neither held nor fetched yet, in flight included.
     pub fn missing(&self) -> usize {
         self.missing
@@ -94,6 +104,15 @@ impl Picker {
         let mut b = Bitfield::new(self.state.len());
         (0..self.state.len())
             .filter(|&i| self.state[i] == State::Have)
+            .for_each(|i| b.set(i));
+        b
+    }
+
+    /// The chunks still to fetch (needed, in flight or not), for a `Hello`.
+    pub fn wanted(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.state.len());
+        (0..self.state.len())
+            .filter(|&i| matches!(self.state[i], State::Needed | State::InFlight))
             .for_each(|i| b.set(i));
         b
     }

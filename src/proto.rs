@@ -51,8 +51,13 @@ pub enum Message {
     Done(Outcome),
     /// Pusher → agent: the distribution is over; stop serving it.
     Finish,
-    /// First frame each way of a swarm stream: which chunks the sender holds.
-    Hello { dist: Hash, have: Bitfield },
+    /// First frame each way of a swarm stream: which chunks the sender
+    /// holds, and which it still wants (the seed offers only those).
+    Hello {
+        dist: Hash,
+        have: Bitfield,
+        want: Bitfield,
+    },
     /// Swarm stream: the sender has verified one more chunk.
     Have { index: u32 },
     /// First frame of a request stream: send chunk `index` of `dist`.

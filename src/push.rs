@@ -180,7 +180,10 @@ pub async fn push(
         shared.clone(),
         &vec![false; chunks],
         &vec![true; chunks],
-        SwarmOptions::default(),
+        SwarmOptions {
+            seeding: true,
+            ..SwarmOptions::default()
+        },
     );
     let registry = Registry::default();
     registry.insert(seed);

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
-use crate::swarm::Registry;
+use crate::swarm::{Holdings, Registry};
 
 /// Serves every stream a peer opens on `conn`: swarm streams (`Hello`) go
 /// to the distribution's actor, `Request`s are answered from the store.
@@ -64,8 +64,11 @@ impl StreamCtx {
             }
         };
         match first {
-            Message::Hello { dist, have } => match self.registry.get(&dist) {
-                Some(h) => h.add_peer(self.peer, self.conn, (send, recv), Some(have)).await,
+            Message::Hello { dist, have, want } => match self.registry.get(&dist) {
+                Some(h) => {
+                    let their = Some(Holdings { have, want });
+                    h.add_peer(self.peer, self.conn, (send, recv), their).await
+                }
                 None => {
                     refuse(
                         send,

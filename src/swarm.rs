@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::rngs::StdRng;
@@ -31,6 +31,7 @@ use crate::manifest::Manifest;
 use crate::pack::decode_chunk;
 use crate::picker::{PeerId, Picker};
 use crate::proto::{self, close, read_frame, write_frame, Bitfield, Message, PeerBytes};
+use crate::seeder::Seeder;
 use crate::store::ChunkStore;
 
 /// Requests in flight per peer: with 1 MiB chunks, 8 outstanding keep a
@@ -39,6 +40,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 /// Longest wait for one chunk before asking someone else: 8 requests of
 /// 1 MiB over a 2 Mbit/s link take about 35 s.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks a seeder keeps offered per peer, per request the peer may have
+/// in flight: two windows' worth keeps the peer's pipeline full while its
+/// HAVEs travel back.
+const SEED_WINDOW_PER_REQUEST: usize = 2;
+/// How often a seeder looks for stalled peers; stalls are measured in
+/// tens of seconds, so once a second is plenty.
+const SEED_TICK: Duration = Duration::from_secs(1);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
@@ -113,6 +121,15 @@ impl Registry {
     }
 }
 
+/// What a peer holds and still wants, from its `Hello`.
+#[derive(Clone, Debug, Default)]
+pub struct Holdings {
+    /// Chunks it holds, verified.
+    pub have: Bitfield,
+    /// Chunks it will fetch.
+    pub want: Bitfield,
+}
+
 /// Progress of the local node on a distribution.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwarmProgress {
@@ -129,12 +146,16 @@ pub struct SwarmProgress {
 pub struct SwarmOptions {
     /// Requests in flight per peer.
     pub max_in_flight: usize,
+    /// Seed mode: hold everything, fetch nothing, and offer chunks a window
+    /// at a time so each is uploaded about once ([`Seeder`]).
+    pub seeding: bool,
 }
 
 impl Default for SwarmOptions {
     fn default() -> Self {
         SwarmOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            seeding: false,
         }
     }
 }
@@ -145,11 +166,11 @@ enum Cmd {
         conn: Connection,
         send: SendStream,
         recv: RecvStream,
-        their: Option<Bitfield>,
+        their: Option<Holdings>,
     },
     Hello {
         id: PeerId,
-        their: Bitfield,
+        their: Holdings,
     },
     Have {
         id: PeerId,
@@ -187,7 +208,7 @@ impl SwarmHandle {
         name: String,
         conn: Connection,
         (send, recv): (SendStream, RecvStream),
-        their: Option<Bitfield>,
+        their: Option<Holdings>,
     ) {
         let _ = self
             .tx
@@ -243,6 +264,7 @@ pub struct Swarm {
     received: HashMap<String, PeerBytes>,
     progress: watch::Sender<SwarmProgress>,
     rng: StdRng,
+    seeder: Option<Seeder>,
 }
 
 /// Why one chunk request failed.
@@ -277,6 +299,9 @@ impl Swarm {
     ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
         let (tx, inbox) = mpsc::channel(INBOX);
         let picker = Picker::new(need, have, opts.max_in_flight);
+        let mut rng = StdRng::from_entropy();
+        let window = opts.max_in_flight * SEED_WINDOW_PER_REQUEST;
+        let seeder = opts.seeding.then(|| Seeder::new(need.len(), window, &mut rng));
         let complete = picker.is_complete();
         let (progress, progress_rx) = watch::channel(SwarmProgress {
             complete,
@@ -293,7 +318,8 @@ impl Swarm {
             fetches: JoinSet::new(),
             received: HashMap::new(),
             progress,
-            rng: StdRng::from_entropy(),
+            rng,
+            seeder,
         };
         let task = tokio::spawn(swarm.run());
         (
@@ -307,6 +333,7 @@ impl Swarm {
     }
 
     async fn run(mut self) {
+        let mut tick = tokio::time::interval(SEED_TICK);
         loop {
             tokio::select! {
                 cmd = self.inbox.recv() => match cmd {
@@ -319,6 +346,7 @@ impl Swarm {
                     }
                 }
                 Some(_) = self.links.join_next() => {}
+                _ = tick.tick(), if self.seeder.is_some() => self.on_tick(),
             }
             self.schedule();
         }
@@ -335,11 +363,7 @@ impl Swarm {
                 their,
             } => self.on_add_peer(name, conn, send, recv, their),
             Cmd::Hello { id, their } => self.on_hello(id, their),
-            Cmd::Have { id, index } => {
-                if !self.picker.peer_has(id, index) {
-                    self.drop_peer(id, close::PROTOCOL, "HAVE for a chunk that does not exist");
-                }
-            }
+            Cmd::Have { id, index } => self.on_have(id, index),
             Cmd::Gone { id } => self.forget_peer(id),
             Cmd::Received { reply } => {
                 let _ = reply.send(self.received.values().cloned().collect());
@@ -353,12 +377,22 @@ impl Swarm {
         conn: Connection,
         send: SendStream,
         recv: RecvStream,
-        their: Option<Bitfield>,
+        their: Option<Holdings>,
     ) {
         let id = self.next_id;
         self.next_id += 1;
         let (haves, haves_rx) = mpsc::unbounded_channel();
-        let ours = self.picker.bitfield();
+        // A seeder holds everything but offers chunks one window at a time.
+        let ours = match self.seeder {
+            Some(_) => Holdings {
+                have: Bitfield::new(self.picker.len()),
+                want: Bitfield::new(self.picker.len()),
+            },
+            None => Holdings {
+                have: self.picker.bitfield(),
+                want: self.picker.wanted(),
+            },
+        };
         let tx = self.self_tx.clone();
         let link = LinkTask {
             id,
@@ -379,12 +413,42 @@ impl Swarm {
         );
     }
 
-    fn on_hello(&mut self, id: PeerId, their: Bitfield) {
+    fn on_hello(&mut self, id: PeerId, their: Holdings) {
         let Some(link) = self.peers.get_mut(&id) else {
             return;
         };
         link.ready = true;
-        self.picker.add_peer(id, &their);
+        self.picker.add_peer(id, &their.have);
+        if let Some(seeder) = &mut self.seeder {
+            let offers = seeder.add_peer(id, &their.have, &their.want, Instant::now());
+            self.offer(id, offers);
+        }
+    }
+
+    fn on_have(&mut self, id: PeerId, index: u32) {
+        if !self.picker.peer_has(id, index) {
+            return self.drop_peer(id, close::PROTOCOL, "HAVE for a chunk that does not exist");
+        }
+        if let Some(seeder) = &mut self.seeder {
+            let offers = seeder.on_have(id, index, Instant::now());
+            self.offer(id, offers);
+        }
+    }
+
+    /// Announces chunks to one peer (the seeder's offers).
+    fn offer(&self, id: PeerId, chunks: Vec<u32>) {
+        if let Some(link) = self.peers.get(&id) {
+            chunks.into_iter().for_each(|i| {
+                let _ = link.haves.send(i);
+            });
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(seeder) = &mut self.seeder else { return };
+        for (id, offers) in seeder.tick(Instant::now()) {
+            self.offer(id, offers);
+        }
     }
 
     fn forget_peer(&mut self, id: PeerId) {
@@ -392,6 +456,11 @@ impl Swarm {
             tracing::debug!(peer = %link.name, "peer link closed");
         }
         self.picker.remove_peer(id);
+        if let Some(seeder) = &mut self.seeder {
+            for (other, offers) in seeder.remove_peer(id) {
+                self.offer(other, offers);
+            }
+        }
     }
 
     fn drop_peer(&mut self, id: PeerId, code: u32, why: &str) {
@@ -527,8 +596,8 @@ impl LinkTask {
         self,
         mut send: SendStream,
         mut recv: RecvStream,
-        ours: Bitfield,
-        their: Option<Bitfield>,
+        ours: Holdings,
+        their: Option<Holdings>,
         mut haves: mpsc::UnboundedReceiver<u32>,
     ) {
         let result = self.exchange(&mut send, &mut recv, ours, their, &mut haves).await;
@@ -542,26 +611,24 @@ impl LinkTask {
         &self,
         send: &mut SendStream,
         recv: &mut RecvStream,
-        ours: Bitfield,
-        their: Option<Bitfield>,
+        ours: Holdings,
+        their: Option<Holdings>,
         haves: &mut mpsc::UnboundedReceiver<u32>,
     ) -> Result<(), proto::FrameError> {
-        write_frame(
-            send,
-            &Message::Hello {
-                dist: self.dist,
-                have: ours,
-            },
-        )
-        .await?;
+        let hello = Message::Hello {
+            dist: self.dist,
+            have: ours.have,
+            want: ours.want,
+        };
+        write_frame(send, &hello).await?;
         let their = match their {
-            Some(bits) => bits,
+            Some(their) => their,
             None => match read_frame(recv, proto::MAX_FRAME).await? {
-                Message::Hello { dist, have } if dist == self.dist => have,
+                Message::Hello { dist, have, want } if dist == self.dist => Holdings { have, want },
                 _ => return Ok(()),
             },
         };
-        if !their.fits(self.chunks) {
+        if !their.have.fits(self.chunks) || !their.want.fits(self.chunks) {
             return Ok(());
         }
         self.tell(Cmd::Hello { id: self.id, their }).await;

@@ -94,6 +94,14 @@ fn push_to_four_nodes_then_again() {
         "seed counted less than the nodes received from it"
     );
 
+    // The seed offers each chunk to one node and lets the nodes spread it: it uploads
+    // about one copy (the design's bound is 1.5x), not one per node.
+    let uploaded = push.seed_uploaded();
+    assert!(
+        uploaded * 2 <= compressed * 3,
+        "seed uploaded {uploaded} for a {compressed}-byte image"
+    );
+
     // The same push again: every node skips, no chunk byte moves.
     let again = cluster.push(&["app:1.4"], &[]);
     assert_eq!(

@@ -66,6 +66,7 @@ fn skips_chunks_not_needed_or_held() {
     assert_eq!(p.pick(1, &mut rng()), None);
     assert_eq!(p.missing(), 1);
     assert!(p.bitfield().get(0) && !p.bitfield().get(2));
+    assert!(p.wanted().get(2) && !p.wanted().get(0) && !p.wanted().get(1));
 }
 
 #[test]

@@ -42,12 +42,14 @@ fn golden() -> Vec<(Message, &'static str)> {
             Message::Hello {
                 dist: h(2),
                 have: Bitfield(vec![0b101]),
+                want: Bitfield(vec![0b10]),
             },
             concat!(
-                "00000023",
+                "00000025",
                 "06",
                 "0202020202020202020202020202020202020202020202020202020202020202",
-                "0105"
+                "0105",
+                "0102"
             ),
         ),
         (
@@ -224,10 +226,16 @@ fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         Just(Message::Finish),
         any::<u32>().prop_map(|index| Message::Have { index }),
-        (arb_hash(), prop::collection::vec(any::<u8>(), 0..40)).prop_map(|(dist, bits)| Message::Hello {
-            dist,
-            have: Bitfield(bits)
-        }),
+        (
+            arb_hash(),
+            prop::collection::vec(any::<u8>(), 0..40),
+            prop::collection::vec(any::<u8>(), 0..40)
+        )
+            .prop_map(|(dist, have, want)| Message::Hello {
+                dist,
+                have: Bitfield(have),
+                want: Bitfield(want)
+            }),
         (arb_hash(), any::<u32>()).prop_map(|(dist, index)| Message::Request { dist, index }),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(|data| Message::Chunk { data }),
         (any::<Vec<bool>>(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(present, c, b, s)| {

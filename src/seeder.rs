@@ -1,0 +1,177 @@
+//! `Seeder`: which chunks the seed offers to which peer, so that it uploads
+//! each chunk about once and the peers spread it (BitTorrent's
+//! "super-seeding"). Plain synchronous state, no I/O.
+//!
+//! The seed holds everything but does not say so. Each peer is offered a
+//! window of chunks it wants and no other peer holds or was offered
+//! ("fresh" chunks); as it reports chunks (HAVE), it is offered more. Peers
+//! fetch everything else from each other. Two fallbacks keep anyone from
+//! starving: chunks offered to a peer that leaves are fresh again, and a
+//! peer that has made no progress for [`STALL_AFTER`] and has nothing
+//! offered outstanding is offered whatever it still wants.
+//!
+//! Invariants: `pending(p)` ⊆ `want(p)` \ `has(p)`; `offered[i]` counts the
+//! peers with `i` in `pending` or that received `i` after it was offered;
+//! `holders[i]` counts the connected peers whose bitfield or HAVEs hold `i`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::picker::PeerId;
+use crate::proto::Bitfield;
+
+/// How long a peer may go without a verified chunk before the seed offers
+/// it chunks others hold: long enough that a peer waiting its turn behind
+/// a slow link is not served twice, short enough that a peer cut off from
+/// the holders finishes.
+pub const STALL_AFTER: Duration = Duration::from_secs(20);
+
+struct SeedPeer {
+    has: Vec<bool>,
+    want: Vec<bool>,
+    pending: HashSet<u32>,
+    last_progress: Instant,
+}
+
+/// Offer state of the seed for one distribution.
+pub struct Seeder {
+    order: Vec<u32>,
+    offered: Vec<u32>,
+    holders: Vec<u32>,
+    peers: HashMap<PeerId, SeedPeer>,
+    window: usize,
+}
+
+impl Seeder {
+    /// A seeder for `chunks` chunks that keeps up to `window` chunks offered
+    /// and outstanding per peer. Fresh chunks are offered in a random order,
+    /// so different peers start on different parts of the image.
+    pub fn new(chunks: usize, window: usize, rng: &mut impl Rng) -> Self {
+        let mut order: Vec<u32> = (0..chunks as u32).collect();
+        order.shuffle(rng);
+        Seeder {
+            order,
+            offered: vec![0; chunks],
+            holders: vec![0; chunks],
+            peers: HashMap::new(),
+            window,
+        }
+    }
+
+    /// A peer said what it holds and wants; returns the chunks to offer it.
+    pub fn add_peer(&mut self, id: PeerId, have: &Bitfield, want: &Bitfield, now: Instant) -> Vec<u32> {
+        let n = self.offered.len();
+        let has: Vec<bool> = (0..n).map(|i| have.get(i)).collect();
+        let want: Vec<bool> = (0..n).map(|i| want.get(i)).collect();
+        has.iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .for_each(|(i, _)| self.holders[i] += 1);
+        let peer = SeedPeer {
+            has,
+            want,
+            pending: HashSet::new(),
+            last_progress: now,
+        };
+        self.peers.insert(id, peer);
+        self.top_up(id)
+    }
+
+    /// A peer verified chunk `i`; returns further chunks to offer it.
+    pub fn on_have(&mut self, id: PeerId, i: u32, now: Instant) -> Vec<u32> {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let Some(slot) = peer.has.get_mut(i as usize) else {
+            return Vec::new();
+        };
+        if !std::mem::replace(slot, true) {
+            self.holders[i as usize] += 1;
+            peer.last_progress = now;
+        }
+        peer.pending.remove(&i);
+        self.top_up(id)
+    }
+
+    /// A peer left: what it was offered but never got is fresh again, and
+    /// is offered to the others at once; returns those offers.
+    pub fn remove_peer(&mut self, id: PeerId) -> Vec<(PeerId, Vec<u32>)> {
+        let Some(peer) = self.peers.remove(&id) else {
+            return Vec::new();
+        };
+        for (i, _) in peer.has.iter().enumerate().filter(|(_, h)| **h) {
+            self.holders[i] -= 1;
+        }
+        for i in peer.pending {
+            self.offered[i as usize] -= 1;
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        ids.into_iter()
+            .map(|id| (id, self.top_up(id)))
+            .filter(|(_, offers)| !offers.is_empty())
+            .collect()
+    }
+
+    /// Offers for peers that stalled: no progress for [`STALL_AFTER`] and
+    /// nothing outstanding. Call periodically.
+    pub fn tick(&mut self, now: Instant) -> Vec<(PeerId, Vec<u32>)> {
+        let stalled: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.pending.is_empty() && now.duration_since(p.last_progress) >= STALL_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        stalled
+            .into_iter()
+            .filter_map(|id| {
+                let offers = self.offer_wanted(id, now);
+                (!offers.is_empty()).then_some((id, offers))
+            })
+            .collect()
+    }
+
+    /// Fills the peer's window with fresh chunks it wants.
+    fn top_up(&mut self, id: PeerId) -> Vec<u32> {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut offers = Vec::new();
+        for &i in &self.order {
+            if peer.pending.len() >= self.window {
+                break;
+            }
+            let c = i as usize;
+            if peer.want[c] && !peer.has[c] && self.offered[c] == 0 && self.holders[c] == 0 {
+                self.offered[c] += 1;
+                peer.pending.insert(i);
+                offers.push(i);
+            }
+        }
+        offers
+    }
+
+    /// Offers a stalled peer up to a window of anything it still wants,
+    /// chunks nobody holds first.
+    fn offer_wanted(&mut self, id: PeerId, now: Instant) -> Vec<u32> {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut candidates: Vec<u32> = (0..peer.has.len() as u32)
+            .filter(|&i| peer.want[i as usize] && !peer.has[i as usize] && !peer.pending.contains(&i))
+            .collect();
+        candidates.sort_by_key(|&i| (self.holders[i as usize], self.offered[i as usize]));
+        candidates.truncate(self.window);
+        for &i in &candidates {
+            self.offered[i as usize] += 1;
+            peer.pending.insert(i);
+        }
+        peer.last_progress = now;
+        candidates
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! Seeder rules: fresh chunks once each, more as peers progress, fallbacks.
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::*;
+
+fn bits(len: usize, set: impl IntoIterator<Item = usize>) -> Bitfield {
+    let mut b = Bitfield::new(len);
+    set.into_iter().for_each(|i| b.set(i));
+    b
+}
+
+fn seeder(chunks: usize, window: usize) -> Seeder {
+    Seeder::new(chunks, window, &mut StdRng::seed_from_u64(1))
+}
+
+#[test]
+fn peers_are_offered_disjoint_fresh_chunks() {
+    let now = Instant::now();
+    let mut s = seeder(10, 3);
+    let a = s.add_peer(1, &bits(10, []), &bits(10, 0..10), now);
+    let b = s.add_peer(2, &bits(10, []), &bits(10, 0..10), now);
+    assert_eq!((a.len(), b.len()), (3, 3));
+    assert!(a.iter().all(|i| !b.contains(i)), "{a:?} and {b:?} overlap");
+}
+
+#[test]
+fn each_chunk_is_offered_once_while_peers_progress() {
+    let now = Instant::now();
+    let mut s = seeder(12, 2);
+    let mut offered = Vec::new();
+    let mut queue: Vec<(PeerId, u32)> = Vec::new();
+    for id in 1..=3 {
+        let offers = s.add_peer(id, &bits(12, []), &bits(12, 0..12), now);
+        queue.extend(offers.iter().map(|&i| (id, i)));
+    }
+    // Each peer fetches what it was offered; offers follow until all 12 are out.
+    while let Some((id, i)) = queue.pop() {
+        offered.push(i);
+        let more = s.on_have(id, i, now);
+        queue.extend(more.into_iter().map(|j| (id, j)));
+    }
+    offered.sort();
+    assert_eq!(offered, (0..12).collect::<Vec<_>>(), "every chunk exactly once");
+}
+
+#[test]
+fn offers_only_what_a_peer_wants_and_lacks() {
+    let now = Instant::now();
+    let mut s = seeder(6, 10);
+    // The peer holds 0, does not want 4 and 5 (its engine has those layers).
+    let offers = s.add_peer(1, &bits(6, [0]), &bits(6, [1, 2, 3]), now);
+    let mut sorted = offers.clone();
+    sorted.sort();
+    assert_eq!(sorted, [1, 2, 3]);
+}
+
+#[test]
+fn chunks_held_by_a_peer_are_not_offered() {
+    let now = Instant::now();
+    let mut s = seeder(4, 10);
+    s.add_peer(1, &bits(4, [0, 1]), &bits(4, []), now);
+    let offers = s.add_peer(2, &bits(4, []), &bits(4, 0..4), now);
+    let mut sorted = offers.clone();
+    sorted.sort();
+    assert_eq!(sorted, [2, 3], "0 and 1 come from peer 1");
+}
+
+#[test]
+fn a_departed_peers_offers_become_fresh_again() {
+    let now = Instant::now();
+    let mut s = seeder(2, 2);
+    let first = s.add_peer(1, &bits(2, []), &bits(2, 0..2), now);
+    assert_eq!(first.len(), 2);
+    assert!(s.add_peer(2, &bits(2, []), &bits(2, 0..2), now).is_empty());
+    let again = s.remove_peer(1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, 2);
+    assert_eq!(again[0].1.len(), 2);
+}
+
+#[test]
+fn a_stalled_peer_is_offered_what_others_hold() {
+    let t0 = Instant::now();
+    let mut s = seeder(3, 3);
+    s.add_peer(1, &bits(3, [0, 1, 2]), &bits(3, []), t0);
+    assert!(s.add_peer(2, &bits(3, []), &bits(3, 0..3), t0).is_empty());
+    assert!(s.tick(t0 + STALL_AFTER / 2).is_empty(), "not yet stalled");
+    let offers = s.tick(t0 + STALL_AFTER);
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].0, 2);
+    assert_eq!(offers[0].1.len(), 3);
+    assert!(s.tick(t0 + STALL_AFTER).is_empty(), "offered once per stall");
+}
+
+#[test]
+fn out_of_range_have_is_ignored() {
+    let mut s = seeder(2, 2);
+    s.add_peer(1, &bits(2, []), &bits(2, 0..2), Instant::now());
+    assert!(s.on_have(1, 99, Instant::now()).is_empty());
+    assert!(s.on_have(42, 0, Instant::now()).is_empty());
+}
