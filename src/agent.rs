@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use crate::config::AgentOptions;
 use crate::identity::{Identity, Role};
 use crate::net::{self, PeerIdentity};
-use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FRAME};
+use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME};
 use crate::serve::{refuse, serve_connection};
 use crate::store::ChunkStore;
 use crate::swarm::{Registry, SwarmOptions};
@@ -158,7 +158,7 @@ pub(crate) fn serve(ctx: Arc<AgentCtx>, conn: Connection, peer: PeerIdentity) ->
         let max_first = if peer.role == Role::Pusher {
             MAX_ANNOUNCE_FRAME
         } else {
-            MAX_FRAME
+            MAX_FIRST_FRAME
         };
         let on_other = {
             let conn = conn.clone();

@@ -19,6 +19,12 @@ pub const ALPN: &[u8] = b"p2pimg/1";
 /// Largest frame on swarm streams: one chunk of `MAX_CHUNK_SIZE` (8 MiB)
 /// after zstd's worst-case expansion, plus the message header.
 pub const MAX_FRAME: u32 = 9 << 20;
+/// Largest first frame of a stream a node opens: a `Hello` for `MAX_CHUNKS`
+/// chunks carries two bitfields of 128 KiB each.
+pub const MAX_FIRST_FRAME: u32 = 320 << 10;
+/// Largest frame on a swarm link after the `Hello`: a `Have` is a few
+/// bytes; room is left for an `Error` with its message.
+pub const MAX_LINK_FRAME: u32 = 4 << 10;
 /// Largest `Announce` frame: a manifest of `MAX_CHUNKS` entries is about
 /// 42 bytes each; 64 MiB leaves room for configs. Only a pusher may send it.
 pub const MAX_ANNOUNCE_FRAME: u32 = 64 << 20;

@@ -497,7 +497,7 @@ Subsystem sftp internal-sftp
 EOF
     setsid nsenter --net="/var/run/netns/$(host_ns 0)" /usr/sbin/sshd -D -e -f "$d/sshd_config" \
         </dev/null >"$d/sshd.log" 2>&1 &
-    SSHD_PID=$!
+    : "sshd pid $!"
     local k
     for ((k = 0; k < 100; k++)); do
         in_ns 1 ssh "${SSH_OPTS[@]}" "root@$(host_addr 0)" true 2>/dev/null && return 0

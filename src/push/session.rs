@@ -79,7 +79,7 @@ impl Session {
         let serving = tokio::spawn(serve_connection(
             conn.clone(),
             peer.name,
-            proto::MAX_FRAME,
+            proto::MAX_FIRST_FRAME,
             self.registry.clone(),
             |_, send, _| {
                 refuse(
