@@ -27,7 +27,16 @@ main() {
     command -v docker >/dev/null || { log "no docker CLI on PATH (docker.io provides one)"; exit 1; }
     log "engine: $(/usr/sbin/dockerd --version); client: $(docker --version)"
     log "cargo test --release --all-targets $*"
-    exec cargo test --release --all-targets "$@"
+    local out status
+    out="$(mktemp)"
+    set +e
+    cargo test --release --all-targets "$@" 2>&1 | tee "$out"
+    status=${PIPESTATUS[0]}
+    set -e
+    # One closing line for the whole suite, over every test binary.
+    awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$out"
+    rm -f "$out"
+    return "$status"
 }
 
 main "$@"

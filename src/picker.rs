@@ -137,6 +137,19 @@ impl Picker {
         true
     }
 
+    /// A peer said it does not hold chunk `i` after all (it answered
+    /// NotFound): stop asking it for `i` until it announces it again.
+    pub fn peer_lacks(&mut self, id: PeerId, i: u32) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(slot) = peer.has.get_mut(i as usize) {
+            if std::mem::replace(slot, false) {
+                self.availability[i as usize] -= 1;
+            }
+        }
+    }
+
     /// A peer left; its outstanding requests go back to NEEDED unless
     /// another peer is also fetching them.
     pub fn remove_peer(&mut self, id: PeerId) {
@@ -160,6 +173,9 @@ impl Picker {
     /// The next chunk to request from `id`, marking it in flight; `None`
     /// when the peer is at its limit or holds nothing useful.
     pub fn pick(&mut self, id: PeerId, rng: &mut impl Rng) -> Option<u32> {
+        if self.missing == 0 {
+            return None;
+        }
         let peer = self.peers.get(&id)?;
         if peer.in_flight >= self.max_in_flight {
             return None;

@@ -74,6 +74,25 @@ pub enum Message {
     Error { code: ErrorCode, message: String },
 }
 
+impl Message {
+    /// The variant's name, for messages to people.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Announce { .. } => "Announce",
+            Message::Plan(_) => "Plan",
+            Message::Start { .. } => "Start",
+            Message::Progress(_) => "Progress",
+            Message::Done(_) => "Done",
+            Message::Finish => "Finish",
+            Message::Hello { .. } => "Hello",
+            Message::Have { .. } => "Have",
+            Message::Request { .. } => "Request",
+            Message::Chunk { .. } => "Chunk",
+            Message::Error { .. } => "Error",
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {

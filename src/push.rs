@@ -186,10 +186,10 @@ pub async fn push(
         },
     );
     let registry = Registry::default();
-    registry.insert(seed);
+    let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
     let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events).await;
-    registry.remove(&shared.id);
+    drop(registered);
     endpoint.close(quinn::VarInt::from_u32(crate::proto::close::DONE), b"push done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(PushReport {
@@ -245,13 +245,16 @@ async fn run_sessions(
     let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
     let (finish_tx, finish_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let announce = Arc::new(crate::proto::encode(&crate::proto::Message::Announce {
+        manifest: (**manifest).clone(),
+    }));
     let mut tasks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let session = session::Session {
             endpoint: endpoint.clone(),
             registry: registry.clone(),
             node: node.clone(),
-            manifest: manifest.clone(),
+            announce: announce.clone(),
             events: events.clone(),
             planned: planned_tx.clone(),
             start: start_rx.clone(),
@@ -260,6 +263,8 @@ async fn run_sessions(
         };
         tasks.spawn(async move { (i, session.run().await) });
     }
+    // Only the sessions hold senders now: if one dies, the receivers see it.
+    drop((planned_tx, done_tx));
     let mut fetching = Vec::new();
     for _ in nodes {
         match planned_rx.recv().await {

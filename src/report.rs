@@ -32,7 +32,7 @@ impl Printer {
             }
             PushEvent::Progress { node, progress } => {
                 let total = self.plans.get(node).map_or(0, |p| p.need_bytes).max(1);
-                let step = progress.bytes * PROGRESS_STEPS / total;
+                let step = progress.bytes.saturating_mul(PROGRESS_STEPS) / total;
                 let last = self.step.insert(node.clone(), step);
                 if progress.loading {
                     return Some(format!("{node}: all chunks verified, loading into docker"));

@@ -102,18 +102,20 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
     let store = shared.store.clone();
     let data =
         tokio::task::spawn_blocking(move || store.contains(&entry.hash).then(|| store.read(&entry.hash)))
-            .await
-            .ok()
-            .flatten();
+            .await;
     match data {
-        Some(Ok(data)) => {
+        // Only the encoding this manifest names: the same content stored
+        // by another distribution at another zstd level is not it.
+        Ok(Some(Ok(data))) if data.len() == entry.zsize as usize => {
             let len = data.len() as u64;
             if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
                 shared.count_served(&peer, len);
             }
             let _ = send.finish();
         }
-        _ => refuse(send, ErrorCode::NotFound, "chunk not held").await,
+        Ok(None) | Ok(Some(Ok(_))) => refuse(send, ErrorCode::NotFound, "chunk not held").await,
+        Ok(Some(Err(e))) => refuse(send, ErrorCode::Internal, &e.to_string()).await,
+        Err(e) => refuse(send, ErrorCode::Internal, &e.to_string()).await,
     }
 }
 

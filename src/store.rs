@@ -64,10 +64,13 @@ impl ChunkStore {
         self.path(hash).is_file()
     }
 
-    /// Stores the compressed bytes of a chunk the caller has verified.
+    /// Stores the compressed bytes of a chunk the caller has verified. A
+    /// file already there is kept only if it has the same length: the same
+    /// content compressed at another level is replaced, since manifests
+    /// name the compressed length they announce.
     pub fn put(&self, hash: &Hash, zdata: &[u8]) -> Result<(), StoreError> {
         let dest = self.path(hash);
-        if dest.is_file() {
+        if fs::metadata(&dest).is_ok_and(|m| m.len() == zdata.len() as u64) {
             return Ok(());
         }
         let tmp = self
@@ -137,6 +140,27 @@ mod tests {
         // Survives reopening: the file is the record.
         let store = ChunkStore::open(dir.path()).unwrap();
         assert!(store.verify(&entry));
+    }
+
+    #[test]
+    fn put_replaces_another_compression_of_the_same_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        // Text-like bytes: compressible, and differently at levels 1 and 19.
+        let mut x = 12345u32;
+        let raw: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b"etaoin shrdlu"[(x >> 16) as usize % 13]
+            })
+            .collect();
+        let (fast, z1) = encode_chunk(&raw, 1);
+        let (small, z19) = encode_chunk(&raw, 19);
+        assert_ne!(fast.zsize, small.zsize);
+        store.put(&fast.hash, &z1).unwrap();
+        store.put(&small.hash, &z19).unwrap();
+        assert_eq!(store.read(&small.hash).unwrap().len(), small.zsize as usize);
+        assert_eq!(store.read_verified(&small).unwrap(), raw);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::pack::decode_chunk;
 use crate::picker::{PeerId, Picker};
-use crate::proto::{self, close, read_frame, write_frame, Bitfield, Message, PeerBytes};
+use crate::proto::{self, close, read_frame, write_frame, Bitfield, ErrorCode, Message, PeerBytes};
 use crate::seeder::Seeder;
 use crate::store::ChunkStore;
 
@@ -104,17 +104,34 @@ impl DistShared {
 pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>);
 
 impl Registry {
-    /// Makes `handle` reachable for incoming swarm and request streams.
-    pub fn insert(&self, handle: SwarmHandle) {
-        self.0
+    /// Makes `handle` reachable for incoming swarm and request streams
+    /// until the returned guard is dropped, which also happens when the
+    /// task holding it is aborted.
+    pub fn register(&self, handle: SwarmHandle) -> Registered {
+        let previous = self
+            .0
             .lock()
             .expect("registry lock")
-            .insert(handle.shared.id, handle);
+            .insert(handle.shared.id, handle.clone());
+        if previous.is_some() {
+            tracing::warn!(dist = %handle.shared.id.short(), "distribution announced again while running");
+        }
+        Registered {
+            registry: self.clone(),
+            handle,
+        }
     }
 
-    /// Stops routing streams for `id`.
-    pub fn remove(&self, id: &Hash) {
-        self.0.lock().expect("registry lock").remove(id);
+    /// Removes `handle`, unless a newer registration of the same
+    /// distribution replaced it.
+    fn unregister(&self, handle: &SwarmHandle) {
+        let mut map = self.0.lock().expect("registry lock");
+        if map
+            .get(&handle.shared.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.shared, &handle.shared))
+        {
+            map.remove(&handle.shared.id);
+        }
     }
 
     pub(crate) fn get(&self, id: &Hash) -> Option<SwarmHandle> {
@@ -131,6 +148,26 @@ pub struct Holdings {
     pub want: Bitfield,
 }
 
+/// A registration in a [`Registry`]; dropping it unregisters.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Registry,
+    handle: SwarmHandle,
+}
+
+impl Registered {
+    /// The registered swarm.
+    pub fn handle(&self) -> &SwarmHandle {
+        &self.handle
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.handle);
+    }
+}
+
 /// Progress of the local node on a distribution.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwarmProgress {
@@ -140,6 +177,8 @@ pub struct SwarmProgress {
     pub bytes: u64,
     /// Every needed chunk is held.
     pub complete: bool,
+    /// Fetching stopped for a local reason (the chunk store failed).
+    pub failed: Option<String>,
 }
 
 /// Tuning of a swarm.
@@ -250,6 +289,7 @@ struct PeerLink {
     conn: Connection,
     haves: mpsc::UnboundedSender<u32>,
     ready: bool,
+    task: tokio::task::AbortHandle,
 }
 
 /// The actor: owns the picker, the peer links and the fetch tasks.
@@ -266,6 +306,7 @@ pub struct Swarm {
     progress: watch::Sender<SwarmProgress>,
     rng: StdRng,
     seeder: Option<Seeder>,
+    failed: bool,
 }
 
 /// Why one chunk request failed.
@@ -277,9 +318,13 @@ pub enum FetchError {
         index: u32,
         cause: crate::pack::ChunkError,
     },
-    /// The peer refused or broke the exchange.
-    #[error("peer refused chunk {index}: {detail}")]
-    Refused { index: u32, detail: String },
+    /// The peer answered with an error.
+    #[error("peer refused chunk {index} ({code:?}): {detail}")]
+    Refused {
+        index: u32,
+        code: ErrorCode,
+        detail: String,
+    },
     /// The stream or connection failed.
     #[error("transfer of chunk {index} failed: {detail}")]
     Transfer { index: u32, detail: String },
@@ -321,6 +366,7 @@ impl Swarm {
             progress,
             rng,
             seeder,
+            failed: false,
         };
         let task = tokio::spawn(swarm.run());
         (
@@ -401,7 +447,7 @@ impl Swarm {
             chunks: self.shared.manifest.chunks.len(),
             tx,
         };
-        self.links.spawn(link.run(send, recv, ours, their, haves_rx));
+        let task = self.links.spawn(link.run(send, recv, ours, their, haves_rx));
         tracing::debug!(peer = %name, dist = %self.shared.id.short(), "peer link opened");
         self.peers.insert(
             id,
@@ -410,6 +456,7 @@ impl Swarm {
                 conn,
                 haves,
                 ready: false,
+                task,
             },
         );
     }
@@ -455,6 +502,7 @@ impl Swarm {
     fn forget_peer(&mut self, id: PeerId) {
         if let Some(link) = self.peers.remove(&id) {
             tracing::debug!(peer = %link.name, "peer link closed");
+            link.task.abort();
         }
         self.picker.remove_peer(id);
         if let Some(seeder) = &mut self.seeder {
@@ -474,6 +522,9 @@ impl Swarm {
 
     /// Starts as many requests as the picker allows.
     fn schedule(&mut self) {
+        if self.failed {
+            return;
+        }
         let ready: Vec<PeerId> = self
             .peers
             .iter()
@@ -505,12 +556,32 @@ impl Swarm {
                 self.picker.on_failed(id, index);
                 self.drop_peer(id, close::BAD_DATA, "sent a chunk that failed verification");
             }
-            Err(e) => {
+            Err(FetchError::Store(e)) => {
+                // A local disk problem: fetching again would only repeat it.
+                self.picker.on_failed(id, index);
+                let reason = e.to_string();
+                tracing::error!("{reason}");
+                self.failed = true;
+                self.progress.send_modify(|p| p.failed = Some(reason));
+            }
+            Err(
+                e @ FetchError::Refused {
+                    code: ErrorCode::NotFound,
+                    ..
+                },
+            ) => {
                 tracing::debug!("{e}");
                 self.picker.on_failed(id, index);
-                if matches!(e, FetchError::Refused { .. }) {
-                    self.drop_peer(id, close::PROTOCOL, "refused a chunk it announced");
-                }
+                self.picker.peer_lacks(id, index);
+            }
+            Err(e @ FetchError::Refused { .. }) => {
+                tracing::debug!("{e}");
+                self.picker.on_failed(id, index);
+                self.forget_peer(id);
+            }
+            Err(e @ FetchError::Transfer { .. }) => {
+                tracing::debug!("{e}");
+                self.picker.on_failed(id, index);
             }
         }
     }
@@ -562,14 +633,17 @@ async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<
         Ok(Message::Error { code, message }) => {
             return Err(FetchError::Refused {
                 index,
-                detail: format!("{code:?}: {message}"),
-            })
+                code,
+                detail: message,
+            });
         }
         Ok(other) => {
+            let detail = format!("answered with {}", other.kind());
             return Err(FetchError::Refused {
                 index,
-                detail: format!("unexpected {other:?}"),
-            })
+                code: ErrorCode::BadRequest,
+                detail,
+            });
         }
         Err(e) => return Err(transfer(e.to_string())),
     };

@@ -61,13 +61,22 @@ pub(super) async fn run(
         return control.wait_finish().await;
     }
     let manifest = Arc::new(manifest);
-    let id = manifest.id();
+    let shared = DistShared::new(manifest.clone(), ctx.store.clone());
+    let id = shared.id;
     tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), "announced");
     // Connections dialed to peers are served until the distribution ends,
     // so peers still fetching can request chunks on them.
     let mut dials = JoinSet::new();
+    // Unregisters when dropped, even if this task is aborted.
+    let mut registered = None;
     let outcome = match prepare(&ctx, &manifest).await {
         Ok((engine, plan)) => {
+            // Registered before the plan goes out: the pusher starts the peers
+            // only once every plan is in, so none can dial before this.
+            if !plan.is_skip() {
+                let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
+                registered = Some(ctx.registry.register(swarm));
+            }
             control.send(&Message::Plan(plan.summary.clone())).await;
             let node = Node {
                 ctx: &ctx,
@@ -75,7 +84,9 @@ pub(super) async fn run(
                 pusher: &pusher,
                 engine,
             };
-            node.distribute(&mut control, &mut dials, manifest, plan).await
+            let swarm = registered.as_ref().map(|r| r.handle());
+            node.distribute(&mut control, &mut dials, swarm, manifest, plan)
+                .await
         }
         Err(reason) => Outcome::Failed {
             reason,
@@ -85,7 +96,7 @@ pub(super) async fn run(
     log_outcome(&id, &outcome);
     control.send(&Message::Done(outcome)).await;
     control.wait_finish().await;
-    ctx.registry.remove(&id);
+    drop(registered);
     dials.shutdown().await;
 }
 
@@ -115,11 +126,12 @@ impl Node<'_> {
         &self,
         control: &mut Control,
         dials: &mut JoinSet<()>,
+        swarm: Option<&SwarmHandle>,
         manifest: Arc<Manifest>,
         plan: NodePlan,
     ) -> Outcome {
         let (ctx, conn, pusher, engine) = (self.ctx, self.conn, self.pusher, &self.engine);
-        if plan.is_skip() {
+        let Some(swarm) = swarm else {
             return match tag_all(engine, &manifest).await {
                 Ok(()) => Outcome::Skipped,
                 Err(reason) => Outcome::Failed {
@@ -127,14 +139,15 @@ impl Node<'_> {
                     received: Vec::new(),
                 },
             };
-        }
-        let shared = DistShared::new(manifest.clone(), ctx.store.clone());
-        let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
-        ctx.registry.insert(swarm.clone());
+        };
         let peers = match read_frame(&mut control.recv, proto::MAX_FRAME).await {
             Ok(Message::Start { peers }) => peers,
             other => {
-                let reason = format!("pusher did not start the distribution: {other:?}");
+                let got = match other {
+                    Ok(msg) => format!("sent {} instead", msg.kind()),
+                    Err(e) => e.to_string(),
+                };
+                let reason = format!("the pusher did not start the distribution: {got}");
                 return Outcome::Failed {
                     reason,
                     received: Vec::new(),
@@ -142,21 +155,24 @@ impl Node<'_> {
             }
         };
         if let Err(e) = swarm.connect_peer(pusher.name.clone(), conn.clone()).await {
-            tracing::warn!("cannot open a swarm stream to the pusher: {e}");
+            let reason = format!("cannot open a swarm stream to the pusher: {e}");
+            return Outcome::Failed {
+                reason,
+                received: Vec::new(),
+            };
         }
         for peer in peers.into_iter().filter(|p| p.name > ctx.name) {
             dials.spawn(dial_peer(ctx.clone(), swarm.clone(), peer));
         }
-        let fetched = follow_progress(&swarm, control).await;
+        let fetched = follow_progress(swarm, control).await;
         let received = swarm.received().await;
-        if !fetched {
-            let reason = "the pusher went away before every chunk arrived".to_string();
+        if let Err(reason) = fetched {
             return Outcome::Failed { reason, received };
         }
         control
             .send(&Message::Progress(Progress {
                 loading: true,
-                ..current(&swarm)
+                ..current(swarm)
             }))
             .await;
         let (images, layers) = (plan.images, plan.layers);
@@ -181,18 +197,23 @@ fn current(swarm: &SwarmHandle) -> Progress {
 
 /// Reports progress until every chunk is held (true) or the swarm or the
 /// pusher is gone (false).
-async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> bool {
+async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(), String> {
     let mut progress = swarm.progress();
+    let gone = || "the pusher went away before every chunk arrived".to_string();
     loop {
-        if progress.borrow_and_update().complete {
-            return true;
+        let now = progress.borrow_and_update().clone();
+        if let Some(reason) = now.failed {
+            return Err(reason);
+        }
+        if now.complete {
+            return Ok(());
         }
         if !control.send(&Message::Progress(current(swarm))).await {
-            return false;
+            return Err(gone());
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
         if progress.changed().await.is_err() {
-            return false;
+            return Err("the swarm stopped".into());
         }
     }
 }

@@ -132,3 +132,19 @@ fn completes_after_all_received() {
     }
     assert_eq!(p.pick(1, &mut r), None);
 }
+
+#[test]
+fn a_peer_that_lacks_a_chunk_is_not_asked_again() {
+    let mut p = Picker::new(&[true], &[false], 8);
+    p.add_peer(1, &bits(1, &[0]));
+    assert_eq!(p.pick(1, &mut rng()), Some(0));
+    p.on_failed(1, 0);
+    p.peer_lacks(1, 0);
+    assert_eq!(p.pick(1, &mut rng()), None);
+    p.peer_has(1, 0);
+    assert_eq!(
+        p.pick(1, &mut rng()),
+        Some(0),
+        "asked again once it announces the chunk"
+    );
+}

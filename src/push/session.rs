@@ -9,21 +9,28 @@ use tokio::sync::{mpsc, watch};
 
 use super::{NodeReport, NodeStatus, PushEvent};
 use crate::config::NodeEntry;
-use crate::manifest::Manifest;
 use crate::net;
 use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo};
 use crate::serve::{refuse, serve_connection};
 use crate::swarm::Registry;
 
 /// Longest wait for a node's plan: it inspects every image in its engine
-/// and re-verifies stored chunks, which takes seconds, not minutes.
-const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
+/// and re-verifies the chunks it kept from an earlier run, about 10 GB a
+/// minute from a plain disk.
+const PLAN_TIMEOUT: Duration = Duration::from_secs(300);
+/// A fetching node that reports no progress for this long is failed: one
+/// 1 MiB chunk takes 8 s even at 1 Mbit/s, and the fetch timeout (60 s)
+/// moves a stuck request to another peer well before.
+const STALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the pusher waits for an agent to close its side after Finish.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
 
 pub(super) struct Session {
     pub endpoint: quinn::Endpoint,
     pub registry: Registry,
     pub node: NodeEntry,
-    pub manifest: Arc<Manifest>,
+    /// The `Announce` frame, encoded once for every node.
+    pub announce: Arc<Vec<u8>>,
     pub events: mpsc::UnboundedSender<PushEvent>,
     /// (node, fetches) once the node planned or failed before planning.
     pub planned: mpsc::UnboundedSender<(String, bool)>,
@@ -104,10 +111,7 @@ impl Session {
             .open_bi()
             .await
             .map_err(|e| format!("connection lost: {e}"))?;
-        let announce = Message::Announce {
-            manifest: (*self.manifest).clone(),
-        };
-        write_frame(&mut send, &announce)
+        send.write_all(&self.announce)
             .await
             .map_err(|e| format!("cannot announce: {e}"))?;
         let fetches = self.await_plan(&mut recv, report).await?;
@@ -122,6 +126,9 @@ impl Session {
         let _ = self.finish.wait_for(|f| *f).await;
         let _ = write_frame(&mut send, &Message::Finish).await;
         let _ = send.finish();
+        // Let the agent see Finish and close its side before the endpoint
+        // closes, so it ends the distribution cleanly.
+        let _ = tokio::time::timeout(FINISH_GRACE, read_frame(&mut recv, proto::MAX_FRAME)).await;
         Ok(())
     }
 
@@ -164,13 +171,26 @@ impl Session {
             .map_err(|e| format!("connection lost: {e}"))
     }
 
+    /// Follows the node to its `Done`. A node that reports nothing for
+    /// [`STALL_TIMEOUT`] while fetching is failed; while it loads, the
+    /// engine's own time limit applies.
     async fn await_done(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<(), String> {
+        let mut loading = false;
         loop {
-            let msg = read_frame(recv, proto::MAX_FRAME)
-                .await
-                .map_err(|e| format!("connection lost: {e}"))?;
-            match msg {
+            let next = read_frame(recv, proto::MAX_FRAME);
+            let msg = if loading {
+                next.await
+            } else {
+                tokio::time::timeout(STALL_TIMEOUT, next).await.map_err(|_| {
+                    format!(
+                        "no progress for {}s: no peer could send the chunks it lacks",
+                        STALL_TIMEOUT.as_secs()
+                    )
+                })?
+            };
+            match msg.map_err(|e| format!("connection lost: {e}"))? {
                 Message::Progress(progress) => {
+                    loading = progress.loading;
                     let node = self.node.name.clone();
                     let _ = self.events.send(PushEvent::Progress { node, progress });
                 }
@@ -199,22 +219,6 @@ fn describe_refusal(msg: Message) -> String {
         }
         Message::Error { code, message } => format!("refused the push ({code:?}): {message}"),
         Message::Done(Outcome::Failed { reason, .. }) => reason,
-        other => format!("protocol error: unexpected {}", kind(&other)),
-    }
-}
-
-fn kind(msg: &Message) -> &'static str {
-    match msg {
-        Message::Announce { .. } => "Announce",
-        Message::Plan(_) => "Plan",
-        Message::Start { .. } => "Start",
-        Message::Progress(_) => "Progress",
-        Message::Done(_) => "Done",
-        Message::Finish => "Finish",
-        Message::Hello { .. } => "Hello",
-        Message::Have { .. } => "Have",
-        Message::Request { .. } => "Request",
-        Message::Chunk { .. } => "Chunk",
-        Message::Error { .. } => "Error",
+        other => format!("protocol error: unexpected {}", other.kind()),
     }
 }
