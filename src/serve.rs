@@ -11,6 +11,11 @@ use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
 use crate::swarm::{Holdings, Registry};
 
+/// Longest wait for the first frame of a stream a peer opened: an
+/// `Announce` of a large manifest (tens of MB) over a slow link fits; an
+/// idle stream does not hold its task forever.
+const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves every stream a peer opens on `conn`: swarm streams (`Hello`) go
 /// to the distribution's actor, `Request`s are answered from the store.
 /// `on_other` gets any other first message (the agent's `Announce`).
@@ -56,13 +61,15 @@ impl StreamCtx {
         F: Fn(Message, SendStream, RecvStream) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let first = match read_frame(&mut recv, self.max_first).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(peer = %self.peer, "bad first frame: {e}");
-                return self.conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
-            }
-        };
+        let first =
+            match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut recv, self.max_first)).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, "bad first frame: {e}");
+                    return self.conn.close(VarInt::from_u32(close::PROTOCOL), b"bad frame");
+                }
+                Err(_) => return tracing::debug!(peer = %self.peer, "stream opened but no frame came"),
+            };
         match first {
             Message::Hello { dist, have, want } => match self.registry.get(&dist) {
                 Some(h) => {

@@ -16,7 +16,7 @@
 //! actor's inbox closes and it returns, aborting its fetch and link tasks
 //! (JoinSets abort on drop); connections stay open for other distributions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -307,6 +307,10 @@ pub struct Swarm {
     rng: StdRng,
     seeder: Option<Seeder>,
     failed: bool,
+    /// Peers that may have something new to request from.
+    dirty: HashSet<PeerId>,
+    /// Every peer may: a chunk went back to NEEDED.
+    all_dirty: bool,
 }
 
 /// Why one chunk request failed.
@@ -367,6 +371,8 @@ impl Swarm {
             rng,
             seeder,
             failed: false,
+            dirty: HashSet::new(),
+            all_dirty: false,
         };
         let task = tokio::spawn(swarm.run());
         (
@@ -467,6 +473,7 @@ impl Swarm {
         };
         link.ready = true;
         self.picker.add_peer(id, &their.have);
+        self.dirty.insert(id);
         if let Some(seeder) = &mut self.seeder {
             let offers = seeder.add_peer(id, &their.have, &their.want, Instant::now());
             self.offer(id, offers);
@@ -477,6 +484,7 @@ impl Swarm {
         if !self.picker.peer_has(id, index) {
             return self.drop_peer(id, close::PROTOCOL, "HAVE for a chunk that does not exist");
         }
+        self.dirty.insert(id);
         if let Some(seeder) = &mut self.seeder {
             let offers = seeder.on_have(id, index, Instant::now());
             self.offer(id, offers);
@@ -505,6 +513,7 @@ impl Swarm {
             link.task.abort();
         }
         self.picker.remove_peer(id);
+        self.all_dirty = true;
         if let Some(seeder) = &mut self.seeder {
             for (other, offers) in seeder.remove_peer(id) {
                 self.offer(other, offers);
@@ -525,12 +534,16 @@ impl Swarm {
         if self.failed {
             return;
         }
+        // Only peers whose situation changed are asked: a pick scans every
+        // chunk, and most events concern one peer.
+        let dirty = std::mem::take(&mut self.dirty);
         let ready: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, l)| l.ready)
+            .filter(|(id, l)| l.ready && (self.all_dirty || dirty.contains(id)))
             .map(|(id, _)| *id)
             .collect();
+        self.all_dirty = false;
         for id in ready {
             while let Some(index) = self.picker.pick(id, &mut self.rng) {
                 let conn = self.peers[&id].conn.clone();
@@ -550,6 +563,9 @@ impl Swarm {
     }
 
     fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<u64, FetchError>) {
+        self.dirty.insert(id);
+        // A failed request puts the chunk back to NEEDED, for any peer.
+        self.all_dirty |= result.is_err();
         match result {
             Ok(bytes) => self.on_chunk(id, index, bytes),
             Err(FetchError::BadData { .. }) => {
@@ -587,9 +603,10 @@ impl Swarm {
     }
 
     fn on_chunk(&mut self, id: PeerId, index: u32, bytes: u64) {
-        if self.picker.on_received(id, index).is_none() {
+        let Some(duplicates) = self.picker.on_received(id, index) else {
             return; // a late endgame duplicate
-        }
+        };
+        self.dirty.extend(duplicates);
         if let Some(link) = self.peers.get(&id) {
             let e = self
                 .received
