@@ -195,7 +195,7 @@ impl Archive {
     ) -> Result<Blob, SaveError> {
         let size = entry.size();
         let mut head = [0u8; SNIFF_LEN];
-        let n = read_up_to(&mut entry, &mut head).map_err(SaveError::Tar)?;
+        let n = crate::pack::read_full(&mut entry, &mut head).map_err(SaveError::Tar)?;
         let head = &head[..n];
         let whole = Cursor::new(head.to_vec()).chain(entry);
         let layer_err = |source| SaveError::Layer {
@@ -455,20 +455,6 @@ fn resolve_symlink(link: &str, target: &Path) -> Result<String, SaveError> {
         }
     }
     Ok(parts.join("/"))
-}
-
-/// Reads until `buf` is full or the stream ends.
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 fn wrong_kind(image: &str, path: &str, what: &'static str) -> SaveError {
