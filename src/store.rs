@@ -19,6 +19,7 @@ use crate::pack::{decode_chunk, ChunkError};
 pub struct ChunkStore {
     chunks: PathBuf,
     tmp: PathBuf,
+    durable: bool,
 }
 
 /// A store operation that failed.
@@ -34,11 +35,23 @@ pub enum StoreError {
 
 impl ChunkStore {
     /// Opens (creating) `state_dir/chunks`, clearing leftovers of writes a
-    /// crash interrupted.
+    /// crash interrupted. Writes are fsynced: what the store says it has
+    /// survives a crash.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(state_dir, true)
+    }
+
+    /// Opens a store for data that need not survive a crash (the seed's
+    /// scratch copy, deleted after the push): no fsync, still atomic renames.
+    pub fn open_scratch(state_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(state_dir, false)
+    }
+
+    fn open_with(state_dir: &Path, durable: bool) -> Result<Self, StoreError> {
         let store = ChunkStore {
             chunks: state_dir.join("chunks"),
             tmp: state_dir.join("tmp"),
+            durable,
         };
         for dir in [&store.chunks, &store.tmp] {
             fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -76,10 +89,13 @@ impl ChunkStore {
         let tmp = self
             .tmp
             .join(format!("{}.{}", hash.to_hex(), rand::random::<u64>()));
-        write_synced(&tmp, zdata).map_err(|e| io_err(&tmp, e))?;
+        write_file(&tmp, zdata, self.durable).map_err(|e| io_err(&tmp, e))?;
         let dir = dest.parent().expect("chunk path has a parent");
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?;
+        if !self.durable {
+            return Ok(());
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(dir, e))
@@ -110,10 +126,13 @@ impl ChunkStore {
     }
 }
 
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+fn write_file(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
     f.write_all(data)?;
-    f.sync_all()
+    if sync {
+        f.sync_all()?;
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path, source: io::Error) -> StoreError {
