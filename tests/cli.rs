@@ -1,0 +1,232 @@
+//! User mistakes, through the built binary: each gives one clear line on
+//! stderr and a non-zero exit, never a panic or a backtrace.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run_ok, run_with_timeout, AgentConfig, Cluster};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
+}
+
+/// Runs p2pimg; returns (exit code, stdout, stderr).
+fn p2pimg(args: &[&str]) -> (i32, String, String) {
+    let out = run_with_timeout(Command::new(bin()).args(args), 120);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Asserts a failure explained in one line that contains every `needles`.
+fn assert_one_line_error(args: &[&str], needles: &[&str]) {
+    let (code, stdout, stderr) = p2pimg(args);
+    assert_ne!(code, 0, "{args:?} succeeded:\n{stdout}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?} should fail in one line, printed:\n{stderr}"
+    );
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} missing from: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn inventory_mistakes_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("syntax.toml", "[[node]]\nname = \"n1\"\naddr = 10.0.0.1:7701\n", vec!["line 3"]),
+        ("unknown.toml", "[[node]]\nname = \"n1\"\nadr = \"10.0.0.1:7701\"\n", vec!["line 3", "adr"]),
+        (
+            "dupname.toml",
+            "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\"\n[[node]]\nname = \"n1\"\naddr = \"10.0.0.2:7701\"\n",
+            vec!["n1", "line 2"],
+        ),
+        (
+            "dupaddr.toml",
+            "[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:7701\"\n[[node]]\nname = \"n2\"\naddr = \"10.0.0.1:7701\"\n",
+            vec!["10.0.0.1:7701"],
+        ),
+    ];
+    for (file, text, needles) in cases {
+        let nodes = write(dir.path(), file, text);
+        let mut expected = vec![file];
+        expected.extend(needles);
+        assert_one_line_error(&["push", "app:1", "--nodes", path_str(&nodes)], &expected);
+    }
+    let missing = dir.path().join("absent.toml");
+    assert_one_line_error(
+        &["push", "app:1", "--nodes", path_str(&missing)],
+        &["absent.toml"],
+    );
+}
+
+#[test]
+fn missing_identity_files_say_how_to_make_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(
+        dir.path(),
+        "nodes.toml",
+        "[[node]]\nname = \"n1\"\naddr = \"127.0.0.1:9\"\n",
+    );
+    let nowhere = dir.path().join("no-cluster");
+    let args = [
+        "push",
+        "app:1",
+        "--nodes",
+        path_str(&nodes),
+        "--cluster-dir",
+        path_str(&nowhere),
+    ];
+    assert_one_line_error(&args, &["ca.crt", "p2pimg init"]);
+}
+
+/// A cluster dir with a node identity n1, and an agent.toml for it.
+fn node_setup(dir: &Path) -> (PathBuf, AgentConfig) {
+    let ca = dir.join("ca");
+    run_ok(Command::new(bin()).args(["init", "--dir"]).arg(&ca), 30);
+    run_ok(
+        Command::new(bin())
+            .args(["cert", "issue", "n1", "--dir"])
+            .arg(&ca),
+        30,
+    );
+    let config = AgentConfig {
+        name: "n1".into(),
+        listen: "127.0.0.1:0".into(),
+        state_dir: dir.join("state"),
+        docker_host: "unix:///nonexistent/docker.sock".into(),
+        ca: ca.join("ca.crt"),
+        cert: ca.join("n1.crt"),
+        key: ca.join("n1.key"),
+    };
+    (dir.join("agent.toml"), config)
+}
+
+#[test]
+fn agent_refuses_bad_setups_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, good) = node_setup(dir.path());
+    let agent = |config: &AgentConfig| {
+        config.write(&path);
+        vec!["agent".to_string(), "--config".into(), path_str(&path).into()]
+    };
+    let check = |config: &AgentConfig, needles: &[&str]| {
+        let args = agent(config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&args, needles);
+    };
+
+    // A state directory that cannot be created.
+    let blocker = write(dir.path(), "a-file", "x");
+    let unwritable = AgentConfig {
+        state_dir: blocker.join("state"),
+        ..good.clone()
+    };
+    check(&unwritable, &["state directory", "a-file"]);
+
+    // A certificate for another name.
+    let other = AgentConfig {
+        name: "n2".into(),
+        ..good.clone()
+    };
+    check(&other, &["n2", "n1"]);
+
+    // A missing key file.
+    let nokey = AgentConfig {
+        key: dir.path().join("absent.key"),
+        ..good.clone()
+    };
+    check(&nokey, &["absent.key"]);
+
+    // A key readable by others.
+    fs::set_permissions(&good.key, fs::Permissions::from_mode(0o644)).unwrap();
+    check(&good, &["n1.key", "chmod 600"]);
+}
+
+#[test]
+fn push_explains_a_missing_image_and_a_node_without_engine() {
+    let cluster = Cluster::start(bin(), 1);
+    // The seed's engine lacks the image: one line, before anything is sent.
+    let (code, _, stderr) = p2pimg(&[
+        "push",
+        "nosuch:1",
+        "--nodes",
+        path_str(&cluster.nodes_toml()),
+        "--cluster-dir",
+        path_str(&cluster.ca_dir()),
+        "--docker-host",
+        &cluster.seed.host(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("nosuch:1") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // A node whose agent cannot reach its engine: that node fails, with why.
+    common::build_test_image(&cluster.seed, "app:1");
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut config) = node_setup(dir.path());
+    config.ca = cluster.ca_dir().join("ca.crt");
+    run_ok(
+        Command::new(bin())
+            .args(["cert", "issue", "lonely", "--dir"])
+            .arg(cluster.ca_dir()),
+        30,
+    );
+    config.name = "lonely".into();
+    config.cert = cluster.ca_dir().join("lonely.crt");
+    config.key = cluster.ca_dir().join("lonely.key");
+    config.write(&path);
+    let agent = common::Agent::start(bin(), &path);
+    let nodes = write(
+        dir.path(),
+        "nodes.toml",
+        &format!("[[node]]\nname = \"lonely\"\naddr = \"{}\"\n", agent.addr()),
+    );
+    let (code, stdout, _) = p2pimg(&[
+        "push",
+        "app:1",
+        "--nodes",
+        path_str(&nodes),
+        "--cluster-dir",
+        path_str(&cluster.ca_dir()),
+        "--docker-host",
+        &cluster.seed.host(),
+    ]);
+    assert_ne!(code, 0, "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("lonely "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("failed") && line.contains("/nonexistent/docker.sock"),
+        "{line}"
+    );
+    drop(agent);
+}
