@@ -106,8 +106,10 @@ rate_for() {
 
 on_exit() {
     local rc=$?
+    set +e
     trap - EXIT INT TERM
     [[ -n "$SAMPLER_PID" ]] && kill "$SAMPLER_PID" 2>/dev/null
+    log "saving daemon logs to $LOGS"
     if [[ -d "$R" ]]; then
         mkdir -p "$LOGS"
         for f in "$R"/h*/dockerd.log "$R/ssh/sshd.log" "$R/registry/registry.log"; do
@@ -152,16 +154,17 @@ measure_save() {
 
 # measure_load N: T_load, all N engines loading the saved tar at once.
 measure_load() {
-    local n=$1 i t0 end c0 c1 ok=0
+    local n=$1 i t0 end c0 c1 ok=0 pids=()
     local out=$R/runs/$n-load
     c0=$(cpu_now)
     t0=$(now)
     for ((i = 1; i <= n; i++)); do
         { dk "$i" load -i "$R/h0/image.tar" >/dev/null 2>"$out.err.$i" && now >"$out.done.$i"; } &
+        pids+=($!)
     done
-    wait
+    wait "${pids[@]}" || true
     c1=$(cpu_now)
-    end=$(cat "$out".done.* 2>/dev/null | sort -n | tail -n 1)
+    end=$(cat "$out".done.* 2>/dev/null | sort -n | tail -n 1) || true
     for ((i = 1; i <= n; i++)); do [[ "$(image_id "$i" "$IMAGE")" == "$SEED_ID" ]] && ok=$((ok + 1)); done
     ((ok == n)) || log "warning: T_load: only $ok/$n engines hold the image: $(cat "$out".err.* | head -n 3)"
     RES[$n|ref|t_load]=$(calc "${end:-$t0} - $t0")
@@ -187,7 +190,7 @@ times_children() {
 
 # parse_push OUT.json: tab-separated: export_t export_secs bytes compressed last_loading_t
 # nodes_loading loaded failed report_secs compressed_bytes success seed_uploaded
-# total_received first_failure
+# from_peers first_failure
 parse_push() {
     jq -cR 'fromjson? // empty' "$1" | jq -rs '
         (map(select(.event == "exported"))[0] // {}) as $e
@@ -201,7 +204,7 @@ parse_push() {
             ($f | map(select(.status.status == "failed")) | length),
             ($r.report.secs // "-"), ($r.report.compressed_bytes // "-"), ($r.success // false),
             (($r.report.seed_uploaded // []) | map(.bytes) | add // 0),
-            (($r.report.nodes // []) | map((.received // []) | map(.bytes) | add // 0) | add // 0),
+            (($r.report.pusher // "pusher") as $p | ($r.report.nodes // []) | map((.received // []) | map(select(.peer != $p) | .bytes) | add // 0) | add // 0),
             (($f | map(select(.status.status == "failed")) | .[0] | if . then "\(.node): \(.status.reason)" else "-" end)
               | gsub("[\t\n]"; " "))
           ] | @tsv'
@@ -222,7 +225,9 @@ run_p2pimg() {
     t1=$(now)
     sampler_stop
     tx1=$(host_tx 0)
-    IFS=$'\t' read -r -a f < <(parse_push "$out.json")
+    f=()
+    IFS=$'\t' read -r -a f < <(parse_push "$out.json") || true
+    while ((${#f[@]} < 14)); do f+=(-); done
     stats=$(agent_stats "$n")
     RES[$n|p2pimg|rc]=$rc
     RES[$n|p2pimg|t_export]=${f[0]}
@@ -284,7 +289,7 @@ scp_job() {
 
 run_scp() {
     local n=$1
-    local out=$R/runs/$n-scp tx0 tx1 t0 t1 sem k i tc tl c
+    local out=$R/runs/$n-scp tx0 tx1 t0 t1 sem k i tc tl c pids=()
     tx0=$(host_tx 0)
     sampler_start "$out.samples" $((n + 1))
     log "N=$n scp: copying the saved tar to $n nodes, $SCP_PARALLEL at once, each loading when its copy is done"
@@ -292,15 +297,15 @@ run_scp() {
     exec {sem}<>"$out.sem"
     for ((k = 0; k < SCP_PARALLEL; k++)); do printf x >&"$sem"; done
     t0=$(now)
-    for ((i = 1; i <= n; i++)); do scp_job "$n" "$i" "$sem" "$out" & done
-    wait
+    for ((i = 1; i <= n; i++)); do scp_job "$n" "$i" "$sem" "$out" & pids+=($!); done
+    wait "${pids[@]}" || true
     t1=$(now)
     exec {sem}>&-
     sampler_stop
     tx1=$(host_tx 0)
     c=$(find "$R/runs" -name "$n-scp.copy.*" | wc -l)
-    tc=$(cat "$out".copy.* 2>/dev/null | sort -n | tail -n 1)
-    tl=$(cat "$out".load.* 2>/dev/null | sort -n | tail -n 1)
+    tc=$(cat "$out".copy.* 2>/dev/null | sort -n | tail -n 1) || true
+    tl=$(cat "$out".load.* 2>/dev/null | sort -n | tail -n 1) || true
     RES[$n|scp|copied]=$c
     RES[$n|scp|loaded]=$(find "$R/runs" -name "$n-scp.load.*" | wc -l)
     RES[$n|scp|xfer]=$([[ -n "$tc" ]] && calc "$tc - $t0" || printf -- '-')
@@ -317,7 +322,7 @@ run_scp() {
 
 run_registry() {
     local n=$1
-    local out=$R/runs/$n-registry ref tx0 tx1 t0 t1 t2 t3 i tl
+    local out=$R/runs/$n-registry ref tx0 tx1 t0 t1 t2 t3 i tl pids=()
     ref=$(host_addr 0):$REG_PORT/p2pb/app:1
     registry_start
     dk 0 tag "$IMAGE" "$ref"
@@ -333,12 +338,13 @@ run_registry() {
     t2=$(now)
     for ((i = 1; i <= n; i++)); do
         { timeout "$TIMEOUT" docker -H "$(host_sock "$i")" pull -q "$ref" >/dev/null 2>"$out.err.$i" && now >"$out.pull.$i"; } &
+        pids+=($!)
     done
-    wait
+    wait "${pids[@]}" || true
     t3=$(now)
     sampler_stop
     tx1=$(host_tx 0)
-    tl=$(cat "$out".pull.* 2>/dev/null | sort -n | tail -n 1)
+    tl=$(cat "$out".pull.* 2>/dev/null | sort -n | tail -n 1) || true
     RES[$n|registry|loaded]=$(find "$R/runs" -name "$n-registry.pull.*" | wc -l)
     RES[$n|registry|pull]=$([[ -n "$tl" ]] && calc "$tl - $t2" || printf -- '-')
     RES[$n|registry|xfer]=$(net_done "$out.samples" "$t2" "$n")
@@ -388,7 +394,7 @@ print_block() {
             p2pimg)
                 note="transfer = last node loading:true ($(fmt_s "${RES[$n|p2pimg|t_lastload]:--}") s from push start) minus export ($(fmt_s "${RES[$n|p2pimg|export_secs]:--}") s);"
                 note+=" on the wire $(fmt_s "${RES[$n|p2pimg|net_xfer]:--}") s; e2e = report secs; CPU agents $(fmt_s "${RES[$n|p2pimg|agent_cpu]:--}") s + push $(fmt_s "${RES[$n|p2pimg|push_cpu]:--}") s;"
-                note+=" report: seed $(fmt_mb "${RES[$n|p2pimg|report_seed]:--}") MB of $(fmt_mb "${RES[$n|p2pimg|received]:--}") MB received;"
+                note+=" report: nodes got $(fmt_mb "${RES[$n|p2pimg|report_seed]:--}") MB from the seed, $(fmt_mb "${RES[$n|p2pimg|received]:--}") MB from peers;"
                 note+=" exit ${RES[$n|p2pimg|rc]:--}, ${RES[$n|p2pimg|loaded]:--}/$n loaded; ${RES[$n|p2pimg|verify]:--}"
                 [[ "${RES[$n|p2pimg|first_failure]:--}" != - ]] && note+="; first failure: ${RES[$n|p2pimg|first_failure]}"
                 ;;
@@ -444,7 +450,9 @@ run_single() {
     t0=$(now)
     push_json 1 "$R/runs/nodes-1.toml" "$out" || rc=$?
     t1=$(now)
-    IFS=$'\t' read -r -a f < <(parse_push "$out.json")
+    f=()
+    IFS=$'\t' read -r -a f < <(parse_push "$out.json") || true
+    while ((${#f[@]} < 14)); do f+=(-); done
     cp "$out.json" "$LOGS/1-single.json" 2>/dev/null || true
     cp "$(host_dir 1)/agent.log" "$LOGS/1-single-n1.agent.log"
     agent_stop 1
@@ -492,7 +500,7 @@ main() {
             "$NS" "$RATE" "$RATES" "$METHODS" "$BASE" "$BIN_FILES" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL"
         printf 'image %s (%s), %s MB as docker reports it; layers:\n' "$IMAGE" "${SEED_ID:7:12}" \
             "$(fmt_mb "$(dk 0 image inspect --format '{{.Size}}' "$IMAGE")")"
-        dk 0 history --no-trunc --format '  {{.Size}}\t{{.CreatedBy}}' "$IMAGE" | grep -v '^  0B' | cut -c 1-110
+        dk 0 history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | awk -F '\t' '$1 != "0B" { printf "  %8s  %s\n", $1, ($2 == "" ? "(imported base)" : substr($2, 1, 100)) }'
     }
     for n in $NS; do
         log "== N=$n: shaping h0..h$n to $(rate_for "$n") Mbit/s"

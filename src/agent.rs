@@ -51,7 +51,7 @@ pub enum AgentError {
     #[error("{cert} is a pusher certificate; an agent needs a node certificate (p2pimg cert issue NAME)")]
     NotANode { cert: String },
     /// The state directory is unusable.
-    #[error("state directory: {0}")]
+    #[error("state directory unusable: {0} (set state_dir in agent.toml to a directory the agent can write)")]
     Store(#[from] crate::store::StoreError),
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
