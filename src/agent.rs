@@ -15,6 +15,7 @@
 
 mod dist;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::task::JoinSet;
 
 use crate::config::AgentOptions;
-use crate::identity::{Identity, Role};
+use crate::identity::Role;
 use crate::net::{self, PeerIdentity};
 use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME};
 use crate::serve::{refuse, serve_connection};
@@ -37,21 +38,16 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The node identity could not be loaded.
+    /// The node identity could not be loaded or is not this node's.
     #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    /// The identity names another node than the configuration.
-    #[error("agent.toml says name = {config:?} but {cert} is a certificate for {cert_name:?}")]
-    NameMismatch {
-        config: String,
-        cert: String,
-        cert_name: String,
-    },
+    Identity(#[from] crate::config::ConfigError),
     /// The identity is a pusher's, not a node's.
     #[error("{cert} is a pusher certificate; an agent needs a node certificate (p2pimg cert issue NAME)")]
     NotANode { cert: String },
     /// The state directory is unusable.
-    #[error("state directory unusable: {0} (set state_dir in agent.toml to a directory the agent can write)")]
+    #[error(
+        "state directory unusable: {0} (set state_dir in agent.toml to a directory the agent can write)"
+    )]
     Store(#[from] crate::store::StoreError),
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
@@ -66,6 +62,8 @@ pub(crate) struct AgentCtx {
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
     pub swarm: SwarmOptions,
+    /// Certificate names refused whatever their signature says.
+    pub deny: HashSet<String>,
 }
 
 /// A started agent, listening.
@@ -76,8 +74,11 @@ pub struct Agent {
 impl Agent {
     /// Loads the identity, opens the store and binds the endpoint.
     pub fn start(opts: &AgentOptions) -> Result<Agent, AgentError> {
-        let identity = Identity::load(&opts.ca, &opts.cert, &opts.key)?;
-        check_identity(opts, &identity)?;
+        let identity = opts.load_identity()?;
+        if identity.role != Role::Node {
+            let cert = opts.cert.display().to_string();
+            return Err(AgentError::NotANode { cert });
+        }
         let store = ChunkStore::open(&opts.state_dir)?;
         let endpoint = net::endpoint(&identity, opts.listen)?;
         let ctx = AgentCtx {
@@ -87,6 +88,7 @@ impl Agent {
             registry: Registry::default(),
             endpoint,
             swarm: SwarmOptions::default(),
+            deny: opts.deny.iter().cloned().collect(),
         };
         Ok(Agent { ctx: Arc::new(ctx) })
     }
@@ -120,22 +122,6 @@ impl Agent {
     }
 }
 
-fn check_identity(opts: &AgentOptions, identity: &Identity) -> Result<(), AgentError> {
-    let cert = opts.cert.display().to_string();
-    if identity.role != Role::Node {
-        return Err(AgentError::NotANode { cert });
-    }
-    if identity.name != opts.name {
-        let cert_name = identity.name.clone();
-        return Err(AgentError::NameMismatch {
-            config: opts.name.clone(),
-            cert,
-            cert_name,
-        });
-    }
-    Ok(())
-}
-
 async fn handle_incoming(ctx: Arc<AgentCtx>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
@@ -143,6 +129,13 @@ async fn handle_incoming(ctx: Arc<AgentCtx>, incoming: quinn::Incoming) {
         Err(e) => return tracing::warn!(%remote, "refused connection: {e}"),
     };
     match net::peer_identity(&conn) {
+        Ok(peer) if ctx.deny.contains(&peer.name) => {
+            tracing::warn!(peer = %peer.name, %remote, "refused a denied identity");
+            conn.close(
+                VarInt::from_u32(close::NOT_AUTHORIZED),
+                b"identity denied by this node",
+            );
+        }
         Ok(peer) => serve(ctx, conn, peer).await,
         Err(e) => tracing::warn!(%remote, "connection without a usable identity: {e}"),
     }

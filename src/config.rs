@@ -259,6 +259,11 @@ pub struct AgentOptions {
     pub cert: PathBuf,
     /// This node's private key (mode 0600).
     pub key: PathBuf,
+    /// Certificate names refused at every connection: a leaked or retired
+    /// identity, shut out without re-keying the cluster.
+    pub deny: Vec<String>,
+    /// The file these options came from, for error messages.
+    pub source: PathBuf,
 }
 
 /// agent.toml as written.
@@ -275,6 +280,8 @@ struct RawAgent {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -316,12 +323,14 @@ impl AgentOptions {
             ca: base.join(raw.ca),
             cert: base.join(raw.cert),
             key: base.join(raw.key),
+            deny: raw.deny,
+            source: origin.into(),
         })
     }
 
     /// Loads the identity in `ca`, `cert` and `key`, and checks it is issued to `name`.
-    /// `origin` is agent.toml's path, for error messages.
-    pub fn load_identity(&self, origin: &Path) -> Result<Identity, ConfigError> {
+    pub fn load_identity(&self) -> Result<Identity, ConfigError> {
+        let origin = &self.source;
         let identity =
             Identity::load(&self.ca, &self.cert, &self.key).map_err(|source| ConfigError::Identity {
                 path: origin.into(),

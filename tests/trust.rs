@@ -1,5 +1,6 @@
 //! Trust: a pusher with a certificate from another cluster's CA is refused at
-//! the handshake, and a node identity of this cluster cannot announce a push.
+//! the handshake, a node identity of this cluster cannot announce a push, and
+//! an identity on an agent's deny list is refused.
 
 mod common;
 
@@ -13,8 +14,8 @@ fn bin() -> &'static Path {
 }
 
 #[test]
-fn foreign_ca_and_node_identity_are_refused() {
-    let cluster = Cluster::start(bin(), 1);
+fn foreign_ca_node_identity_and_denied_identity_are_refused() {
+    let mut cluster = Cluster::start(bin(), 1);
     let image = build_test_image(&cluster.seed, "app:1");
     let engine = &cluster.nodes[0].engine;
 
@@ -54,4 +55,24 @@ fn foreign_ca_and_node_identity_are_refused() {
         cluster.logs()
     );
     assert_eq!(engine.image_id("app:1").as_deref(), Some(image.id.as_str()));
+
+    // The operator denies the pusher's identity in agent.toml: its pushes are refused.
+    cluster.stop_agent(0);
+    let config = cluster.nodes[0].config.clone();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("deny = [\"pusher\"]\n");
+    std::fs::write(&config, text).unwrap();
+    cluster.restart_agent(0);
+    let push = cluster.push(&["app:1"], &[]);
+    assert_ne!(push.code, 0, "a denied pusher succeeded:\n{}", push.stdout);
+    let reason = push.reason("n1");
+    assert!(
+        reason.contains("denied"),
+        "reason should say the identity is denied: {reason}"
+    );
+    assert!(
+        cluster.nodes[0].agent.log().contains("refused a denied identity"),
+        "{}",
+        cluster.logs()
+    );
 }

@@ -161,7 +161,10 @@ impl Node<'_> {
                 received: Vec::new(),
             };
         }
-        for peer in peers.into_iter().filter(|p| p.name > ctx.name) {
+        for peer in peers
+            .into_iter()
+            .filter(|p| p.name > ctx.name && !ctx.deny.contains(&p.name))
+        {
             dials.spawn(dial_peer(ctx.clone(), swarm.clone(), peer));
         }
         let fetched = follow_progress(swarm, control).await;

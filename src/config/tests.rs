@@ -122,13 +122,13 @@ fn agent_identity_must_match_name() {
     let origin = dir.path().join("agent.toml");
     let text = "name = \"n2\"\nca = \"ca.crt\"\ncert = \"n1.crt\"\nkey = \"n1.key\"\n";
     let opts = AgentOptions::parse(text, &origin).unwrap();
-    let msg = opts.load_identity(&origin).unwrap_err().to_string();
+    let msg = opts.load_identity().unwrap_err().to_string();
     assert!(msg.contains("name is `n2` but certificate"), "{msg}");
     let opts = AgentOptions {
         name: "n1".into(),
         ..opts
     };
-    assert_eq!(opts.load_identity(&origin).unwrap().name, "n1");
+    assert_eq!(opts.load_identity().unwrap().name, "n1");
 }
 
 #[test]
