@@ -11,6 +11,15 @@ use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
 use crate::swarm::{Holdings, Registry};
 
+/// Chunks read and being sent at once, across all peers: 32 chunks of up
+/// to 8 MiB keep any number of requesters to at most 256 MiB of answers
+/// (32 MiB with the default 1 MiB chunks), while 32 parallel sends fill
+/// the uplink.
+static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+
+/// Longest time to send one chunk answer: 8 MiB at 2 Mbit/s, with margin.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Longest wait for the first frame of a stream a peer opened: an
 /// `Announce` of a large manifest (tens of MB) over a slow link fits; an
 /// idle stream does not hold its task forever.
@@ -106,6 +115,10 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
     let Some(entry) = shared.manifest.chunks.get(index as usize).copied() else {
         return refuse(send, ErrorCode::BadRequest, "chunk index out of range").await;
     };
+    // Bounds the chunks held in memory for answers, whatever peers ask.
+    let Ok(_permit) = SERVING.acquire().await else {
+        return;
+    };
     let store = shared.store.clone();
     let data =
         tokio::task::spawn_blocking(move || store.contains(&entry.hash).then(|| store.read(&entry.hash)))
@@ -115,7 +128,10 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
         // by another distribution at another zstd level is not it.
         Ok(Some(Ok(data))) if data.len() == entry.zsize as usize => {
             let len = data.len() as u64;
-            if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
+            // A requester that stops reading gives its permit back in time.
+            let sent =
+                tokio::time::timeout(SEND_TIMEOUT, write_frame(&mut send, &Message::Chunk { data })).await;
+            if matches!(sent, Ok(Ok(()))) {
                 shared.count_served(&peer, len);
             }
             let _ = send.finish();

@@ -31,7 +31,9 @@ use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::pack::decode_chunk;
 use crate::picker::{PeerId, Picker};
-use crate::proto::{self, close, read_frame, write_frame, Bitfield, ErrorCode, Message, PeerBytes};
+use crate::proto::{
+    self, close, read_frame, write_frame, Bitfield, ErrorCode, FrameError, Message, PeerBytes,
+};
 use crate::seeder::Seeder;
 use crate::store::ChunkStore;
 
@@ -48,6 +50,9 @@ const SEED_WINDOW_PER_REQUEST: usize = 2;
 /// How often a seeder looks for stalled peers; stalls are measured in
 /// tens of seconds, so once a second is plenty.
 const SEED_TICK: Duration = Duration::from_secs(1);
+/// How long a peer dropped for bad data or a protocol violation is refused:
+/// long enough to finish the distribution without it.
+const BAN_FOR: Duration = Duration::from_secs(600);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
@@ -311,6 +316,8 @@ pub struct Swarm {
     dirty: HashSet<PeerId>,
     /// Every peer may: a chunk went back to NEEDED.
     all_dirty: bool,
+    /// Peers dropped for misbehaving, by name, and since when.
+    banned: HashMap<String, Instant>,
 }
 
 /// Why one chunk request failed.
@@ -329,6 +336,9 @@ pub enum FetchError {
         code: ErrorCode,
         detail: String,
     },
+    /// The peer's answer broke the protocol.
+    #[error("peer broke the protocol answering chunk {index}: {detail}")]
+    Protocol { index: u32, detail: String },
     /// The stream or connection failed.
     #[error("transfer of chunk {index} failed: {detail}")]
     Transfer { index: u32, detail: String },
@@ -373,6 +383,7 @@ impl Swarm {
             failed: false,
             dirty: HashSet::new(),
             all_dirty: false,
+            banned: HashMap::new(),
         };
         let task = tokio::spawn(swarm.run());
         (
@@ -432,6 +443,10 @@ impl Swarm {
         recv: RecvStream,
         their: Option<Holdings>,
     ) {
+        if self.is_banned(&name) {
+            tracing::debug!(peer = %name, "refused a swarm stream from a dropped peer");
+            return; // dropping the streams resets them
+        }
         let id = self.next_id;
         self.next_id += 1;
         let (haves, haves_rx) = mpsc::unbounded_channel();
@@ -521,12 +536,20 @@ impl Swarm {
         }
     }
 
+    /// Disconnects a misbehaving peer and refuses its swarm streams for
+    /// [`BAN_FOR`]; its chunks are fetched elsewhere.
     fn drop_peer(&mut self, id: PeerId, code: u32, why: &str) {
         if let Some(link) = self.peers.get(&id) {
             tracing::warn!(peer = %link.name, "dropping peer: {why}");
             link.conn.close(VarInt::from_u32(code), why.as_bytes());
+            self.banned.insert(link.name.clone(), Instant::now());
         }
         self.forget_peer(id);
+    }
+
+    fn is_banned(&mut self, name: &str) -> bool {
+        self.banned.retain(|_, since| since.elapsed() < BAN_FOR);
+        self.banned.contains_key(name)
     }
 
     /// Starts as many requests as the picker allows.
@@ -595,6 +618,10 @@ impl Swarm {
                 self.picker.on_failed(id, index);
                 self.forget_peer(id);
             }
+            Err(e @ FetchError::Protocol { .. }) => {
+                self.picker.on_failed(id, index);
+                self.drop_peer(id, close::PROTOCOL, &e.to_string());
+            }
             Err(e @ FetchError::Transfer { .. }) => {
                 tracing::debug!("{e}");
                 self.picker.on_failed(id, index);
@@ -656,10 +683,20 @@ async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<
         }
         Ok(other) => {
             let detail = format!("answered with {}", other.kind());
-            return Err(FetchError::Refused {
+            return Err(FetchError::Protocol { index, detail });
+        }
+        // A stream ended before or inside the answer, an oversize or
+        // undecodable frame: the peer broke the protocol.
+        Err(e @ (FrameError::Closed | FrameError::TooLarge { .. } | FrameError::Decode(_))) => {
+            return Err(FetchError::Protocol {
                 index,
-                code: ErrorCode::BadRequest,
-                detail,
+                detail: e.to_string(),
+            });
+        }
+        Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(FetchError::Protocol {
+                index,
+                detail: format!("truncated answer: {e}"),
             });
         }
         Err(e) => return Err(transfer(e.to_string())),
