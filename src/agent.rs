@@ -98,20 +98,22 @@ impl Agent {
         self.ctx.endpoint.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then shuts down in order.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, then shuts down in order. Returns
+    /// false if it stopped for another reason (the endpoint closed), so a
+    /// supervisor can tell a failure from a requested stop.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> bool {
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
-        loop {
+        let requested = loop {
             tokio::select! {
                 incoming = self.ctx.endpoint.accept() => match incoming {
                     Some(incoming) => { conns.spawn(handle_incoming(self.ctx.clone(), incoming)); }
-                    None => break,
+                    None => break false,
                 },
                 Some(_) = conns.join_next() => {}
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break true,
             }
-        }
+        };
         tracing::info!("shutting down");
         self.ctx.endpoint.set_server_config(None);
         conns.shutdown().await;
@@ -119,6 +121,7 @@ impl Agent {
             .endpoint
             .close(VarInt::from_u32(close::DONE), b"agent stopping");
         let _ = tokio::time::timeout(CLOSE_GRACE, self.ctx.endpoint.wait_idle()).await;
+        requested
     }
 }
 

@@ -175,8 +175,8 @@ fn agent(config: PathBuf) -> anyhow::Result<ExitCode> {
         let agent = p2pimg::agent::Agent::start(&opts)?;
         println!("listening on {}", agent.local_addr()?);
         tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
-        agent.run(shutdown_signal()).await;
-        Ok(ExitCode::SUCCESS)
+        let requested = agent.run(shutdown_signal()).await;
+        Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
 }
 
