@@ -1,6 +1,7 @@
 //! p2pimg: peer-to-peer distribution of Docker images over a QUIC swarm.
 //!
 //! Crate map:
+//! - [`bundle`]: bundle files: a manifest and its chunks in one self-verifying file.
 //! - [`config`]: the node inventory (nodes.toml) and the agent's options (agent.toml).
 //! - [`identity`]: the cluster CA, node and pusher certificates, roles.
 //! - [`net`]: the QUIC endpoint with mutual TLS; peer identities.
@@ -20,6 +21,7 @@
 //! - [`report`]: push progress lines and the final table for people.
 
 pub mod agent;
+pub mod bundle;
 pub mod config;
 pub mod hash;
 pub mod identity;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use p2pimg::config::{AgentOptions, Inventory};
 use p2pimg::identity::{self, Role};
 use p2pimg::pack::{PackOptions, DEFAULT_ZSTD_LEVEL};
-use p2pimg::push::{self, PushOptions};
+use p2pimg::push::{self, PushOptions, Source};
 use p2pimg::report::{self, Printer};
 
 /// Peer-to-peer distribution of Docker images: push images from one machine
@@ -39,6 +39,9 @@ enum Command {
     },
     /// Push images from this machine's Docker Engine to the nodes; exits 0 only when every node holds them.
     Push(PushArgs),
+    /// Bundle files for air-gapped seeds: create, verify, list.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
 }
 
 #[derive(Subcommand)]
@@ -62,8 +65,11 @@ enum CertCommand {
 #[derive(clap::Args)]
 struct PushArgs {
     /// Images to push, as the seed's engine names them (app:1.4, or an image ID).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
     images: Vec<String>,
+    /// Seed every image of this bundle file instead (no Docker Engine needed).
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
     /// The node inventory.
     #[arg(long, default_value = "nodes.toml")]
     nodes: PathBuf,
@@ -82,15 +88,62 @@ struct PushArgs {
     /// Where the seed keeps chunks while pushing (default: a temporary directory, removed afterwards).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pack: PackArgs,
+    /// Print events and the final report as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How images are cut into chunks.
+#[derive(clap::Args)]
+struct PackArgs {
     /// Uncompressed chunk size in KiB (64 to 8192).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=8192))]
     chunk_size_kib: u32,
     /// zstd level for chunks (1 fastest .. 19 smallest).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
-    /// Print events and the final report as JSON lines instead of text.
-    #[arg(long)]
-    json: bool,
+}
+
+impl PackArgs {
+    fn options(&self) -> PackOptions {
+        PackOptions {
+            chunk_size: self.chunk_size_kib << 10,
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Pack images into one self-verifying file, for seeding where no engine is.
+    Create {
+        /// Images to pack, as the engine names them.
+        #[arg(required_unless_present = "from_tar", conflicts_with = "from_tar")]
+        images: Vec<String>,
+        /// Read an existing `docker save` archive instead of asking an engine.
+        #[arg(long, value_name = "TAR")]
+        from_tar: Option<PathBuf>,
+        /// The bundle file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The Docker Engine to export from.
+        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+        docker_host: String,
+        #[command(flatten)]
+        pack: PackArgs,
+    },
+    /// Check every chunk of a bundle against its hash.
+    Verify {
+        /// The bundle file.
+        file: PathBuf,
+    },
+    /// List a bundle's images, layers and sizes.
+    Ls {
+        /// The bundle file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => issue(name, dir, role, days),
         Command::Agent { config } => agent(config),
         Command::Push(args) => push_images(args),
+        Command::Bundle(cmd) => bundle(cmd),
     }
 }
 
@@ -193,17 +247,20 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
     logging("warn");
     let inventory = Inventory::load(&args.nodes)?;
     let nodes = inventory.only(&args.only)?;
+    let source = match args.bundle {
+        Some(file) => Source::Bundle(file),
+        None => Source::Engine {
+            docker_host: args.docker_host,
+            images: args.images,
+            pack: args.pack.options(),
+        },
+    };
     let opts = PushOptions {
-        images: args.images,
+        source,
         nodes,
         cluster_dir: args.cluster_dir,
         identity: args.identity,
-        docker_host: args.docker_host,
         state_dir: args.state_dir,
-        pack: PackOptions {
-            chunk_size: args.chunk_size_kib << 10,
-            zstd_level: args.zstd_level,
-        },
     };
     let json = args.json;
     runtime()?.block_on(async move {
@@ -237,4 +294,42 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         })
     })
+}
+
+fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
+    logging("warn");
+    match cmd {
+        BundleCommand::Create {
+            images,
+            from_tar,
+            output,
+            docker_host,
+            pack,
+        } => {
+            let pack = pack.options();
+            let made = runtime()?.block_on(async {
+                match from_tar {
+                    Some(tar) => p2pimg::bundle::create_from_tar(&tar, &pack, &output).await,
+                    None => p2pimg::bundle::create_from_engine(&docker_host, &images, &pack, &output).await,
+                }
+            })?;
+            print!("{}", report::bundle_listing(&output, &made.manifest, made.bytes));
+        }
+        BundleCommand::Verify { file } => {
+            let bundle = p2pimg::bundle::Bundle::open(&file)?;
+            bundle.verify(|_, _| {})?;
+            let chunks = bundle.manifest().chunks.len();
+            println!(
+                "{}: {chunks} chunks verified, manifest {}",
+                file.display(),
+                bundle.manifest().id()
+            );
+        }
+        BundleCommand::Ls { file } => {
+            let bundle = p2pimg::bundle::Bundle::open(&file)?;
+            let bytes = std::fs::metadata(&file)?.len();
+            print!("{}", report::bundle_listing(&file, bundle.manifest(), bytes));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

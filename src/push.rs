@@ -30,23 +30,35 @@ use crate::proto::{PeerBytes, PeerInfo, Plan, Progress};
 use crate::store::ChunkStore;
 use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions};
 
+/// Where the pushed images come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Exported from a Docker Engine.
+    Engine {
+        /// The seed's Docker Engine.
+        docker_host: String,
+        /// Image references on it.
+        images: Vec<String>,
+        /// How layers are cut and compressed.
+        pack: PackOptions,
+    },
+    /// Every image of a bundle file; no engine needed.
+    Bundle(PathBuf),
+}
+
 /// What to push where.
 #[derive(Clone, Debug)]
 pub struct PushOptions {
-    /// Image references on the seed's engine.
-    pub images: Vec<String>,
+    /// Where the images come from.
+    pub source: Source,
     /// Target nodes.
     pub nodes: Vec<NodeEntry>,
     /// Directory with ca.crt and the pusher's certificate and key.
     pub cluster_dir: PathBuf,
     /// Name of the identity in `cluster_dir` to push as.
     pub identity: String,
-    /// The seed's Docker Engine.
-    pub docker_host: String,
     /// Where the seed keeps chunks; a temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
-    /// How layers are cut and compressed.
-    pub pack: PackOptions,
 }
 
 /// Why a push could not start.
@@ -58,6 +70,9 @@ pub enum PushError {
     /// The seed's engine could not export the images.
     #[error(transparent)]
     Engine(#[from] crate::image::EngineError),
+    /// The bundle could not be read or is damaged.
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
     /// Exporting or packing failed.
     #[error("export failed: {0}")]
     Export(String),
@@ -163,8 +178,6 @@ pub async fn push(
 ) -> Result<PushReport, PushError> {
     let start = Instant::now();
     let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
-    let engine = Engine::connect(&opts.docker_host).await?;
-    let resolved = engine.resolve(&opts.images).await?;
     let (state_dir, _cleanup) = match &opts.state_dir {
         Some(dir) => (dir.clone(), TempDir(None)),
         None => {
@@ -174,7 +187,7 @@ pub async fn push(
     };
     // The seed's copy can always be exported again: no fsync.
     let store = ChunkStore::open_scratch(&state_dir)?;
-    let manifest = export(&engine, &opts, &store, &events).await?;
+    let manifest = load_source(&opts.source, &store, &events).await?;
     let shared = DistShared::new(manifest.clone(), store);
     let chunks = manifest.chunks.len();
     let (seed, _task) = Swarm::spawn(
@@ -195,7 +208,11 @@ pub async fn push(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(PushReport {
         manifest: shared.id.to_hex(),
-        images: resolved.into_iter().map(|r| (r.reference, r.id)).collect(),
+        images: manifest
+            .images
+            .iter()
+            .flat_map(|i| i.refs.iter().map(|r| (r.clone(), i.id.clone())))
+            .collect(),
         compressed_bytes: manifest.compressed_size(),
         nodes,
         pusher: identity.name.clone(),
@@ -204,16 +221,30 @@ pub async fn push(
     })
 }
 
-async fn export(
-    engine: &Engine,
-    opts: &PushOptions,
+/// Fills the seed's store from the source and returns the manifest.
+async fn load_source(
+    source: &Source,
     store: &ChunkStore,
     events: &mpsc::UnboundedSender<PushEvent>,
 ) -> Result<Arc<Manifest>, PushError> {
     let t = Instant::now();
-    let manifest = image::export_to_manifest(engine, &opts.images, store, &opts.pack)
-        .await
-        .map_err(|e| PushError::Export(e.to_string()))?;
+    let manifest = match source {
+        Source::Engine {
+            docker_host,
+            images,
+            pack,
+        } => export(docker_host, images, pack, store).await?,
+        Source::Bundle(path) => {
+            let (path, store) = (path.clone(), store.clone());
+            tokio::task::spawn_blocking(move || -> Result<Manifest, PushError> {
+                let bundle = crate::bundle::Bundle::open(&path)?;
+                bundle.import(&store)?;
+                Ok(bundle.manifest().clone())
+            })
+            .await
+            .map_err(|e| PushError::Export(e.to_string()))??
+        }
+    };
     let _ = events.send(PushEvent::Exported {
         images: manifest.images.len(),
         layers: manifest.layers.len(),
@@ -223,6 +254,21 @@ async fn export(
         secs: t.elapsed().as_secs_f64(),
     });
     Ok(Arc::new(manifest))
+}
+
+/// Exports `images` from the engine at `docker_host` into `store`,
+/// failing early, with the image's name, if one is missing.
+pub async fn export(
+    docker_host: &str,
+    images: &[String],
+    pack: &PackOptions,
+    store: &ChunkStore,
+) -> Result<Manifest, PushError> {
+    let engine = Engine::connect(docker_host).await?;
+    engine.resolve(images).await?;
+    image::export_to_manifest(&engine, images, store, pack)
+        .await
+        .map_err(|e| PushError::Export(e.to_string()))
 }
 
 /// Binds the pusher's endpoint in the address family of the nodes.

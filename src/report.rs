@@ -117,6 +117,39 @@ pub fn table(report: &PushReport) -> String {
     out
 }
 
+/// What `bundle ls` and `bundle create` print: the manifest ID, then one
+/// line per image with its layers and sizes.
+pub fn bundle_listing(path: &std::path::Path, m: &crate::manifest::Manifest, bytes: u64) -> String {
+    let mut out = format!(
+        "{}: {} ({} chunks), manifest {}\n",
+        path.display(),
+        human(bytes),
+        m.chunks.len(),
+        m.id()
+    );
+    for image in &m.images {
+        let layers = image.layers.iter().map(|&l| &m.layers[l as usize]);
+        let size: u64 = layers.clone().map(|l| l.size).sum();
+        let compressed: u64 = layers
+            .map(|l| m.layer_chunks(l).iter().map(|c| u64::from(c.zsize)).sum::<u64>())
+            .sum();
+        let refs = if image.refs.is_empty() {
+            "<untagged>".to_string()
+        } else {
+            image.refs.join(", ")
+        };
+        let id = &image.id[..image.id.len().min(19)];
+        let _ = writeln!(
+            out,
+            "  {refs}  {id}  {} layers  {} ({} compressed)",
+            image.layers.len(),
+            human(size),
+            human(compressed)
+        );
+    }
+    out
+}
+
 /// Bytes for people: 1.5 MB, 820 kB, 12 B (decimal units, as `docker images`).
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

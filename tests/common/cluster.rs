@@ -108,7 +108,10 @@ impl Cluster {
         if !extra.contains(&"--cluster-dir") {
             cmd.arg("--cluster-dir").arg(self.ca_dir());
         }
-        cmd.args(["--docker-host", &self.seed.host(), "--json"]);
+        if !extra.contains(&"--docker-host") {
+            cmd.args(["--docker-host", &self.seed.host()]);
+        }
+        cmd.arg("--json");
         cmd.args(extra);
         let out = run_with_timeout(&mut cmd, PUSH_TIMEOUT_SECS);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
