@@ -2,7 +2,7 @@
 # The swarm benchmark of issue #3: p2pimg push vs scp fan-out vs a registry, on N+1
 # emulated hosts with equally shaped uplinks, on one machine.
 #
-#   sudo scripts/bench.sh                       # N = 4 8 16, 100 Mbit/s, ~380 MB image
+#   sudo scripts/bench.sh                       # N = 4 8 16, 100 Mbit/s, ~340 MB image
 #   NS="2" RATE=200 RANDOM_MB=8 TEXT_MB=4 BIN_FILES= scripts/bench.sh     # a quick check
 #
 # Each host is a network namespace (p2pb-h0 = the seed, p2pb-h1..hN = the nodes) joined
@@ -124,19 +124,16 @@ on_exit() {
 
 # ---------------------------------------------------------------- measurements
 
-# cpu_now: "busy total" jiffies of the whole machine.
-cpu_now() {
-    local u ni sy id io irq si st
+# cpu_mark: "epoch busy_jiffies total_jiffies our_cpu_ns", for cpu_between.
+cpu_mark() {
+    local u ni sy id io irq si st ours=0
     read -r _ u ni sy id io irq si st _ </proc/stat
-    printf '%d %d\n' $((u + ni + sy + irq + si + st)) $((u + ni + sy + id + io + irq + si + st))
+    [[ -n "$CG" ]] && read -r ours <"$CG/cpuacct.usage"
+    printf '%s %d %d %s\n' "$EPOCHREALTIME" $((u + ni + sy + irq + si + st)) $((u + ni + sy + id + io + irq + si + st)) "$ours"
 }
-# cpu_pct "B0 T0" "B1 T1": busy % of all cores between two cpu_now readings.
-cpu_pct() {
-    local a b
-    read -r -a a <<<"$1"
-    read -r -a b <<<"$2"
-    awk -v b0="${a[0]}" -v t0="${a[1]}" -v b1="${b[0]}" -v t1="${b[1]}" \
-        'BEGIN{ if (t1 > t0) printf "%.0f", 100 * (b1 - b0) / (t1 - t0); else printf "-" }'
+# cpu_between MARK0 MARK1: "OURS OTHERS", % of all cores, as cpu_busy.
+cpu_between() {
+    printf '%s\n%s\n' "$1" "$2" | cpu_busy /dev/stdin 0 9e99
 }
 
 # measure_save N: T_save, and the saved tar (F_tar) that scp copies and T_load loads.
@@ -154,22 +151,24 @@ measure_save() {
 
 # measure_load N: T_load, all N engines loading the saved tar at once.
 measure_load() {
-    local n=$1 i t0 end c0 c1 ok=0 pids=()
+    local n=$1 i t0 end c0 c1 ok=0 pids=() ours others
     local out=$R/runs/$n-load
-    c0=$(cpu_now)
+    c0=$(cpu_mark)
     t0=$(now)
     for ((i = 1; i <= n; i++)); do
         { dk "$i" load -i "$R/h0/image.tar" >/dev/null 2>"$out.err.$i" && now >"$out.done.$i"; } &
         pids+=($!)
     done
     wait "${pids[@]}" || true
-    c1=$(cpu_now)
+    c1=$(cpu_mark)
     end=$(cat "$out".done.* 2>/dev/null | sort -n | tail -n 1) || true
     for ((i = 1; i <= n; i++)); do [[ "$(image_id "$i" "$IMAGE")" == "$SEED_ID" ]] && ok=$((ok + 1)); done
     ((ok == n)) || log "warning: T_load: only $ok/$n engines hold the image: $(cat "$out".err.* | head -n 3)"
     RES[$n|ref|t_load]=$(calc "${end:-$t0} - $t0")
-    RES[$n|ref|load_cpu]=$(cpu_pct "$c0" "$c1")
-    log "N=$n: T_load $(fmt_s "${RES[$n|ref|t_load]}") s ($n engines at once, CPU ${RES[$n|ref|load_cpu]}% of the machine)"
+    read -r ours others <<<"$(cpu_between "$c0" "$c1")"
+    RES[$n|ref|load_cpu]=$ours
+    RES[$n|ref|load_bg]=$others
+    log "N=$n: T_load $(fmt_s "${RES[$n|ref|t_load]}") s ($n engines at once; CPU: benchmark $ours%, other processes $others% of the machine)"
     clean_nodes "$n"
 }
 
@@ -248,13 +247,13 @@ run_p2pimg() {
     RES[$n|p2pimg|push_cpu]=$(times_children "$out.times" 2>/dev/null || printf -- '-')
     if [[ "${f[4]}" != - && "${f[0]}" != - ]]; then
         RES[$n|p2pimg|xfer]=$(calc "${f[4]} - ${f[0]}")
-        RES[$n|p2pimg|cpu_xfer]=$(cpu_busy "$out.samples" "$(calc "$t0 + ${f[0]}")" "$(calc "$t0 + ${f[4]}")")
+        RES[$n|p2pimg|cpu_xfer]=$(cpu_busy "$out.samples" "$(calc "$t0 + ${f[0]}")" "$(calc "$t0 + ${f[4]}")" | cut -d' ' -f1)
     else
         RES[$n|p2pimg|xfer]=-
         RES[$n|p2pimg|cpu_xfer]=-
     fi
     if [[ "${f[8]}" != - ]]; then RES[$n|p2pimg|e2e]=${f[8]}; else RES[$n|p2pimg|e2e]=-; fi
-    RES[$n|p2pimg|cpu_all]=$(cpu_busy "$out.samples" "$t0" "$t1")
+    read -r "RES[$n|p2pimg|cpu_all]" "RES[$n|p2pimg|cpu_bg]" <<<"$(cpu_busy "$out.samples" "$t0" "$t1")"
     RES[$n|p2pimg|net_xfer]=$(net_done "$out.samples" "$t0" "$n")
     RES[$n|p2pimg|verify]=$(verify_nodes "$n" "$IMAGE" "$SEED_ID")
     for ((i = 1; i <= n; i++)); do cp "$(host_dir "$i")/agent.log" "$LOGS/$n-p2pimg-n$i.agent.log"; done
@@ -312,8 +311,8 @@ run_scp() {
     # End to end includes the docker save that made the tar.
     RES[$n|scp|e2e]=$([[ -n "$tl" ]] && calc "${RES[$n|ref|t_save]} + $tl - $t0" || printf -- '-')
     RES[$n|scp|seed_tx]=$((tx1 - tx0))
-    RES[$n|scp|cpu_xfer]=$([[ -n "$tc" ]] && cpu_busy "$out.samples" "$t0" "$tc" || printf -- '-')
-    RES[$n|scp|cpu_all]=$(cpu_busy "$out.samples" "$t0" "$t1")
+    RES[$n|scp|cpu_xfer]=$([[ -n "$tc" ]] && cpu_busy "$out.samples" "$t0" "$tc" | cut -d' ' -f1 || printf -- '-')
+    read -r "RES[$n|scp|cpu_all]" "RES[$n|scp|cpu_bg]" <<<"$(cpu_busy "$out.samples" "$t0" "$t1")"
     RES[$n|scp|net_xfer]=$(net_done "$out.samples" "$t0" "$n")
     RES[$n|scp|verify]=$(verify_nodes "$n" "$IMAGE" "$SEED_ID")
     log "N=$n scp: copies done at $(fmt_s "${RES[$n|scp|xfer]}") s, loads done at $(fmt_s "$(calc "${tl:-$t1} - $t0")") s, seed sent $(fmt_mb $((tx1 - tx0))) MB, ${RES[$n|scp|verify]}"
@@ -350,8 +349,8 @@ run_registry() {
     RES[$n|registry|xfer]=$(net_done "$out.samples" "$t2" "$n")
     RES[$n|registry|e2e]=$([[ -n "$tl" ]] && calc "$tl - $t0" || printf -- '-')
     RES[$n|registry|seed_tx]=$((tx1 - tx0))
-    RES[$n|registry|cpu_xfer]=$(cpu_busy "$out.samples" "$t2" "$(calc "$t2 + ${RES[$n|registry|xfer]}")")
-    RES[$n|registry|cpu_all]=$(cpu_busy "$out.samples" "$t2" "$t3")
+    RES[$n|registry|cpu_xfer]=$(cpu_busy "$out.samples" "$t2" "$(calc "$t2 + ${RES[$n|registry|xfer]}")" | cut -d' ' -f1)
+    read -r "RES[$n|registry|cpu_all]" "RES[$n|registry|cpu_bg]" <<<"$(cpu_busy "$out.samples" "$t2" "$t3")"
     RES[$n|registry|verify]=$(verify_nodes "$n" "$ref" "$SEED_ID")
     log "N=$n registry: last byte at $(fmt_s "${RES[$n|registry|xfer]}") s, last pull done at $(fmt_s "${RES[$n|registry|pull]}") s, seed sent $(fmt_mb $((tx1 - tx0))) MB, ${RES[$n|registry|verify]}"
     [[ "${RES[$n|registry|loaded]}" == "$n" ]] || log "N=$n registry: pulls failed: $(cat "$out".err.* | head -n 3)"
@@ -368,7 +367,7 @@ bound() {
     awk -v n="$1" -v f="$2" -v r="$(rate_for "$1")" 'BEGIN{ m = n / (n + 1); if (m < 1) m = 1; printf "%.3f", f / (r * 125000) * m }'
 }
 
-ROW_FMT='%-9s %9s %7s %7s %9s %7s %7s %9s %6s %7s %6s %6s  %s\n'
+ROW_FMT='%-9s %9s %7s %7s %9s %7s %7s %9s %6s %7s %5s %5s %5s  %s\n'
 
 print_block() {
     local n=$1 fc ftar bc bt refc reft m xfer e2e note cpu
@@ -381,10 +380,10 @@ print_block() {
     printf '\nN=%d nodes, every uplink %s Mbit/s (u = %s MB/s)\n' "$n" "$(rate_for "$n")" "$(awk -v r="$(rate_for "$n")" 'BEGIN{printf "%.2f", r / 8}')"
     printf '  F_c   = %s MB (compressed, what p2pimg carried)   bound F_c/u·max(1,N/(N+1))   = %s s\n' "$(fmt_mb "$fc")" "$(fmt_s "$bc")"
     printf '  F_tar = %s MB (docker save tar)                  bound F_tar/u·max(1,N/(N+1)) = %s s\n' "$(fmt_mb "$ftar")" "$(fmt_s "$bt")"
-    printf '  T_save = %s s   T_load (%d engines at once) = %s s (CPU %s%%)   e2e reference T_save+bound+T_load = %s s (F_c), %s s (F_tar)\n' \
-        "$(fmt_s "${RES[$n|ref|t_save]}")" "$n" "$(fmt_s "${RES[$n|ref|t_load]}")" "${RES[$n|ref|load_cpu]}" "$(fmt_s "$refc")" "$(fmt_s "$reft")"
+    printf '  T_save = %s s   T_load (%d engines at once) = %s s (CPU %s%%, bg %s%%)   e2e reference T_save+bound+T_load = %s s (F_c), %s s (F_tar)\n' \
+        "$(fmt_s "${RES[$n|ref|t_save]}")" "$n" "$(fmt_s "${RES[$n|ref|t_load]}")" "${RES[$n|ref|load_cpu]}" "${RES[$n|ref|load_bg]}" "$(fmt_s "$refc")" "$(fmt_s "$reft")"
     # shellcheck disable=SC2059 # the format is a constant
-    printf "  $ROW_FMT" method transfer/s xB_Fc xB_Ftar e2e/s xRef_Fc xRef_Ft seed_upMB xF_c RSS_MB CPU%x CPU%a notes
+    printf "  $ROW_FMT" method transfer/s xB_Fc xB_Ftar e2e/s xRef_Fc xRef_Ft seed_upMB xF_c RSS_MB CPUx% CPUa% bg% notes
     for m in p2pimg scp registry; do
         has_method "$m" || continue
         xfer=${RES[$n|$m|xfer]:--}
@@ -411,7 +410,7 @@ print_block() {
         printf "  $ROW_FMT" "$m" "$(fmt_s "$xfer")" "$(fmt_x "$(ratio "$xfer" "$bc")")" "$(fmt_x "$(ratio "$xfer" "$bt")")" \
             "$(fmt_s "$e2e")" "$(fmt_x "$(ratio "$e2e" "$refc")")" "$(fmt_x "$(ratio "$e2e" "$reft")")" \
             "$(fmt_mb "${RES[$n|$m|seed_tx]:--}")" "$(fmt_x "$(ratio "${RES[$n|$m|seed_tx]:--}" "$fc")")" \
-            "$(fmt_mb "${RES[$n|$m|rss]:--}")" "$cpu" "${RES[$n|$m|cpu_all]:--}" "$note"
+            "$(fmt_mb "${RES[$n|$m|rss]:--}")" "$cpu" "${RES[$n|$m|cpu_all]:--}" "${RES[$n|$m|cpu_bg]:--}" "$note"
     done
 }
 
@@ -423,8 +422,9 @@ image ready: export, save or push excluded); xB_Fc, xB_Ftar = transfer / bound f
 F_tar; e2e/s = from the start (export, save or docker push) until the image is loaded on
 every node; xRef = e2e / (T_save + bound + T_load); seed_upMB = bytes the seed's eth0 sent
 (its own counter, all protocol overhead included); xF_c = that / F_c; RSS_MB = largest agent
-VmHWM; CPU%x, CPU%a = whole-machine CPU busy (100% = both cores) during transfer / the whole
-method.
+VmHWM; CPUx%, CPUa% = CPU used by the benchmark's processes (engines, agents, push, scp,
+registry; 100% = all cores) during transfer / the whole method; bg% = CPU used by other
+processes on the machine meanwhile (a concurrent build skews every figure: rerun if high).
 EOF
 }
 
@@ -476,6 +476,7 @@ main() {
     bench_install_deps
     log "removing leftovers of an earlier run, if any"
     bench_cleanup
+    cg_enter
     mkdir -p "$R/runs" "$LOGS"
     for n in $NS; do ((n > nmax)) && nmax=$n; done
     bench_bin

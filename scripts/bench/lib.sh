@@ -93,6 +93,7 @@ bench_bin() {
         src=$P2PIMG
     else
         src="${CARGO_TARGET_DIR:-$REPO/target}/release/p2pimg"
+        log "cargo build --release (P2PIMG=path skips it)"
         if ! (cd "$REPO" && cargo build --release --bin p2pimg) >"$R/cargo-build.log" 2>&1; then
             tail -n 20 "$R/cargo-build.log" >&2
             [[ -x "$src" ]] || die "cargo build --release failed and there is no $src"
@@ -144,6 +145,7 @@ bench_cleanup() {
     for ns in "${spaces[@]}"; do
         ip netns del "$ns" 2>/dev/null || true
     done
+    cg_leave
 }
 
 # ---------------------------------------------------------------- network
@@ -194,26 +196,62 @@ tc_drops() {
         awk '/dropped/ {gsub(",", ""); for (k = 1; k <= NF; k++) if ($k == "dropped") s += $(k + 1)} END {print s + 0}'
 }
 
+# The benchmark's own cpuacct cgroup (cgroup v1, as on these machines): every process it
+# starts lands there, so its CPU use can be told apart from other work on the machine (a
+# concurrent `cargo build`, say). Empty if cpuacct is not available.
+CG_ROOT=/sys/fs/cgroup/cpuacct
+CG=""
+
+# cg_enter: puts this shell (and so everything it starts from now on) into $CG_ROOT/p2pb.
+cg_enter() {
+    [[ -w "$CG_ROOT/tasks" ]] || return 0
+    mkdir -p "$CG_ROOT/p2pb" 2>/dev/null || return 0
+    printf '%d\n' "$$" >"$CG_ROOT/p2pb/tasks" 2>/dev/null || return 0
+    CG=$CG_ROOT/p2pb
+}
+
+# cg_leave: moves whatever is left in $CG_ROOT/p2pb (this shell, a crashed run's
+# stragglers) back to the root group and removes the group.
+cg_leave() {
+    local pid
+    [[ -d "$CG_ROOT/p2pb" ]] || return 0
+    while read -r pid; do
+        printf '%d\n' "$pid" >"$CG_ROOT/tasks" 2>/dev/null || true
+    done <"$CG_ROOT/p2pb/tasks"
+    rmdir "$CG_ROOT/p2pb" 2>/dev/null || true
+    CG=""
+}
+
 # sampler_start FILE NHOSTS: every 0.2 s, appends a line to FILE:
-#   epoch_seconds cpu_busy_jiffies cpu_total_jiffies tx0 rx0 tx1 rx1 …
-# where txI/rxI are host I's sent/received bytes, read from the bridge's port vhI (the
-# port receives what the host sends). Sets SAMPLER_PID.
+#   epoch_seconds cpu_busy_jiffies cpu_total_jiffies our_cpu_ns tx0 rx0 tx1 rx1 …
+# where our_cpu_ns is the benchmark cgroup's CPU time (0 without one) and txI/rxI are host
+# I's sent/received bytes, read from the bridge's port vhI in /proc/net/dev (the port
+# receives what the host sends). Sets SAMPLER_PID.
 sampler_start() {
     local file=$1 n=$2
+    # nsenter, not ip netns exec: /proc/net/dev is per namespace, and /sys (with the
+    # cgroup files) stays the root namespace's.
     # shellcheck disable=SC2016 # the script is for the inner bash
-    ip netns exec "$BR_NS" bash -c '
-        n=$1
+    nsenter --net="/var/run/netns/$BR_NS" bash -c '
+        n=$1 cg=$2
+        declare -A rx tx
         while :; do
             read -r _ u ni sy id io irq si st _ </proc/stat
-            line="$EPOCHREALTIME $((u + ni + sy + irq + si + st)) $((u + ni + sy + id + io + irq + si + st))"
-            for ((i = 0; i < n; i++)); do
-                read -r a </sys/class/net/vh$i/statistics/rx_bytes
-                read -r b </sys/class/net/vh$i/statistics/tx_bytes
-                line+=" $a $b"
-            done
+            ours=0
+            [[ -n "$cg" ]] && read -r ours <"$cg/cpuacct.usage"
+            while IFS= read -r l; do
+                [[ "$l" == *:* ]] || continue
+                name=${l%%:*}
+                name=${name// /}
+                set -- ${l#*:}
+                rx[$name]=$1
+                tx[$name]=$9
+            done </proc/net/dev
+            line="$EPOCHREALTIME $((u + ni + sy + irq + si + st)) $((u + ni + sy + id + io + irq + si + st)) $ours"
+            for ((i = 0; i < n; i++)); do line+=" ${rx[vh$i]:-0} ${tx[vh$i]:-0}"; done
             printf "%s\n" "$line"
             sleep 0.2
-        done' _ "$n" >"$file" 2>/dev/null &
+        done' _ "$n" "$CG" >"$file" 2>/dev/null &
     SAMPLER_PID=$!
 }
 sampler_stop() {
@@ -223,14 +261,22 @@ sampler_stop() {
     SAMPLER_PID=""
 }
 
-# cpu_busy FILE T0 T1: the machine's CPU use between T0 and T1 (epoch seconds), in % of
-# all cores, from the sampler's /proc/stat columns.
+# cpu_busy FILE T0 T1: CPU use between T0 and T1 (epoch seconds) from the sampler's
+# columns, in % of all cores: "OURS OTHERS" (the benchmark's processes, everything else);
+# OURS is '-' without the cgroup.
 cpu_busy() {
-    awk -v t0="$2" -v t1="$3" '
-        $1 <= t0 || !have0 { if (!done0) { b0 = $2; a0 = $3; have0 = 1 } }
-        $1 > t0 { done0 = 1 }
-        $1 <= t1 { b1 = $2; a1 = $3 }
-        END { if (a1 > a0) printf "%.0f", 100 * (b1 - b0) / (a1 - a0); else printf "-" }' "$1"
+    awk -v t0="$2" -v t1="$3" -v ncpu="$(nproc)" '
+        !have0 || $1 <= t0 { s0 = $1; b0 = $2; a0 = $3; c0 = $4; have0 = 1 }
+        $1 <= t1 { s1 = $1; b1 = $2; a1 = $3; c1 = $4 }
+        END {
+            if (a1 <= a0 || s1 <= s0) { printf "- -"; exit }
+            all = 100 * (b1 - b0) / (a1 - a0)
+            if (c1 == 0) { printf "- %.0f", all; exit }
+            ours = 100 * (c1 - c0) / 1e9 / (s1 - s0) / ncpu
+            if (ours > 100) ours = 100
+            others = all - ours; if (others < 0) others = 0
+            printf "%.0f %.0f", ours, others
+        }' "$1"
 }
 
 # net_done FILE T0 N: seconds from T0 until the last of hosts 1..N had received all the
@@ -238,8 +284,8 @@ cpu_busy() {
 # seen on the wire. Meant for methods without a completion event (docker pull).
 net_done() {
     awk -v t0="$2" -v n="$3" '
-        $1 >= t0 - 0.25 && !base_set { for (i = 1; i <= n; i++) base[i] = $(5 + 2 * i); base_set = 1 }
-        { t[NR] = $1; for (i = 1; i <= n; i++) rx[NR, i] = $(5 + 2 * i); last = NR }
+        $1 >= t0 - 0.25 && !base_set { for (i = 1; i <= n; i++) base[i] = $(6 + 2 * i); base_set = 1 }
+        { t[NR] = $1; for (i = 1; i <= n; i++) rx[NR, i] = $(6 + 2 * i); last = NR }
         END {
             worst = 0
             for (i = 1; i <= n; i++) {
