@@ -36,6 +36,12 @@ pub enum ConfigError {
     /// A node asked for on the command line is not in the inventory.
     #[error("node {name:?} is not in the inventory")]
     UnknownNode { name: String },
+    /// A label selector is not `key=value[,key=value…]`.
+    #[error("bad selector {selector:?}: write key=value, several joined by commas (role=worker,zone=a)")]
+    BadSelector { selector: String },
+    /// No node matches the selection.
+    #[error("no node of the inventory matches the selection {selector:?}")]
+    NoneSelected { selector: String },
     /// The file could not be read.
     #[error("cannot read {}: {source} (check the path, or pass another file)", path.display())]
     Read { path: PathBuf, source: io::Error },
@@ -156,6 +162,24 @@ impl Inventory {
             .map(|node| seen.check(node, text, origin))
             .collect::<Result<_, _>>()?;
         Ok(Inventory { nodes })
+    }
+
+    /// The nodes named in `names` (all when empty) whose labels match every
+    /// `key=value` of `selector` (comma-separated), in inventory order.
+    pub fn select(&self, names: &[String], selector: Option<&str>) -> Result<Vec<NodeEntry>, ConfigError> {
+        let wanted = parse_selector(selector.unwrap_or(""))?;
+        let matches = |node: &NodeEntry| {
+            wanted
+                .iter()
+                .all(|(k, v)| node.labels.get(*k) == Some(&v.to_string()))
+        };
+        let nodes: Vec<NodeEntry> = self.only(names)?.into_iter().filter(|n| matches(n)).collect();
+        if nodes.is_empty() {
+            return Err(ConfigError::NoneSelected {
+                selector: selector.unwrap_or("").to_string(),
+            });
+        }
+        Ok(nodes)
     }
 
     /// The nodes named in `names`, in inventory order; all nodes when
@@ -346,6 +370,26 @@ impl AgentOptions {
         }
         Ok(identity)
     }
+}
+
+/// `key=value` pairs of a selector such as `role=worker,zone=a`.
+fn parse_selector(selector: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
+    let bad = || ConfigError::BadSelector {
+        selector: selector.to_string(),
+    };
+    selector
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                Err(bad())
+            } else {
+                Ok((k, v))
+            }
+        })
+        .collect()
 }
 
 /// Reads a whole configuration file.

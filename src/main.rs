@@ -76,6 +76,15 @@ struct PushArgs {
     /// Push only to these nodes (repeatable); default: every node of the inventory.
     #[arg(long = "node", value_name = "NAME")]
     only: Vec<String>,
+    /// Push only to nodes whose labels match, e.g. role=worker,zone=a.
+    #[arg(long, value_name = "KEY=VALUE,…")]
+    select: Option<String>,
+    /// Also tag the image as NEW on every node (repeatable; a push of one image only).
+    #[arg(long = "tag", value_name = "NEW")]
+    tags: Vec<String>,
+    /// Give up after this many seconds; nodes not done by then are reported failed.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
     #[arg(long, default_value = "./cluster")]
     cluster_dir: PathBuf,
@@ -246,7 +255,7 @@ async fn shutdown_signal() {
 fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
     logging("warn");
     let inventory = Inventory::load(&args.nodes)?;
-    let nodes = inventory.only(&args.only)?;
+    let nodes = inventory.select(&args.only, args.select.as_deref())?;
     let source = match args.bundle {
         Some(file) => Source::Bundle(file),
         None => Source::Engine {
@@ -261,6 +270,8 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
         cluster_dir: args.cluster_dir,
         identity: args.identity,
         state_dir: args.state_dir,
+        tags: args.tags,
+        timeout: args.timeout.map(std::time::Duration::from_secs),
     };
     let json = args.json;
     runtime()?.block_on(async move {

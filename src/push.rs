@@ -46,6 +46,11 @@ pub enum Source {
     Bundle(PathBuf),
 }
 
+/// How long Start waits for the last plans after the first one came in:
+/// reachable nodes plan within about a second; a node that is down takes
+/// the 10 s connect timeout to fail and should not hold the others up.
+const START_GRACE: Duration = Duration::from_secs(3);
+
 /// What to push where.
 #[derive(Clone, Debug)]
 pub struct PushOptions {
@@ -59,6 +64,10 @@ pub struct PushOptions {
     pub identity: String,
     /// Where the seed keeps chunks; a temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
+    /// Extra tags applied on every node (a push of one image only).
+    pub tags: Vec<String>,
+    /// Time limit for the whole push; nodes not done by then fail.
+    pub timeout: Option<Duration>,
 }
 
 /// Why a push could not start.
@@ -73,6 +82,9 @@ pub enum PushError {
     /// The bundle could not be read or is damaged.
     #[error(transparent)]
     Bundle(#[from] crate::bundle::BundleError),
+    /// `--tag` was given with more or fewer than one image, or is invalid.
+    #[error("--tag: {0}")]
+    Tag(String),
     /// Exporting or packing failed.
     #[error("export failed: {0}")]
     Export(String),
@@ -188,6 +200,8 @@ pub async fn push(
     // The seed's copy can always be exported again: no fsync.
     let store = ChunkStore::open_scratch(&state_dir)?;
     let manifest = load_source(&opts.source, &store, &events).await?;
+    let manifest = with_tags(manifest, &opts.tags)?;
+    let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
     let shared = DistShared::new(manifest.clone(), store);
     let chunks = manifest.chunks.len();
     let (seed, _task) = Swarm::spawn(
@@ -202,7 +216,7 @@ pub async fn push(
     let registry = Registry::default();
     let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
-    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events).await;
+    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;
     drop(registered);
     endpoint.close(quinn::VarInt::from_u32(crate::proto::close::DONE), b"push done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -256,6 +270,28 @@ async fn load_source(
     Ok(Arc::new(manifest))
 }
 
+/// Adds `tags` to the manifest's only image, so every node applies them.
+fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, PushError> {
+    if tags.is_empty() {
+        return Ok(manifest);
+    }
+    if manifest.images.len() != 1 {
+        let n = manifest.images.len();
+        return Err(PushError::Tag(format!(
+            "tags apply to a push of exactly one image; this one has {n}"
+        )));
+    }
+    let mut m = (*manifest).clone();
+    for tag in tags {
+        crate::manifest::check_reference(tag).map_err(|e| PushError::Tag(e.to_string()))?;
+        if !m.images[0].refs.contains(tag) {
+            m.images[0].refs.push(tag.clone());
+        }
+    }
+    m.validate().map_err(|e| PushError::Tag(e.to_string()))?;
+    Ok(Arc::new(m))
+}
+
 /// Exports `images` from the engine at `docker_host` into `store`,
 /// failing early, with the image's name, if one is missing.
 pub async fn export(
@@ -269,6 +305,56 @@ pub async fn export(
     image::export_to_manifest(&engine, images, store, pack)
         .await
         .map_err(|e| PushError::Export(e.to_string()))
+}
+
+/// Sends Start once every node has planned, or [`START_GRACE`] after the
+/// first plan, whichever comes first: an unreachable node does not hold the
+/// others up. A node that plans later starts at once, and the peer list
+/// grows for whoever starts after it. Returns when every node is done.
+async fn coordinate(
+    nodes: &[NodeEntry],
+    mut planned_rx: mpsc::UnboundedReceiver<(String, bool)>,
+    mut done_rx: mpsc::UnboundedReceiver<()>,
+    start_tx: &watch::Sender<Option<Vec<PeerInfo>>>,
+) {
+    let peers_of = |fetching: &[String]| -> Vec<PeerInfo> {
+        let chosen = nodes.iter().filter(|n| fetching.contains(&n.name));
+        chosen
+            .map(|n| PeerInfo {
+                name: n.name.clone(),
+                addr: n.addr,
+            })
+            .collect()
+    };
+    let (mut planned, mut done) = (0, 0);
+    let mut fetching = Vec::new();
+    let mut grace: Option<tokio::time::Instant> = None;
+    let mut started = false;
+    while done < nodes.len() {
+        let grace_over = grace.is_some_and(|g| tokio::time::Instant::now() >= g);
+        if !started && (planned == nodes.len() || grace_over) {
+            start_tx.send_replace(Some(peers_of(&fetching)));
+            started = true;
+        }
+        let wake = grace.unwrap_or_else(|| tokio::time::Instant::now() + START_GRACE);
+        tokio::select! {
+            Some((name, fetches)) = planned_rx.recv() => {
+                planned += 1;
+                if fetches {
+                    fetching.push(name);
+                }
+                grace.get_or_insert_with(|| tokio::time::Instant::now() + START_GRACE);
+                if started {
+                    start_tx.send_replace(Some(peers_of(&fetching)));
+                }
+            }
+            received = done_rx.recv() => match received {
+                Some(()) => done += 1,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake), if !started => {}
+        }
+    }
 }
 
 /// Binds the pusher's endpoint in the address family of the nodes.
@@ -287,11 +373,12 @@ async fn run_sessions(
     nodes: &[NodeEntry],
     manifest: &Arc<Manifest>,
     events: &mpsc::UnboundedSender<PushEvent>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Vec<NodeReport> {
-    let (planned_tx, mut planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (planned_tx, planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
     let (finish_tx, finish_rx) = watch::channel(false);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<()>();
     let announce = Arc::new(crate::proto::encode(&crate::proto::Message::Announce {
         manifest: (**manifest).clone(),
     }));
@@ -307,33 +394,13 @@ async fn run_sessions(
             start: start_rx.clone(),
             finish: finish_rx.clone(),
             done: done_tx.clone(),
+            deadline,
         };
         tasks.spawn(async move { (i, session.run().await) });
     }
     // Only the sessions hold senders now: if one dies, the receivers see it.
     drop((planned_tx, done_tx));
-    let mut fetching = Vec::new();
-    for _ in nodes {
-        match planned_rx.recv().await {
-            Some((name, true)) => fetching.push(name),
-            Some((_, false)) => {}
-            None => break,
-        }
-    }
-    let peers = nodes.iter().filter(|n| fetching.contains(&n.name));
-    let _ = start_tx.send(Some(
-        peers
-            .map(|n| PeerInfo {
-                name: n.name.clone(),
-                addr: n.addr,
-            })
-            .collect(),
-    ));
-    for _ in nodes {
-        if done_rx.recv().await.is_none() {
-            break;
-        }
-    }
+    coordinate(nodes, planned_rx, done_rx, &start_tx).await;
     let _ = finish_tx.send(true);
     let mut reports: Vec<(usize, NodeReport)> = Vec::new();
     while let Some(r) = tasks.join_next().await {

@@ -136,3 +136,30 @@ fn errors_are_send_sync_for_anyhow_and_clap() {
     fn check<T: std::error::Error + Send + Sync + 'static>() {}
     check::<ConfigError>();
 }
+
+#[test]
+fn select_by_name_and_labels() {
+    let inv = inventory(include_str!("../../nodes.example.toml")).unwrap();
+    let names = |nodes: Vec<NodeEntry>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    assert_eq!(inv.select(&[], None).unwrap().len(), inv.nodes.len());
+    assert_eq!(
+        names(inv.select(&[], Some("role=worker,zone=a")).unwrap()),
+        ["worker-a1", "worker-a2"]
+    );
+    assert_eq!(
+        names(inv.select(&["worker-b1".into()], Some("role=worker")).unwrap()),
+        ["worker-b1"]
+    );
+    assert!(matches!(
+        inv.select(&[], Some("zone=z")),
+        Err(ConfigError::NoneSelected { .. })
+    ));
+    assert!(matches!(
+        inv.select(&[], Some("role")),
+        Err(ConfigError::BadSelector { .. })
+    ));
+    assert!(matches!(
+        inv.select(&["nope".into()], None),
+        Err(ConfigError::UnknownNode { .. })
+    ));
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{NodeReport, NodeStatus, PushEvent};
 use crate::config::NodeEntry;
@@ -38,6 +39,8 @@ pub(super) struct Session {
     pub finish: watch::Receiver<bool>,
     /// One message when the node is done, whatever the outcome.
     pub done: mpsc::UnboundedSender<()>,
+    /// When the whole push must end.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 struct Progressed {
@@ -58,8 +61,17 @@ impl Session {
             planned: false,
             done: false,
         };
-        if let Err(reason) = self.drive(&mut report, &mut at).await {
-            report.status = NodeStatus::Failed(reason);
+        let result = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, self.drive(&mut report, &mut at))
+                .await
+                .unwrap_or_else(|_| Err("the push timed out (--timeout) before this node was done".into())),
+            None => self.drive(&mut report, &mut at).await,
+        };
+        // A node that reported Done keeps its outcome, even if the push
+        // timed out while it waited for the others.
+        match result {
+            Err(reason) if !at.done => report.status = NodeStatus::Failed(reason),
+            _ => {}
         }
         if !at.planned {
             let _ = self.planned.send((self.node.name.clone(), false));
@@ -83,7 +95,8 @@ impl Session {
         let (conn, peer) = net::connect(&self.endpoint, self.node.addr, Some(&self.node.name))
             .await
             .map_err(|e| e.to_string())?;
-        let serving = tokio::spawn(serve_connection(
+        // Aborted when this future ends or is dropped (at the deadline).
+        let _serving = AbortOnDropHandle::new(tokio::spawn(serve_connection(
             conn.clone(),
             peer.name,
             proto::MAX_FIRST_FRAME,
@@ -95,10 +108,8 @@ impl Session {
                     "a pusher accepts only swarm and request streams",
                 )
             },
-        ));
-        let result = self.control(&conn, report, at).await;
-        serving.abort();
-        result
+        )));
+        self.control(&conn, report, at).await
     }
 
     async fn control(

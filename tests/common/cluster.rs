@@ -91,9 +91,11 @@ impl Cluster {
 
     fn write_inventory(&self) {
         let mut s = String::new();
-        for node in &self.nodes {
+        for (i, node) in self.nodes.iter().enumerate() {
+            // A label for selector tests: n1, n3, … are odd; n2, n4, … even.
+            let parity = if i % 2 == 0 { "odd" } else { "even" };
             s.push_str(&format!(
-                "[[node]]\nname = \"{}\"\naddr = \"{}\"\n\n",
+                "[[node]]\nname = \"{}\"\naddr = \"{}\"\nlabels = {{ parity = \"{parity}\" }}\n\n",
                 node.name,
                 node.agent.addr()
             ));
