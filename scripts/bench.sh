@@ -2,8 +2,8 @@
 # The swarm benchmark of issue #3: p2pimg push vs scp fan-out vs a registry, on N+1
 # emulated hosts with equally shaped uplinks, on one machine.
 #
-#   sudo scripts/bench.sh                       # N = 4 8 16, 100 Mbit/s, ~340 MB image
-#   NS="2" RATE=200 RANDOM_MB=8 TEXT_MB=4 BIN_FILES= scripts/bench.sh     # a quick check
+#   scripts/bench.sh                               # as root: N = 4 8 16, 100 Mbit/s, ~340 MB image
+#   NS="2" RATE=200 RANDOM_MB=8 TEXT_MB=4 BIN_FILES= scripts/bench.sh     # a quick check (~3 min)
 #
 # Each host is a network namespace (p2pb-h0 = the seed, p2pb-h1..hN = the nodes) joined
 # by a veth to a bridge in its own namespace (p2pb-br), with an address in $SUBNET.0/24
@@ -19,7 +19,7 @@
 # and last a line for N=1 without shaping: `push` to one agent vs
 # `docker save | docker load` between the same two engines.
 #
-# Environment (defaults in brackets):
+# Environment (defaults shown):
 #   NS="4 8 16"        node counts to run
 #   RATE=100           Mbit/s of every host's uplink; RATES="16:50 8:100" overrides per N
 #   METHODS="p2pimg scp registry"   which methods to run
@@ -33,12 +33,14 @@
 #   SCP_PARALLEL=10    copies at once in the scp fan-out
 #   SUBNET=10.77.0     the emulated hosts' /24
 #   TIMEOUT=1800       seconds one push, copy or pull may take
+#   QUIET_WAIT=120     seconds to wait, before each measurement, for other work on the
+#                      machine (a build) to stop using more than 20% of the CPU
 #   P2PIMG=path        use this binary instead of `cargo build --release`
 #   CACHE=/var/tmp/p2pimg-bench    the debootstrap tarball, results and logs
 #   RESULTS=$CACHE/results/bench-DATE.txt   the full output; logs go to RESULTS.logs/
 #
 # Needs root. Installs what is missing of: docker.io, iproute2, debootstrap,
-# openssh-server, docker-registry, jq, curl. Cleans up after itself (and after a crashed
+# openssh-server, docker-registry, jq, curl, busybox-static. Cleans up after itself (and after a crashed
 # earlier run): processes in the p2pb-* namespaces, the namespaces, /tmp/p2pb.
 set -euo pipefail
 
@@ -59,6 +61,7 @@ PUSH_ARGS=${PUSH_ARGS:-}
 SCP_PARALLEL=${SCP_PARALLEL:-10}
 SUBNET=${SUBNET:-10.77.0}
 TIMEOUT=${TIMEOUT:-1800}
+QUIET_WAIT=${QUIET_WAIT:-120}
 CACHE=${CACHE:-/var/tmp/p2pimg-bench}
 RESULTS=${RESULTS:-$CACHE/results/bench-$(date +%Y%m%d-%H%M%S).txt}
 IMAGE=p2pb/app:1
@@ -72,7 +75,7 @@ LOGS=$RESULTS.logs
 declare -A RES=()     # "N|method|field" → value
 SEED_ID=""
 SAMPLER_PID=""
-REGISTRY_PID=""
+REGISTRY_PID=""  # set by registry_start
 
 # ---------------------------------------------------------------- configuration checks
 
@@ -82,8 +85,8 @@ check_config() {
     for n in $NS; do
         if ! [[ "$n" =~ ^[0-9]+$ ]] || ((n < 1 || n > 250)); then die "NS: node counts are 1..250, got '$n'"; fi
     done
-    for v in "$RATE" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL" "$TIMEOUT"; do
-        [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT are whole numbers"
+    for v in "$RATE" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL" "$TIMEOUT" "$QUIET_WAIT"; do
+        [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT, QUIET_WAIT are whole numbers"
     done
     [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET is the first three octets, like 10.77.0"
     [[ "$BASE" == debian || "$BASE" == busybox ]] || die "BASE is debian or busybox"
@@ -104,6 +107,7 @@ rate_for() {
     printf '%s\n' "$RATE"
 }
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 on_exit() {
     local rc=$?
     set +e
@@ -134,6 +138,22 @@ cpu_mark() {
 # cpu_between MARK0 MARK1: "OURS OTHERS", % of all cores, as cpu_busy.
 cpu_between() {
     printf '%s\n%s\n' "$1" "$2" | cpu_busy /dev/stdin 0 9e99
+}
+
+# wait_quiet: waits (up to QUIET_WAIT seconds) until the machine is nearly idle, so that
+# a concurrent build or test run does not land in a measurement; says so if it waits.
+wait_quiet() {
+    local k m0 m1 busy said=0
+    for ((k = 0; k < QUIET_WAIT; k++)); do
+        m0=$(cpu_mark)
+        sleep 1
+        m1=$(cpu_mark)
+        busy=$(printf '%s\n%s\n' "$m0" "$m1" | awk 'NR == 1 {b = $2; a = $3} NR == 2 {printf "%.0f", 100 * ($2 - b) / ($3 - a)}')
+        ((busy < 20)) && break
+        ((said)) || log "the machine is ${busy}% busy with other work: waiting up to ${QUIET_WAIT}s for it to quiet down"
+        said=1
+    done
+    ((!said)) || log "machine ${busy}% busy after ${k}s: going on"
 }
 
 # measure_save N: T_save, and the saved tar (F_tar) that scp copies and T_load loads.
@@ -242,8 +262,7 @@ run_p2pimg() {
     RES[$n|p2pimg|first_failure]=${f[13]}
     RES[$n|p2pimg|wall]=$(calc "$t1 - $t0")
     RES[$n|p2pimg|seed_tx]=$((tx1 - tx0))
-    RES[$n|p2pimg|rss]=${stats% *}
-    RES[$n|p2pimg|agent_cpu]=${stats#* }
+    read -r "RES[$n|p2pimg|rss]" "RES[$n|p2pimg|rss_mean]" "RES[$n|p2pimg|agent_cpu]" "RES[$n|p2pimg|rss_each]" <<<"$stats"
     RES[$n|p2pimg|push_cpu]=$(times_children "$out.times" 2>/dev/null || printf -- '-')
     if [[ "${f[4]}" != - && "${f[0]}" != - ]]; then
         RES[$n|p2pimg|xfer]=$(calc "${f[4]} - ${f[0]}")
@@ -393,6 +412,7 @@ print_block() {
             p2pimg)
                 note="transfer = last node loading:true ($(fmt_s "${RES[$n|p2pimg|t_lastload]:--}") s from push start) minus export ($(fmt_s "${RES[$n|p2pimg|export_secs]:--}") s);"
                 note+=" on the wire $(fmt_s "${RES[$n|p2pimg|net_xfer]:--}") s; e2e = report secs; CPU agents $(fmt_s "${RES[$n|p2pimg|agent_cpu]:--}") s + push $(fmt_s "${RES[$n|p2pimg|push_cpu]:--}") s;"
+                note+=" agent RSS mean $(fmt_mb "${RES[$n|p2pimg|rss_mean]:--}") MB (MB each: ${RES[$n|p2pimg|rss_each]:--});"
                 note+=" report: nodes got $(fmt_mb "${RES[$n|p2pimg|report_seed]:--}") MB from the seed, $(fmt_mb "${RES[$n|p2pimg|received]:--}") MB from peers;"
                 note+=" exit ${RES[$n|p2pimg|rc]:--}, ${RES[$n|p2pimg|loaded]:--}/$n loaded; ${RES[$n|p2pimg|verify]:--}"
                 [[ "${RES[$n|p2pimg|first_failure]:--}" != - ]] && note+="; first failure: ${RES[$n|p2pimg|first_failure]}"
@@ -437,6 +457,7 @@ run_single() {
     shape 1 0
     clean_node 1
     sync
+    wait_quiet
     t0=$(now)
     dk 0 save "$IMAGE" | dk 1 load >/dev/null
     t1=$(now)
@@ -446,6 +467,7 @@ run_single() {
     sync
     agents_restart 1
     nodes_toml 1 "$R/runs/nodes-1.toml"
+    wait_quiet
     rc=0
     t0=$(now)
     push_json 1 "$R/runs/nodes-1.toml" "$out" || rc=$?
@@ -507,11 +529,13 @@ main() {
         log "== N=$n: shaping h0..h$n to $(rate_for "$n") Mbit/s"
         for ((i = 0; i <= n; i++)); do shape "$i" "$(rate_for "$n")"; done
         clean_nodes "$n"
+        wait_quiet
         measure_save "$n"
+        wait_quiet
         measure_load "$n"
-        has_method p2pimg && run_p2pimg "$n"
-        has_method scp && run_scp "$n"
-        has_method registry && run_registry "$n"
+        if has_method p2pimg; then wait_quiet; run_p2pimg "$n"; fi
+        if has_method scp; then wait_quiet; run_scp "$n"; fi
+        if has_method registry; then wait_quiet; run_registry "$n"; fi
         print_block "$n" | tee "$R/runs/block-$n.txt"
     done
     ((SINGLE)) && has_method p2pimg && run_single | tee "$R/runs/single.txt"
@@ -525,4 +549,4 @@ main() {
     }
 }
 
-main "$@"
+main "$@"; exit $?

@@ -510,20 +510,23 @@ agents_restart() {
     done
 }
 
-# agent_stats N: "PEAK_RSS_BYTES CPU_SECONDS" over agents 1..N: the largest VmHWM and the
-# sum of user+system time since they started.
+# agent_stats N: "PEAK_RSS_BYTES MEAN_PEAK_RSS_BYTES CPU_SECONDS EACH" over agents 1..N: the
+# largest and the mean VmHWM, the sum of user+system time since they started, and each
+# agent's VmHWM in MB (n1:45,n2:52,…).
 agent_stats() {
-    local n=$1 i pid hwm=0 kb ticks=0 t tck
+    local n=$1 i pid hwm=0 sum=0 cnt=0 kb ticks=0 t tck each=""
     tck=$(getconf CLK_TCK)
     for ((i = 1; i <= n; i++)); do
         pid=${AGENT_PID[$i]:-}
         [[ -n "$pid" && -r /proc/$pid/status ]] || continue
         kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
         ((kb > hwm)) && hwm=$kb
+        sum=$((sum + kb)) cnt=$((cnt + 1))
+        each+="${each:+,}n$i:$((kb / 1024))"
         t=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$pid/stat")
         ticks=$((ticks + t))
     done
-    printf '%d %s\n' $((hwm * 1024)) "$(calc "$ticks / $tck")"
+    printf '%d %d %s %s\n' $((hwm * 1024)) $((cnt ? sum * 1024 / cnt : 0)) "$(calc "$ticks / $tck")" "${each:--}"
 }
 
 sshd_start() {
