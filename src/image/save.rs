@@ -251,9 +251,15 @@ impl Archive {
     /// Ties `manifest.json` to the configs and packed layers.
     fn into_manifest(mut self, store: &ChunkStore, opts: &PackOptions) -> Result<Manifest, SaveError> {
         let entries = self.save_entries()?;
-        let mut builder = ManifestBuilder::default();
+        let mut images = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let image = self.image(entry, store, opts)?;
+            images.push(self.image(entry, store, opts)?);
+        }
+        // `docker save` lists images in no fixed order; sorting by ID makes
+        // the same images give the same manifest, and so the same ID.
+        images.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut builder = ManifestBuilder::default();
+        for image in images {
             builder.add(image);
         }
         let manifest = builder.finish();
