@@ -8,10 +8,13 @@
 //!                       └─ Announce (pusher identities only) ─► distribution task (dist.rs)
 //! ```
 //!
-//! Shutdown (SIGINT/SIGTERM): stop accepting, abort connection and
-//! distribution tasks (a distribution interrupted mid-fetch resumes from its
-//! verified chunks when pushed again), close the endpoint, wait briefly for
-//! the close to reach peers.
+//! Distributions run in the agent's own task set, not the connection's, so
+//! one goes on among the peers if the pusher leaves mid-way.
+//!
+//! Shutdown (SIGINT/SIGTERM): stop accepting, cancel the distributions and
+//! wait for them (one interrupted mid-fetch resumes from its verified
+//! chunks when pushed again), abort connection tasks, close the endpoint,
+//! wait briefly for the close to reach peers.
 
 mod dist;
 
@@ -23,6 +26,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::AgentOptions;
 use crate::identity::Role;
@@ -64,6 +69,11 @@ pub(crate) struct AgentCtx {
     pub swarm: SwarmOptions,
     /// Certificate names refused whatever their signature says.
     pub deny: HashSet<String>,
+    /// Running distributions. They belong to the agent, not to the
+    /// pusher's connection: they go on if the pusher goes away.
+    pub dists: TaskTracker,
+    /// Cancelled when the agent stops; distributions end with it.
+    pub stopping: CancellationToken,
 }
 
 /// A started agent, listening.
@@ -85,10 +95,12 @@ impl Agent {
             name: opts.name.clone(),
             docker_host: opts.docker_host.clone(),
             store,
-            registry: Registry::default(),
+            registry: Registry::with_upload_limit(opts.max_upload_mbit),
             endpoint,
             swarm: SwarmOptions::default(),
             deny: opts.deny.iter().cloned().collect(),
+            dists: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         };
         Ok(Agent { ctx: Arc::new(ctx) })
     }
@@ -116,6 +128,9 @@ impl Agent {
         };
         tracing::info!("shutting down");
         self.ctx.endpoint.set_server_config(None);
+        self.ctx.stopping.cancel();
+        self.ctx.dists.close();
+        self.ctx.dists.wait().await;
         conns.shutdown().await;
         self.ctx
             .endpoint
@@ -174,7 +189,14 @@ async fn on_control(
 ) {
     match msg {
         Message::Announce { manifest } if peer.role == Role::Pusher => {
-            dist::run(ctx, conn, peer, manifest, send, recv).await;
+            let stopping = ctx.stopping.clone();
+            let run = dist::run(ctx.clone(), conn, peer, manifest, send, recv);
+            ctx.dists.spawn(async move {
+                tokio::select! {
+                    _ = run => {}
+                    _ = stopping.cancelled() => {}
+                }
+            });
         }
         Message::Announce { .. } => {
             tracing::warn!(peer = %peer.name, "refused an announce from a {} identity", peer.role);

@@ -286,6 +286,8 @@ pub struct AgentOptions {
     /// Certificate names refused at every connection: a leaked or retired
     /// identity, shut out without re-keying the cluster.
     pub deny: Vec<String>,
+    /// Most this agent uploads serving chunks, in Mbit/s; unlimited if unset.
+    pub max_upload_mbit: Option<u64>,
     /// The file these options came from, for error messages.
     pub source: PathBuf,
 }
@@ -306,6 +308,8 @@ struct RawAgent {
     key: PathBuf,
     #[serde(default)]
     deny: Vec<String>,
+    #[serde(default)]
+    max_upload_mbit: Option<u64>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -348,6 +352,7 @@ impl AgentOptions {
             cert: base.join(raw.cert),
             key: base.join(raw.key),
             deny: raw.deny,
+            max_upload_mbit: raw.max_upload_mbit,
             source: origin.into(),
         })
     }

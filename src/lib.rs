@@ -18,6 +18,7 @@
 //! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
 //! - [`push`]: the seed: export, announce, seed, follow every node, report.
+//! - [`ratelimit`]: paces uploads to a configured rate.
 //! - [`report`]: push progress lines and the final table for people.
 
 pub mod agent;
@@ -33,6 +34,7 @@ pub mod picker;
 pub mod plan;
 pub mod proto;
 pub mod push;
+pub mod ratelimit;
 pub mod report;
 pub mod seeder;
 pub mod serve;

@@ -85,6 +85,9 @@ struct PushArgs {
     /// Give up after this many seconds; nodes not done by then are reported failed.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Most the seed uploads, in Mbit/s (agents have `max_upload_mbit` in agent.toml).
+    #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u64).range(1..))]
+    max_upload_mbit: Option<u64>,
     /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
     #[arg(long, default_value = "./cluster")]
     cluster_dir: PathBuf,
@@ -272,6 +275,7 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         tags: args.tags,
         timeout: args.timeout.map(std::time::Duration::from_secs),
+        max_upload_mbit: args.max_upload_mbit,
     };
     let json = args.json;
     runtime()?.block_on(async move {

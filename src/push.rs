@@ -68,6 +68,8 @@ pub struct PushOptions {
     pub tags: Vec<String>,
     /// Time limit for the whole push; nodes not done by then fail.
     pub timeout: Option<Duration>,
+    /// Most the seed uploads, in Mbit/s; unlimited if unset.
+    pub max_upload_mbit: Option<u64>,
 }
 
 /// Why a push could not start.
@@ -213,7 +215,7 @@ pub async fn push(
             ..SwarmOptions::default()
         },
     );
-    let registry = Registry::default();
+    let registry = Registry::with_upload_limit(opts.max_upload_mbit);
     let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
     let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;

@@ -128,6 +128,9 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
         // by another distribution at another zstd level is not it.
         Ok(Some(Ok(data))) if data.len() == entry.zsize as usize => {
             let len = data.len() as u64;
+            if let Some(limit) = registry.upload_limit() {
+                limit.acquire(len).await;
+            }
             // A requester that stops reading gives its permit back in time.
             let sent =
                 tokio::time::timeout(SEND_TIMEOUT, write_frame(&mut send, &Message::Chunk { data })).await;

@@ -34,6 +34,7 @@ use crate::picker::{PeerId, Picker};
 use crate::proto::{
     self, close, read_frame, write_frame, Bitfield, ErrorCode, FrameError, Message, PeerBytes,
 };
+use crate::ratelimit::RateLimit;
 use crate::seeder::Seeder;
 use crate::store::ChunkStore;
 
@@ -104,11 +105,22 @@ impl DistShared {
     }
 }
 
-/// The distributions this process takes part in, by manifest ID.
+/// The distributions this process takes part in, by manifest ID, and the
+/// limit on what it uploads serving them.
 #[derive(Clone, Debug, Default)]
-pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>);
+pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>, Option<Arc<RateLimit>>);
 
 impl Registry {
+    /// A registry whose serving uploads at most `mbit` Mbit/s.
+    pub fn with_upload_limit(mbit: Option<u64>) -> Registry {
+        Registry(Arc::default(), mbit.map(|m| Arc::new(RateLimit::mbit(m))))
+    }
+
+    /// The upload limit, if any.
+    pub fn upload_limit(&self) -> Option<&RateLimit> {
+        self.1.as_deref()
+    }
+
     /// Makes `handle` reachable for incoming swarm and request streams
     /// until the returned guard is dropped, which also happens when the
     /// task holding it is aborted.

@@ -19,6 +19,10 @@ use crate::swarm::{DistShared, Swarm, SwarmHandle};
 /// a live view, rare enough to cost nothing next to 1 MiB chunks.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// How long a node whose pusher went away waits for a new chunk from its
+/// peers before giving up: as long as the pusher's own stall limit.
+const ALONE_STALL: Duration = Duration::from_secs(180);
+
 /// The control stream to the pusher.
 struct Control {
     send: SendStream,
@@ -198,11 +202,13 @@ fn current(swarm: &SwarmHandle) -> Progress {
     }
 }
 
-/// Reports progress until every chunk is held (true) or the swarm or the
-/// pusher is gone (false).
+/// Reports progress until every chunk is held. If the pusher goes away the
+/// node keeps fetching from its peers: once every chunk is among the
+/// agents, the seed may leave. Alone, it gives up after [`ALONE_STALL`]
+/// without a new chunk.
 async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(), String> {
     let mut progress = swarm.progress();
-    let gone = || "the pusher went away before every chunk arrived".to_string();
+    let mut pusher_here = true;
     loop {
         let now = progress.borrow_and_update().clone();
         if let Some(reason) = now.failed {
@@ -211,12 +217,22 @@ async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(
         if now.complete {
             return Ok(());
         }
-        if !control.send(&Message::Progress(current(swarm))).await {
-            return Err(gone());
+        if pusher_here && !control.send(&Message::Progress(current(swarm))).await {
+            pusher_here = false;
+            tracing::warn!("the pusher went away; fetching the rest from peers");
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
-        if progress.changed().await.is_err() {
-            return Err("the swarm stopped".into());
+        match tokio::time::timeout(ALONE_STALL, progress.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err("the swarm stopped".into()),
+            Err(_) if !pusher_here => {
+                let secs = ALONE_STALL.as_secs();
+                return Err(format!(
+                    "the pusher went away and no peer had the missing chunks for {secs}s"
+                ));
+            }
+            // With the pusher there, its own stall timeout decides.
+            Err(_) => {}
         }
     }
 }
