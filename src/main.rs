@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use p2pimg::config::{AgentOptions, Inventory};
 use p2pimg::identity::{self, Role};
 use p2pimg::pack::{PackOptions, DEFAULT_ZSTD_LEVEL};
@@ -16,8 +16,17 @@ use p2pimg::report::{self, Printer};
 #[derive(Parser)]
 #[command(name = "p2pimg", version, propagate_version = true)]
 struct Cli {
+    /// Log lines as `text` or as `json` objects (for log collectors).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +51,13 @@ enum Command {
     /// Bundle files for air-gapped seeds: create, verify, list.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `p2pimg man > /usr/local/share/man/man1/p2pimg.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -191,9 +207,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             role,
             days,
         }) => issue(name, dir, role, days),
-        Command::Agent { config } => agent(config),
-        Command::Push(args) => push_images(args),
-        Command::Bundle(cmd) => bundle(cmd),
+        Command::Agent { config } => agent(cli.log_format, config),
+        Command::Push(args) => push_images(cli.log_format, args),
+        Command::Bundle(cmd) => bundle(cli.log_format, cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "p2pimg", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -215,16 +239,18 @@ fn issue(name: String, dir: PathBuf, role: Role, days: u32) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn logging(default: &str) {
+fn logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -234,8 +260,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn agent(config: PathBuf) -> anyhow::Result<ExitCode> {
-    logging("info");
+fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
+    logging(log, "info");
     let opts = AgentOptions::load(&config)?;
     runtime()?.block_on(async {
         let agent = p2pimg::agent::Agent::start(&opts)?;
@@ -255,8 +281,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
-    logging("warn");
+fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
+    logging(log, "warn");
     let inventory = Inventory::load(&args.nodes)?;
     let nodes = inventory.select(&args.only, args.select.as_deref())?;
     let source = match args.bundle {
@@ -311,8 +337,8 @@ fn push_images(args: PushArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn bundle(cmd: BundleCommand) -> anyhow::Result<ExitCode> {
-    logging("warn");
+fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
+    logging(log, "warn");
     match cmd {
         BundleCommand::Create {
             images,

@@ -230,3 +230,43 @@ fn push_explains_a_missing_image_and_a_node_without_engine() {
     );
     drop(agent);
 }
+
+#[test]
+fn completions_man_page_and_json_logs() {
+    let (code, bash, _) = p2pimg(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(bash.contains("_p2pimg") && bash.contains("bundle"), "{bash}");
+    let (code, man, _) = p2pimg(&["man"]);
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH p2pimg") && man.contains("push"), "{man}");
+
+    // The agent logs JSON objects when asked: one per line, with a message.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, config) = node_setup(dir.path());
+    config.write(&path);
+    let mut child = Command::new(bin())
+        .args(["--log-format", "json", "agent", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("listening on "), "{first}");
+    // SIGTERM: the agent logs its shutdown, then exits 0.
+    common::process::signal(child.id(), common::process::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a requested stop exits 0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+}
