@@ -198,15 +198,32 @@ async fn on_control(
                 }
             });
         }
-        Message::Announce { .. } => {
+        Message::Query { refs } if peer.role == Role::Pusher => answer_query(&ctx, send, refs).await,
+        Message::Announce { .. } | Message::Query { .. } => {
             tracing::warn!(peer = %peer.name, "refused an announce from a {} identity", peer.role);
-            refuse(
-                send,
-                ErrorCode::NotAuthorized,
-                "only a pusher identity may announce a distribution",
-            )
-            .await;
+            let why = "only a pusher identity may announce a distribution or query the node";
+            refuse(send, ErrorCode::NotAuthorized, why).await;
         }
         _ => refuse(send, ErrorCode::BadRequest, "unexpected first message").await,
+    }
+}
+
+/// Answers `p2pimg status`: the image ID each reference names in the
+/// engine, without touching any distribution.
+async fn answer_query(ctx: &AgentCtx, mut send: SendStream, refs: Vec<String>) {
+    let ids = async {
+        let engine = crate::image::Engine::connect(&ctx.docker_host).await?;
+        let mut ids = Vec::with_capacity(refs.len());
+        for r in refs.iter().take(crate::manifest::MAX_IMAGES) {
+            ids.push(engine.image_id(r).await?);
+        }
+        Ok::<_, crate::image::EngineError>(ids)
+    };
+    match ids.await {
+        Ok(ids) => {
+            let _ = crate::proto::write_frame(&mut send, &Message::Status { ids }).await;
+            let _ = send.finish();
+        }
+        Err(e) => refuse(send, ErrorCode::Internal, &e.to_string()).await,
     }
 }

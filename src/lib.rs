@@ -19,6 +19,7 @@
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
 //! - [`push`]: the seed: export, announce, seed, follow every node, report.
 //! - [`ratelimit`]: paces uploads to a configured rate.
+//! - [`status`]: which nodes hold which images, asked of their agents.
 //! - [`report`]: push progress lines and the final table for people.
 
 pub mod agent;
@@ -38,5 +39,6 @@ pub mod ratelimit;
 pub mod report;
 pub mod seeder;
 pub mod serve;
+pub mod status;
 pub mod store;
 pub mod swarm;

@@ -51,6 +51,8 @@ enum Command {
     /// Bundle files for air-gapped seeds: create, verify, list.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Show which nodes hold which images (image IDs), transferring nothing.
+    Status(StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -86,15 +88,8 @@ struct PushArgs {
     /// Seed every image of this bundle file instead (no Docker Engine needed).
     #[arg(long, value_name = "FILE")]
     bundle: Option<PathBuf>,
-    /// The node inventory.
-    #[arg(long, default_value = "nodes.toml")]
-    nodes: PathBuf,
-    /// Push only to these nodes (repeatable); default: every node of the inventory.
-    #[arg(long = "node", value_name = "NAME")]
-    only: Vec<String>,
-    /// Push only to nodes whose labels match, e.g. role=worker,zone=a.
-    #[arg(long, value_name = "KEY=VALUE,…")]
-    select: Option<String>,
+    #[command(flatten)]
+    targets: Targets,
     /// Also tag the image as NEW on every node (repeatable; a push of one image only).
     #[arg(long = "tag", value_name = "NEW")]
     tags: Vec<String>,
@@ -104,12 +99,6 @@ struct PushArgs {
     /// Most the seed uploads, in Mbit/s (agents have `max_upload_mbit` in agent.toml).
     #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u64).range(1..))]
     max_upload_mbit: Option<u64>,
-    /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
-    #[arg(long, default_value = "./cluster")]
-    cluster_dir: PathBuf,
-    /// Which identity in the cluster directory to push as.
-    #[arg(long, default_value = identity::PUSHER_NAME)]
-    identity: String,
     /// The seed's Docker Engine.
     #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
     docker_host: String,
@@ -121,6 +110,44 @@ struct PushArgs {
     /// Print events and the final report as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Image references to look for on each node.
+    #[arg(required = true)]
+    images: Vec<String>,
+    #[command(flatten)]
+    targets: Targets,
+    /// Print the answers as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which nodes, and as whom.
+#[derive(clap::Args)]
+struct Targets {
+    /// The node inventory.
+    #[arg(long, default_value = "nodes.toml")]
+    nodes: PathBuf,
+    /// Only these nodes (repeatable); default: every node of the inventory.
+    #[arg(long = "node", value_name = "NAME")]
+    only: Vec<String>,
+    /// Only nodes whose labels match, e.g. role=worker,zone=a.
+    #[arg(long, value_name = "KEY=VALUE,…")]
+    select: Option<String>,
+    /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
+    #[arg(long, default_value = "./cluster")]
+    cluster_dir: PathBuf,
+    /// Which identity in the cluster directory to act as.
+    #[arg(long, default_value = identity::PUSHER_NAME)]
+    identity: String,
+}
+
+impl Targets {
+    fn nodes(&self) -> anyhow::Result<Vec<p2pimg::config::NodeEntry>> {
+        Ok(Inventory::load(&self.nodes)?.select(&self.only, self.select.as_deref())?)
+    }
 }
 
 /// How images are cut into chunks.
@@ -210,6 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { config } => agent(cli.log_format, config),
         Command::Push(args) => push_images(cli.log_format, args),
         Command::Bundle(cmd) => bundle(cli.log_format, cmd),
+        Command::Status(args) => status(cli.log_format, args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "p2pimg", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -283,8 +311,7 @@ async fn shutdown_signal() {
 
 fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
     logging(log, "warn");
-    let inventory = Inventory::load(&args.nodes)?;
-    let nodes = inventory.select(&args.only, args.select.as_deref())?;
+    let nodes = args.targets.nodes()?;
     let source = match args.bundle {
         Some(file) => Source::Bundle(file),
         None => Source::Engine {
@@ -296,8 +323,8 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
     let opts = PushOptions {
         source,
         nodes,
-        cluster_dir: args.cluster_dir,
-        identity: args.identity,
+        cluster_dir: args.targets.cluster_dir,
+        identity: args.targets.identity,
         state_dir: args.state_dir,
         tags: args.tags,
         timeout: args.timeout.map(std::time::Duration::from_secs),
@@ -373,4 +400,27 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    logging(log, "warn");
+    let nodes = args.targets.nodes()?;
+    let t = &args.targets;
+    let answers = runtime()?.block_on(p2pimg::status::status(
+        &nodes,
+        &t.cluster_dir,
+        &t.identity,
+        &args.images,
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&answers)?);
+    } else {
+        print!("{}", report::status_table(&args.images, &answers));
+    }
+    let all_answered = answers.iter().all(|a| a.ids.is_ok());
+    Ok(if all_answered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

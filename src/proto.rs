@@ -72,6 +72,11 @@ pub enum Message {
     Chunk { data: Vec<u8> },
     /// A refusal or failure, on any stream.
     Error { code: ErrorCode, message: String },
+    /// Pusher → agent, first frame of a status stream: which image does
+    /// each of these references name in your engine?
+    Query { refs: Vec<String> },
+    /// Agent → pusher: per reference, the image ID, or none.
+    Status { ids: Vec<Option<String>> },
 }
 
 impl Message {
@@ -89,6 +94,8 @@ impl Message {
             Message::Request { .. } => "Request",
             Message::Chunk { .. } => "Chunk",
             Message::Error { .. } => "Error",
+            Message::Query { .. } => "Query",
+            Message::Status { .. } => "Status",
         }
     }
 }

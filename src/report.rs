@@ -150,6 +150,27 @@ pub fn bundle_listing(path: &std::path::Path, m: &crate::manifest::Manifest, byt
     out
 }
 
+/// The `status` table: one line per node, one column per reference.
+pub fn status_table(refs: &[String], nodes: &[crate::status::NodeImages]) -> String {
+    let mut out = String::new();
+    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(out, "{:width$}  {}", "NODE", refs.join("  "));
+    for node in nodes {
+        let cells = match &node.ids {
+            Ok(ids) => {
+                let short = |id: &Option<String>| {
+                    id.as_deref()
+                        .map_or("-".to_string(), |i| i[..i.len().min(19)].into())
+                };
+                ids.iter().map(short).collect::<Vec<_>>().join("  ")
+            }
+            Err(reason) => format!("cannot ask: {reason}"),
+        };
+        let _ = writeln!(out, "{:width$}  {cells}", node.name);
+    }
+    out
+}
+
 /// Bytes for people: 1.5 MB, 820 kB, 12 B (decimal units, as `docker images`).
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

@@ -46,6 +46,32 @@ fn select_by_label_and_tag_on_arrival() {
         let tagged = node.engine.image_id("registry.local:5000/team/app:prod");
         assert_eq!(tagged.as_deref(), expected, "{} carries the extra tag", node.name);
     }
+
+    // `status` asks every node's engine, and moves no image.
+    let out = common::run_ok(
+        std::process::Command::new(bin())
+            .args(["status", "app:1", "--json", "--nodes"])
+            .arg(cluster.nodes_toml())
+            .arg("--cluster-dir")
+            .arg(cluster.ca_dir()),
+        60,
+    );
+    let answers: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<(String, serde_json::Value)> = answers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_string(), a["ids"]["Ok"][0].clone()))
+        .collect();
+    let expected = serde_json::Value::from(image.id.clone());
+    assert_eq!(ids[0], ("n1".into(), expected.clone()), "{out}");
+    assert_eq!(ids[1], ("n2".into(), serde_json::Value::Null), "{out}");
+    assert_eq!(ids[2], ("n3".into(), expected), "{out}");
+    assert_eq!(
+        cluster.nodes[1].engine.image_id("app:1"),
+        None,
+        "status moved nothing"
+    );
 }
 
 #[test]

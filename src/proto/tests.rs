@@ -37,6 +37,18 @@ fn golden() -> Vec<(Message, &'static str)> {
     let addr = "127.0.0.1:7701".parse().unwrap();
     vec![
         (Message::Finish, "0000000105"),
+        (
+            Message::Query {
+                refs: vec!["a:1".into()],
+            },
+            "000000060b0103613a31",
+        ),
+        (
+            Message::Status {
+                ids: vec![Some("x".into()), None],
+            },
+            "000000060c0201017800",
+        ),
         (Message::Have { index: 300 }, "0000000307ac02"),
         (
             Message::Hello {
