@@ -288,6 +288,8 @@ pub struct AgentOptions {
     pub deny: Vec<String>,
     /// Most this agent uploads serving chunks, in Mbit/s; unlimited if unset.
     pub max_upload_mbit: Option<u64>,
+    /// Where to serve Prometheus metrics over HTTP; off if unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// The file these options came from, for error messages.
     pub source: PathBuf,
 }
@@ -310,6 +312,8 @@ struct RawAgent {
     deny: Vec<String>,
     #[serde(default)]
     max_upload_mbit: Option<u64>,
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -353,6 +357,7 @@ impl AgentOptions {
             key: base.join(raw.key),
             deny: raw.deny,
             max_upload_mbit: raw.max_upload_mbit,
+            metrics_listen: raw.metrics_listen,
             source: origin.into(),
         })
     }

@@ -16,6 +16,7 @@
 //! - [`seeder`]: what the seed offers to whom, so it uploads each chunk about once (no I/O).
 //! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
 //! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
+//! - [`metrics`]: agent counters in the Prometheus text format, over HTTP.
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
 //! - [`push`]: the seed: export, announce, seed, follow every node, report.
 //! - [`ratelimit`]: paces uploads to a configured rate.
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod identity;
 pub mod image;
 pub mod manifest;
+pub mod metrics;
 pub mod net;
 pub mod pack;
 pub mod picker;

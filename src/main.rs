@@ -294,6 +294,13 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let agent = p2pimg::agent::Agent::start(&opts)?;
         println!("listening on {}", agent.local_addr()?);
+        if let Some(addr) = opts.metrics_listen {
+            let listener = p2pimg::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen in agent.toml)"))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(p2pimg::metrics::serve(listener, opts.state_dir.clone()));
+        }
         tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
         let requested = agent.run(shutdown_signal()).await;
         Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -136,6 +136,7 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
                 tokio::time::timeout(SEND_TIMEOUT, write_frame(&mut send, &Message::Chunk { data })).await;
             if matches!(sent, Ok(Ok(()))) {
                 shared.count_served(&peer, len);
+                crate::metrics::metrics().on_sent(&peer, len);
             }
             let _ = send.finish();
         }

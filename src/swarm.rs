@@ -604,6 +604,7 @@ impl Swarm {
         match result {
             Ok(bytes) => self.on_chunk(id, index, bytes),
             Err(FetchError::BadData { .. }) => {
+                crate::metrics::metrics().on_rejected();
                 self.picker.on_failed(id, index);
                 self.drop_peer(id, close::BAD_DATA, "sent a chunk that failed verification");
             }
@@ -647,6 +648,7 @@ impl Swarm {
         };
         self.dirty.extend(duplicates);
         if let Some(link) = self.peers.get(&id) {
+            crate::metrics::metrics().on_received(&link.name, bytes);
             let e = self
                 .received
                 .entry(link.name.clone())

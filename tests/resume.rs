@@ -52,6 +52,10 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x5a;
     fs::write(damaged, bytes).unwrap();
+    // This time the agent also serves metrics.
+    let config = cluster.nodes[0].config.clone();
+    let text = fs::read_to_string(&config).unwrap() + "metrics_listen = \"127.0.0.1:0\"\n";
+    fs::write(&config, text).unwrap();
     cluster.restart_agent(0);
 
     let second = cluster.push(&["app:1"], &[]);
@@ -80,4 +84,37 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
         cluster.nodes[0].engine.image_id("app:1").as_deref(),
         Some(image.id.as_str())
     );
+
+    // The metrics count what happened since the restart.
+    let text = scrape(&cluster.nodes[0].agent.log());
+    for line in [
+        "p2pimg_received_bytes_total{peer=\"pusher\"}",
+        "p2pimg_chunks_verified_total 1",
+        "p2pimg_loads_total{result=\"ok\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    let store: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("p2pimg_store_bytes "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(store > 0, "{text}");
+}
+
+/// GETs the metrics from the address the agent printed.
+fn scrape(log: &str) -> String {
+    use std::io::{Read, Write};
+    let url = log
+        .lines()
+        .find_map(|l| l.split("metrics on http://").nth(1))
+        .expect("agent printed its metrics address");
+    let addr = url.trim().trim_end_matches("/metrics");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }

@@ -183,7 +183,10 @@ impl Node<'_> {
             }))
             .await;
         let (images, layers) = (plan.images, plan.layers);
-        match image::load_images(engine, manifest, images, layers, ctx.store.clone()).await {
+        let started = std::time::Instant::now();
+        let loaded = image::load_images(engine, manifest, images, layers, ctx.store.clone()).await;
+        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
+        match loaded {
             Ok(()) => Outcome::Loaded { received },
             Err(e) => Outcome::Failed {
                 reason: e.to_string(),

@@ -1,0 +1,207 @@
+//! Agent metrics in the Prometheus text format, served over plain HTTP on
+//! an address of the operator's choosing (off by default; bind it to
+//! localhost unless a scraper elsewhere needs it).
+//!
+//! The counters are process-wide: every part of the agent adds to them
+//! through [`metrics()`], and a scrape renders them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Counters of one process.
+#[derive(Default)]
+pub struct Metrics {
+    received: Mutex<BTreeMap<String, u64>>,
+    sent: Mutex<BTreeMap<String, u64>>,
+    verified: AtomicU64,
+    rejected: AtomicU64,
+    loads_ok: AtomicU64,
+    loads_failed: AtomicU64,
+    load_micros: AtomicU64,
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+impl Metrics {
+    /// A verified chunk of `bytes` arrived from `peer`.
+    pub fn on_received(&self, peer: &str, bytes: u64) {
+        *self
+            .received
+            .lock()
+            .expect("metrics lock")
+            .entry(peer.into())
+            .or_default() += bytes;
+        self.verified.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A chunk from a peer failed verification.
+    pub fn on_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `bytes` of a chunk were sent to `peer`.
+    pub fn on_sent(&self, peer: &str, bytes: u64) {
+        *self
+            .sent
+            .lock()
+            .expect("metrics lock")
+            .entry(peer.into())
+            .or_default() += bytes;
+    }
+
+    /// A `docker load` finished, well or not, after `took`.
+    pub fn on_load(&self, ok: bool, took: Duration) {
+        let count = if ok { &self.loads_ok } else { &self.loads_failed };
+        count.fetch_add(1, Ordering::Relaxed);
+        self.load_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter, and of the size
+    /// of the chunk store under `store_dir`.
+    pub fn render(&self, store_dir: &Path) -> String {
+        let mut out = String::new();
+        per_peer(
+            &mut out,
+            "p2pimg_received_bytes_total",
+            "Verified chunk bytes received",
+            &self.received,
+        );
+        per_peer(
+            &mut out,
+            "p2pimg_sent_bytes_total",
+            "Chunk bytes sent",
+            &self.sent,
+        );
+        let counters = [
+            (
+                "p2pimg_chunks_verified_total",
+                "Chunks received and verified",
+                &self.verified,
+            ),
+            (
+                "p2pimg_chunks_rejected_total",
+                "Chunks that failed verification",
+                &self.rejected,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}",
+                load(value)
+            );
+        }
+        let (ok, failed) = (load(&self.loads_ok), load(&self.loads_failed));
+        let _ = writeln!(
+            out,
+            "# HELP p2pimg_loads_total docker load runs, by result.\n# TYPE p2pimg_loads_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "p2pimg_loads_total{{result=\"ok\"}} {ok}\np2pimg_loads_total{{result=\"failed\"}} {failed}"
+        );
+        let secs = load(&self.load_micros) as f64 / 1e6;
+        let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time spent in docker load.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
+        let size = dir_size(&store_dir.join("chunks"));
+        let _ = writeln!(out, "# HELP p2pimg_store_bytes Bytes in the chunk store.\n# TYPE p2pimg_store_bytes gauge\np2pimg_store_bytes {size}");
+        out
+    }
+}
+
+fn load(v: &AtomicU64) -> u64 {
+    v.load(Ordering::Relaxed)
+}
+
+fn per_peer(out: &mut String, name: &str, help: &str, map: &Mutex<BTreeMap<String, u64>>) {
+    let _ = writeln!(out, "# HELP {name} {help}, per peer.\n# TYPE {name} counter");
+    for (peer, bytes) in map.lock().expect("metrics lock").iter() {
+        let peer = peer.replace(['\\', '"', '\n'], "_");
+        let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {bytes}");
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Longest a scraper may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the metrics listener; the caller runs [`serve`] on it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Answers every HTTP request on `listener` with the metrics, until dropped.
+pub async fn serve(listener: TcpListener, store_dir: PathBuf) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let store_dir = store_dir.clone();
+        tokio::spawn(async move {
+            // Read the request head (ignored beyond its arrival), then answer.
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf)).await;
+            let body = tokio::task::spawn_blocking(move || metrics().render(&store_dir))
+                .await
+                .unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_in_prometheus_text() {
+        let m = Metrics::default();
+        m.on_received("n2", 100);
+        m.on_received("n2", 50);
+        m.on_sent("n3", 7);
+        m.on_rejected();
+        m.on_load(true, Duration::from_millis(1500));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("chunks/ab")).unwrap();
+        std::fs::write(dir.path().join("chunks/ab/x"), [0u8; 10]).unwrap();
+        let text = m.render(dir.path());
+        for line in [
+            "p2pimg_received_bytes_total{peer=\"n2\"} 150",
+            "p2pimg_sent_bytes_total{peer=\"n3\"} 7",
+            "p2pimg_chunks_verified_total 2",
+            "p2pimg_chunks_rejected_total 1",
+            "p2pimg_loads_total{result=\"ok\"} 1",
+            "p2pimg_load_seconds_total 1.5",
+            "p2pimg_store_bytes 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
+        }
+    }
+}
