@@ -69,6 +69,10 @@ IMAGE=p2pb/app:1
 # shellcheck source-path=SCRIPTDIR source=bench/lib.sh
 source "$REPO/scripts/bench/lib.sh"
 
+# The docker CLI talks only to the private engines, with a configuration of its own.
+unset DOCKER_HOST DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
+export DOCKER_CONFIG=$R/cli DOCKER_CLI_HINTS=false
+
 SSH_OPTS=(-F /dev/null -i "$R/ssh/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
     -o BatchMode=yes -o LogLevel=ERROR -o IdentitiesOnly=yes)
 LOGS=$RESULTS.logs
@@ -142,18 +146,28 @@ cpu_between() {
 
 # wait_quiet: waits (up to QUIET_WAIT seconds) until the machine is nearly idle, so that
 # a concurrent build or test run does not land in a measurement; says so if it waits.
+# Once a wait has timed out, later calls only report how busy the machine is.
+QUIET_GAVE_UP=0
 wait_quiet() {
     local k m0 m1 busy said=0
-    for ((k = 0; k < QUIET_WAIT; k++)); do
+    for ((k = 0; k < QUIET_WAIT || k == 0; k++)); do
         m0=$(cpu_mark)
         sleep 1
         m1=$(cpu_mark)
         busy=$(printf '%s\n%s\n' "$m0" "$m1" | awk 'NR == 1 {b = $2; a = $3} NR == 2 {printf "%.0f", 100 * ($2 - b) / ($3 - a)}')
-        ((busy < 20)) && break
+        if ((busy < 20)); then
+            ((!said)) || log "quiet after ${k}s"
+            return 0
+        fi
+        if ((QUIET_GAVE_UP)); then
+            log "warning: the machine is ${busy}% busy with other work (measuring anyway)"
+            return 0
+        fi
         ((said)) || log "the machine is ${busy}% busy with other work: waiting up to ${QUIET_WAIT}s for it to quiet down"
         said=1
     done
-    ((!said)) || log "machine ${busy}% busy after ${k}s: going on"
+    QUIET_GAVE_UP=1
+    log "warning: the machine is still ${busy}% busy after ${QUIET_WAIT}s: measuring anyway, and not waiting again"
 }
 
 # measure_save N: T_save, and the saved tar (F_tar) that scp copies and T_load loads.
@@ -264,7 +278,8 @@ run_p2pimg() {
     RES[$n|p2pimg|seed_tx]=$((tx1 - tx0))
     read -r "RES[$n|p2pimg|rss]" "RES[$n|p2pimg|rss_mean]" "RES[$n|p2pimg|agent_cpu]" "RES[$n|p2pimg|rss_each]" <<<"$stats"
     RES[$n|p2pimg|push_cpu]=$(times_children "$out.times" 2>/dev/null || printf -- '-')
-    if [[ "${f[4]}" != - && "${f[0]}" != - ]]; then
+    # Transfer only if every node got every byte (else the slowest node is missing from it).
+    if [[ "${f[4]}" != - && "${f[0]}" != - && "${f[5]}" == "$n" ]]; then
         RES[$n|p2pimg|xfer]=$(calc "${f[4]} - ${f[0]}")
         RES[$n|p2pimg|cpu_xfer]=$(cpu_busy "$out.samples" "$(calc "$t0 + ${f[0]}")" "$(calc "$t0 + ${f[4]}")" | cut -d' ' -f1)
     else
@@ -411,7 +426,7 @@ print_block() {
         case $m in
             p2pimg)
                 note="transfer = last node loading:true ($(fmt_s "${RES[$n|p2pimg|t_lastload]:--}") s from push start) minus export ($(fmt_s "${RES[$n|p2pimg|export_secs]:--}") s);"
-                note+=" on the wire $(fmt_s "${RES[$n|p2pimg|net_xfer]:--}") s; e2e = report secs; CPU agents $(fmt_s "${RES[$n|p2pimg|agent_cpu]:--}") s + push $(fmt_s "${RES[$n|p2pimg|push_cpu]:--}") s;"
+                note+=" last byte received by a node (data, acks, requests) at $(fmt_s "${RES[$n|p2pimg|net_xfer]:--}") s from push start; e2e = report secs; CPU agents $(fmt_s "${RES[$n|p2pimg|agent_cpu]:--}") s + push $(fmt_s "${RES[$n|p2pimg|push_cpu]:--}") s;"
                 note+=" agent RSS mean $(fmt_mb "${RES[$n|p2pimg|rss_mean]:--}") MB (MB each: ${RES[$n|p2pimg|rss_each]:--});"
                 note+=" report: nodes got $(fmt_mb "${RES[$n|p2pimg|report_seed]:--}") MB from the seed, $(fmt_mb "${RES[$n|p2pimg|received]:--}") MB from peers;"
                 note+=" exit ${RES[$n|p2pimg|rc]:--}, ${RES[$n|p2pimg|loaded]:--}/$n loaded; ${RES[$n|p2pimg|verify]:--}"
@@ -445,6 +460,7 @@ every node; xRef = e2e / (T_save + bound + T_load); seed_upMB = bytes the seed's
 VmHWM; CPUx%, CPUa% = CPU used by the benchmark's processes (engines, agents, push, scp,
 registry; 100% = all cores) during transfer / the whole method; bg% = CPU used by other
 processes on the machine meanwhile (a concurrent build skews every figure: rerun if high).
+Without a cpuacct cgroup to put the benchmark in, CPU% is the whole machine's and bg% is '-'.
 EOF
 }
 

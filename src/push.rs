@@ -360,7 +360,7 @@ async fn coordinate(
 }
 
 /// Binds the pusher's endpoint in the address family of the nodes.
-fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
+pub(crate) fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
     match nodes.first().map(|n| n.addr) {
         Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid address"),
         _ => "0.0.0.0:0".parse().expect("valid address"),

@@ -47,11 +47,7 @@ pub async fn status(
     refs: &[String],
 ) -> Result<Vec<NodeImages>, StatusError> {
     let identity = Identity::load_from_dir(cluster_dir, identity)?;
-    let bind = match nodes.first().map(|n| n.addr) {
-        Some(SocketAddr::V6(_)) => "[::]:0",
-        _ => "0.0.0.0:0",
-    };
-    let endpoint = net::endpoint(&identity, bind.parse().expect("valid address"))?;
+    let endpoint = net::endpoint(&identity, crate::push::bind_addr(nodes))?;
     let mut asks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let (endpoint, node, refs) = (endpoint.clone(), node.clone(), refs.to_vec());

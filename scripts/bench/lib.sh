@@ -32,8 +32,7 @@ log() {
 die() { log "error: $*"; exit 1; }
 
 now() { printf '%s\n' "$EPOCHREALTIME"; }
-# calc EXPR: awk arithmetic, printed with 3 decimals (EXPR may use the variables only as
-# literals).
+# calc EXPR: the awk expression EXPR (numbers already substituted), 3 decimals.
 calc() { awk "BEGIN{printf \"%.3f\", $1}"; }
 # fmt_s SECONDS, fmt_x RATIO, fmt_mb BYTES: table formatting; '-' stays '-'.
 fmt_s() { [[ "$1" == - || -z "$1" ]] && { printf -- '-'; return; }; awk -v v="$1" 'BEGIN{printf "%.1f", v}'; }
@@ -52,7 +51,8 @@ host_sock() { printf 'unix://%s/h%d/docker.sock\n' "$R" "$1"; }
 # in_ns I CMD...: runs CMD in host I's network namespace (nsenter: no /sys remount,
 # which dockerd needs; see DESIGN.md "Testing on one machine").
 in_ns() { local i=$1; shift; nsenter --net="/var/run/netns/$(host_ns "$i")" "$@"; }
-# dk I ARGS...: the docker CLI against host I's engine.
+# dk I ARGS...: the docker CLI against host I's engine (bench.sh isolates the CLI from the
+# user's docker configuration: DOCKER_CONFIG=$R/cli, no DOCKER_HOST or context).
 dk() { local i=$1; shift; docker -H "$(host_sock "$i")" "$@"; }
 
 # ---------------------------------------------------------------- dependencies
@@ -253,17 +253,20 @@ sampler_start() {
             sleep 0.2
         done' _ "$n" "$CG" >"$file" 2>/dev/null &
     SAMPLER_PID=$!
+    SAMPLER_FILE=$file
 }
+# sampler_stop: ends the sampler and keeps a copy of its file in $LOGS, if set.
 sampler_stop() {
     sleep 0.3
     kill "$SAMPLER_PID" 2>/dev/null || true
     wait "$SAMPLER_PID" 2>/dev/null || true
     SAMPLER_PID=""
+    [[ -z "${LOGS:-}" ]] || cp "$SAMPLER_FILE" "$LOGS/" 2>/dev/null || true
 }
 
 # cpu_busy FILE T0 T1: CPU use between T0 and T1 (epoch seconds) from the sampler's
 # columns, in % of all cores: "OURS OTHERS" (the benchmark's processes, everything else);
-# OURS is '-' without the cgroup.
+# without the cgroup, "ALL -" (the whole machine).
 cpu_busy() {
     awk -v t0="$2" -v t1="$3" -v ncpu="$(nproc)" '
         !have0 || $1 <= t0 { s0 = $1; b0 = $2; a0 = $3; c0 = $4; have0 = 1 }
@@ -271,7 +274,7 @@ cpu_busy() {
         END {
             if (a1 <= a0 || s1 <= s0) { printf "- -"; exit }
             all = 100 * (b1 - b0) / (a1 - a0)
-            if (c1 == 0) { printf "- %.0f", all; exit }
+            if (c1 == 0) { printf "%.0f -", all; exit }
             ours = 100 * (c1 - c0) / 1e9 / (s1 - s0) / ncpu
             if (ours > 100) ours = 100
             others = all - ours; if (others < 0) others = 0
