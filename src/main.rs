@@ -293,6 +293,7 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
     let opts = AgentOptions::load(&config)?;
     runtime()?.block_on(async {
         let agent = p2pimg::agent::Agent::start(&opts)?;
+        let stop = shutdown_signal()?;
         println!("listening on {}", agent.local_addr()?);
         if let Some(addr) = opts.metrics_listen {
             let listener = p2pimg::metrics::bind(addr)
@@ -302,18 +303,24 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
             tokio::spawn(p2pimg::metrics::serve(listener, opts.state_dir.clone()));
         }
         tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
-        let requested = agent.run(shutdown_signal()).await;
+        let requested = agent.run(stop).await;
         Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, so a stop requested as
+/// soon as the agent says it listens is a clean one, and returns the
+/// future that resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
