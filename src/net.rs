@@ -199,6 +199,10 @@ fn transport_config() -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
+        // One chunk answer after another, not all of them interleaved: a chunk is of use
+        // (verifiable, servable onwards) only once whole, so finishing the oldest first gets
+        // every chunk to its requester soonest. Control streams go first by priority.
+        .send_fairness(false)
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS));
     transport
 }

@@ -11,13 +11,21 @@ use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
 use crate::swarm::{Holdings, Registry};
 
-/// Chunks read and being sent at once, across all peers: 32 chunks of up
-/// to 8 MiB keep any number of requesters to at most 256 MiB of answers
-/// (32 MiB with the default 1 MiB chunks), while 32 parallel sends fill
-/// the uplink.
-static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+/// Chunk answers on the wire at once, across all peers. A slot is held from
+/// reading the chunk until the requester has acknowledged every byte, so
+/// this bounds both the memory answers take (at most 4 chunks) and how many
+/// answers share the uplink: a few at a time, each finishing fast, so a
+/// requester can verify and pass a chunk on soon after asking, instead of
+/// every answer crawling along at 1/32 of the link.
+static UPLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// Longest time to send one chunk answer: 8 MiB at 2 Mbit/s, with margin.
+/// Upload slots one peer may hold at once: a greedy or stalled requester
+/// cannot take every slot, and two keep one connection's pipe full (the
+/// next answer is queued while the last bytes of the previous are acked).
+const SLOTS_PER_PEER: usize = 2;
+
+/// Longest time to send one chunk answer and have it acknowledged: 8 MiB
+/// at 2 Mbit/s, with margin.
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Longest wait for the first frame of a stream a peer opened: an
@@ -42,6 +50,7 @@ pub async fn serve_connection<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let on_other = Arc::new(on_other);
+    let peer_slots = Arc::new(tokio::sync::Semaphore::new(SLOTS_PER_PEER));
     let mut tasks = JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let stream = StreamCtx {
@@ -49,6 +58,7 @@ pub async fn serve_connection<F, Fut>(
             peer: peer.clone(),
             max_first,
             registry: registry.clone(),
+            peer_slots: peer_slots.clone(),
         };
         tasks.spawn(stream.handle(send, recv, on_other.clone()));
         while tasks.try_join_next().is_some() {}
@@ -62,6 +72,8 @@ struct StreamCtx {
     peer: String,
     max_first: u32,
     registry: Registry,
+    /// This connection's share of [`UPLOAD_SLOTS`].
+    peer_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl StreamCtx {
@@ -95,6 +107,11 @@ impl StreamCtx {
                 }
             },
             Message::Request { dist, index } => {
+                // The connection's slot first, so a peer waiting for its own
+                // turn does not hold a global slot meanwhile.
+                let Ok(_slot) = self.peer_slots.acquire().await else {
+                    return;
+                };
                 serve_request(self.registry, self.peer, send, dist, index).await
             }
             other => on_other(other, send, recv).await,
@@ -115,8 +132,8 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
     let Some(entry) = shared.manifest.chunks.get(index as usize).copied() else {
         return refuse(send, ErrorCode::BadRequest, "chunk index out of range").await;
     };
-    // Bounds the chunks held in memory for answers, whatever peers ask.
-    let Ok(_permit) = SERVING.acquire().await else {
+    // Bounds the chunks held in memory and on the wire, whatever peers ask.
+    let Ok(_permit) = UPLOAD_SLOTS.acquire().await else {
         return;
     };
     let store = shared.store.clone();
@@ -131,14 +148,18 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
             if let Some(limit) = registry.upload_limit() {
                 limit.acquire(len).await;
             }
-            // A requester that stops reading gives its permit back in time.
-            let sent =
-                tokio::time::timeout(SEND_TIMEOUT, write_frame(&mut send, &Message::Chunk { data })).await;
-            if matches!(sent, Ok(Ok(()))) {
-                shared.count_served(&peer, len);
-                crate::metrics::metrics().on_sent(&peer, len);
-            }
-            let _ = send.finish();
+            // A requester that stops reading gives its slot back in time.
+            let _ = tokio::time::timeout(SEND_TIMEOUT, async {
+                if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
+                    shared.count_served(&peer, len);
+                    crate::metrics::metrics().on_sent(&peer, len);
+                    let _ = send.finish();
+                    // Resolves once every byte is acknowledged, or the
+                    // requester, having read its frame, drops the stream.
+                    let _ = send.stopped().await;
+                }
+            })
+            .await;
         }
         Ok(None) | Ok(Some(Ok(_))) => refuse(send, ErrorCode::NotFound, "chunk not held").await,
         Ok(Some(Err(e))) => refuse(send, ErrorCode::Internal, &e.to_string()).await,

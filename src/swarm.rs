@@ -57,6 +57,11 @@ const BAN_FOR: Duration = Duration::from_secs(600);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
+/// QUIC send priority of streams carrying small control messages (HELLO/HAVE,
+/// requests, a push's control stream): sent before the chunk answers that
+/// share the connection (priority 0), so they never wait behind megabytes.
+pub const CONTROL_PRIORITY: i32 = 1;
+
 /// What every task of a distribution shares, immutable but for counters.
 #[derive(Debug)]
 pub struct DistShared {
@@ -676,6 +681,8 @@ impl Swarm {
 async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<u64, FetchError> {
     let transfer = |detail: String| FetchError::Transfer { index, detail };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transfer(e.to_string()))?;
+    // A request is a few bytes: it overtakes the chunks we are sending this peer.
+    let _ = send.set_priority(CONTROL_PRIORITY);
     write_frame(
         &mut send,
         &Message::Request {
@@ -743,6 +750,8 @@ impl LinkTask {
         their: Option<Holdings>,
         mut haves: mpsc::UnboundedReceiver<u32>,
     ) {
+        // HAVEs must not wait behind chunk answers on the same connection.
+        let _ = send.set_priority(CONTROL_PRIORITY);
         let result = self.exchange(&mut send, &mut recv, ours, their, &mut haves).await;
         if let Err(e) = result {
             tracing::debug!(dist = %self.dist.short(), "peer link ended: {e}");

@@ -122,6 +122,7 @@ impl Session {
             .open_bi()
             .await
             .map_err(|e| format!("connection lost: {e}"))?;
+        let _ = send.set_priority(crate::swarm::CONTROL_PRIORITY);
         send.write_all(&self.announce)
             .await
             .map_err(|e| format!("cannot announce: {e}"))?;
