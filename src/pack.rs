@@ -3,6 +3,8 @@
 //! turns received bytes back into verified content.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -101,33 +103,118 @@ pub fn decode_chunk(entry: &ChunkEntry, zdata: &[u8]) -> Result<Vec<u8>, ChunkEr
 }
 
 /// Cuts an uncompressed layer stream into chunks, stores each, and computes
-/// the diffID on the way. Memory use is one chunk, whatever the layer size.
+/// the diffID on the way. Chunks are compressed and stored by a few worker
+/// threads while this one reads and hashes the next, so packing keeps up
+/// with `docker save` instead of adding its own time after it. Memory use
+/// is a few chunks, whatever the layer size.
 pub fn pack_layer(
     mut reader: impl Read,
     store: &ChunkStore,
     opts: &PackOptions,
 ) -> Result<PackedLayer, PackError> {
-    let mut sha = Sha256::new();
-    let mut chunks = Vec::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; opts.chunk_size as usize];
-    loop {
-        let n = read_full(&mut reader, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let raw = &buf[..n];
-        sha.update(raw);
-        size += n as u64;
-        let (entry, z) = encode_chunk(raw, opts.zstd_level);
-        store.put(&entry.hash, &z)?;
-        chunks.push(entry);
-    }
-    let diff_id = format!("sha256:{}", hex::encode(sha.finalize()));
+    let mut digest = LayerDigest::default();
+    let first = digest.read_chunk(&mut reader, opts.chunk_size)?;
+    let chunks = if first.is_empty() {
+        Vec::new()
+    } else if first.len() < opts.chunk_size as usize {
+        // The whole layer is one chunk: no threads for that.
+        vec![store_chunk(&first, store, opts.zstd_level)?]
+    } else {
+        pack_in_parallel(first, &mut reader, &mut digest, store, opts)?
+    };
     Ok(PackedLayer {
-        diff_id,
-        size,
+        diff_id: format!("sha256:{}", hex::encode(digest.sha.finalize())),
+        size: digest.size,
         chunks,
+    })
+}
+
+/// Most threads compressing one layer's chunks at once.
+const MAX_PACK_WORKERS: usize = 4;
+
+/// The diffID and size of a layer, accumulated as its chunks are read.
+#[derive(Default)]
+struct LayerDigest {
+    sha: Sha256,
+    size: u64,
+}
+
+impl LayerDigest {
+    /// The next chunk of the layer (empty at its end), hashed into the diffID.
+    fn read_chunk(&mut self, reader: &mut impl Read, chunk_size: u32) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; chunk_size as usize];
+        let n = read_full(reader, &mut buf)?;
+        buf.truncate(n);
+        self.sha.update(&buf);
+        self.size += n as u64;
+        Ok(buf)
+    }
+}
+
+fn store_chunk(raw: &[u8], store: &ChunkStore, level: i32) -> Result<ChunkEntry, StoreError> {
+    let (entry, z) = encode_chunk(raw, level);
+    store.put(&entry.hash, &z)?;
+    Ok(entry)
+}
+
+/// Reads and hashes the layer on this thread; workers compress and store
+/// the chunks, at most one waiting per worker. The first error stops the
+/// reading; entries come back in the layer's order.
+fn pack_in_parallel(
+    first: Vec<u8>,
+    reader: &mut impl Read,
+    digest: &mut LayerDigest,
+    store: &ChunkStore,
+    opts: &PackOptions,
+) -> Result<Vec<ChunkEntry>, PackError> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_PACK_WORKERS));
+    let failed = AtomicBool::new(false);
+    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<ChunkEntry, StoreError>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (work_rx, done_tx, failed) = (&work_rx, done_tx.clone(), &failed);
+            scope.spawn(move || {
+                // The lock is held only to take the next job.
+                while let Ok((i, raw)) = work_rx.lock().expect("pack queue").recv() {
+                    let stored = store_chunk(&raw, store, opts.zstd_level);
+                    failed.fetch_or(stored.is_err(), Ordering::Relaxed);
+                    if done_tx.send((i, stored)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut count = 0;
+        let mut raw = first;
+        let read = loop {
+            if raw.is_empty() || failed.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            work_tx.send((count, raw)).expect("pack workers outlive the queue");
+            count += 1;
+            match digest.read_chunk(reader, opts.chunk_size) {
+                Ok(next) => raw = next,
+                Err(e) => break Err(e),
+            }
+        };
+        drop(work_tx);
+        let mut entries = vec![None; count];
+        let mut stored = Ok(());
+        for (i, result) in done_rx {
+            match result {
+                Ok(entry) => entries[i] = Some(entry),
+                Err(e) => stored = stored.and(Err(e)),
+            }
+        }
+        read?;
+        stored?;
+        Ok(entries
+            .into_iter()
+            .map(|e| e.expect("every chunk sent was stored"))
+            .collect())
     })
 }
 
@@ -190,5 +277,37 @@ mod tests {
             .flat_map(|c| store.read_verified(c).unwrap())
             .collect();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn parallel_packing_keeps_the_layer_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_scratch(dir.path()).unwrap();
+        // 300 distinct chunks, so workers finish out of order.
+        let data: Vec<u8> = (0..300 * 512u32).flat_map(|i| (i / 512 * 31 + i).to_le_bytes()).collect();
+        let opts = PackOptions {
+            chunk_size: 2048,
+            zstd_level: 1,
+        };
+        let packed = pack_layer(&data[..], &store, &opts).unwrap();
+        assert_eq!(packed.chunks.len(), 300);
+        for (i, chunk) in packed.chunks.iter().enumerate() {
+            assert_eq!(chunk.hash, Hash::of(&data[i * 2048..(i + 1) * 2048]), "chunk {i}");
+        }
+        assert_eq!(packed.diff_id, crate::manifest::sha256_digest(&data));
+    }
+
+    #[test]
+    fn a_store_failure_stops_packing_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open_scratch(dir.path()).unwrap();
+        std::fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        let data = vec![7u8; 64 * 1024];
+        let opts = PackOptions {
+            chunk_size: 4096,
+            zstd_level: 1,
+        };
+        let err = pack_layer(&data[..], &store, &opts).unwrap_err();
+        assert!(matches!(err, PackError::Store(StoreError::Io { .. })), "{err}");
     }
 }
