@@ -19,6 +19,12 @@ const MAX_TWEAKS: usize = 4;
 const MAX_REPEAT_IMAGES: u16 = 300;
 const MAX_REPEAT_LAYERS: u16 = 4200;
 const MAX_REPEAT_REFS: u16 = 80;
+/// Most layer references that repeating images may add, so a run stays
+/// well under the 20 s timeout with the sanitizer on: 223 copies of an
+/// image of 4200 layers made the checks (a chain ID per reference) take
+/// over 20 s, a slow harness rather than a slow library (validation of that
+/// manifest takes 0.1 s without the sanitizer).
+const MAX_REPEATED_IMAGE_LAYERS: usize = 50_000;
 
 #[derive(Arbitrary, Debug)]
 pub struct ManifestSpec {
@@ -203,7 +209,8 @@ fn before_configs(
         Tweak::RepeatImage(i, n) => {
             if let Some(plan) = pick(plans, *i).cloned() {
                 let picked = pick(layers, *i).cloned().unwrap_or_default();
-                for k in 0..u32::from(*n % MAX_REPEAT_IMAGES) {
+                let copies = (*n % MAX_REPEAT_IMAGES).min(cap_u16(MAX_REPEATED_IMAGE_LAYERS / picked.len().max(1)));
+                for k in 0..u32::from(copies) {
                     plans.push(ImageGen {
                         variant: plan.variant.wrapping_add(k + 1),
                         ..plan.clone()
@@ -264,4 +271,8 @@ fn with<T>(items: &mut [T], i: impl Into<usize>, f: impl FnOnce(&mut T)) {
     if n > 0 {
         f(&mut items[i.into() % n]);
     }
+}
+
+fn cap_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
