@@ -4,24 +4,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{build_test_image, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
-
-/// Every chunk file under a state directory.
-fn chunk_files(state: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in fs::read_dir(state.join("chunks")).expect("chunks dir") {
-        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
-            files.push(f.unwrap().path());
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]
@@ -45,7 +33,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let engine = &cluster.nodes[0].engine;
     engine.docker_ok(["rmi", "app:1"]);
     assert_eq!(engine.image_id("app:1"), None);
-    let files = chunk_files(&cluster.nodes[0].state_dir);
+    let files = cluster.nodes[0].chunk_files();
     assert_eq!(files.len() as u64, chunks, "one file per distinct chunk");
     let damaged = &files[0];
     let mut bytes = fs::read(damaged).unwrap();

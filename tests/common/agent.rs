@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use super::netns::Net;
 use super::process::{terminate, wait_deadline};
 
 /// How long an agent may take to print `listening on`: it only binds a port and reads
@@ -40,9 +41,20 @@ impl Agent {
     ///
     /// In an integration test, `bin` is `Path::new(env!("CARGO_BIN_EXE_p2pimg"))`.
     pub fn start(bin: &Path, config_path: &Path) -> Agent {
+        Agent::spawn(Command::new(bin), bin, config_path)
+    }
+
+    /// Like [`Agent::start`], inside host `host`'s network namespace of `net`.
+    pub fn start_in(net: &Net, host: usize, bin: &Path, config_path: &Path) -> Agent {
+        Agent::spawn(net.command(host, bin), bin, config_path)
+    }
+
+    /// Runs `cmd` (the agent binary, perhaps under a wrapper that execs it) with
+    /// `agent --config <config_path>`.
+    fn spawn(mut cmd: Command, bin: &Path, config_path: &Path) -> Agent {
         let log_path = config_path.with_extension("log");
         let log = open_log(&log_path, bin, config_path);
-        let mut child = Command::new(bin)
+        let mut child = cmd
             .args(["agent", "--config"])
             .arg(config_path)
             .stdin(Stdio::null())
