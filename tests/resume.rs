@@ -74,7 +74,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     );
 
     // The metrics count what happened since the restart.
-    let text = scrape(&cluster.nodes[0].agent.log());
+    let text = cluster.nodes[0].agent.metrics();
     for line in [
         "p2pimg_received_bytes_total{peer=\"pusher\"}",
         "p2pimg_chunks_verified_total 1",
@@ -88,21 +88,4 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(store > 0, "{text}");
-}
-
-/// GETs the metrics from the address the agent printed.
-fn scrape(log: &str) -> String {
-    use std::io::{Read, Write};
-    let url = log
-        .lines()
-        .find_map(|l| l.split("metrics on http://").nth(1))
-        .expect("agent printed its metrics address");
-    let addr = url.trim().trim_end_matches("/metrics");
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }

@@ -103,6 +103,45 @@ impl Agent {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The agent's metrics (Prometheus text), fetched from the address it printed
+    /// (`metrics on http://ADDR/metrics`; its agent.toml must set `metrics_listen`).
+    pub fn metrics(&self) -> String {
+        let log = self.log();
+        let url = log
+            .lines()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .unwrap_or_else(|| panic!("the agent printed no metrics address:\n{log}"));
+        let addr = url.trim().trim_end_matches("/metrics");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send the metrics request");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("read the metrics");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// The value of metric `name` (a line `name VALUE`), or a panic.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak resident size).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("agent status");
+        let prefix = format!("{field}:");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in:\n{status}"))
+    }
+
     /// The exit status if the agent has exited, `None` while it runs.
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
