@@ -28,14 +28,7 @@ fn push_both(cluster: &Cluster, a: (&[&str], &[&str]), b: (&[&str], &[&str])) ->
 }
 
 fn assert_ok(cluster: &Cluster, push: &Push) {
-    assert_eq!(
-        push.code,
-        0,
-        "{}\n{}\n{}",
-        push.stdout,
-        push.stderr,
-        cluster.logs()
-    );
+    cluster.assert_push_ok(push);
     for node in &cluster.nodes {
         let status = push.status(&node.name);
         assert!(

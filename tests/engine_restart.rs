@@ -105,14 +105,7 @@ fn engine_down_or_restarted_mid_distribution() {
     cluster.nodes[3].engine.restart();
     cluster.nodes[3].assert_holds_only(&[], &[]);
     let again = cluster.push(&["app:1"], &[]);
-    assert_eq!(
-        again.code,
-        0,
-        "{}\n{}\n{}",
-        again.stdout,
-        again.stderr,
-        cluster.logs()
-    );
+    cluster.assert_push_ok(&again);
     assert_eq!(again.status("n4"), "loaded");
     assert_eq!(
         again.received_chunks("n4"),

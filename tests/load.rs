@@ -36,14 +36,7 @@ fn six_nodes_three_images_bounded_memory_and_connections() {
         .collect();
     let refs: Vec<&str> = images.iter().map(|i| i.tag.as_str()).collect();
     let push = cluster.push(&refs, &[]);
-    assert_eq!(
-        push.code,
-        0,
-        "{}\n{}\n{}",
-        push.stdout,
-        push.stderr,
-        cluster.logs()
-    );
+    cluster.assert_push_ok(&push);
     let expected: Vec<(&str, &str)> = images.iter().map(|i| (i.tag.as_str(), i.id.as_str())).collect();
     println!("node  peak_rss_kib  peak_connections");
     for node in &cluster.nodes {

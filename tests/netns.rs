@@ -52,14 +52,7 @@ fn is_fetching(event: &serde_json::Value, name: &str) -> bool {
 }
 
 fn assert_all_loaded(cluster: &Cluster, push: &Push, image: &TestImage) {
-    assert_eq!(
-        push.code,
-        0,
-        "{}\n{}\n{}",
-        push.stdout,
-        push.stderr,
-        cluster.logs()
-    );
+    cluster.assert_push_ok(push);
     for node in &cluster.nodes {
         assert_eq!(push.status(&node.name), "loaded", "{}", node.name);
         node.assert_holds_only(&[("app:1", &image.id)], &[]);

@@ -184,6 +184,18 @@ impl Cluster {
         cmd
     }
 
+    /// Panics, showing the push's output and every agent's log, unless `push` exited 0.
+    pub fn assert_push_ok(&self, push: &Push) {
+        assert_eq!(
+            push.code,
+            0,
+            "push failed:\n{}\n{}\n{}",
+            push.stdout,
+            push.stderr,
+            self.logs()
+        );
+    }
+
     /// All agents' logs, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes
