@@ -172,6 +172,10 @@ ca = "../ca/ca.crt"
 cert = "../ca/$name.crt"
 key = "../ca/$name.key"
 EOF
+    # P2P_METRICS_PORT set: each agent serves metrics on its own loopback address.
+    if [[ -n "${P2P_METRICS_PORT:-}" ]]; then
+        printf 'metrics_listen = "%s:%s"\n' "${listen%:*}" "$P2P_METRICS_PORT" >>"$node_dir/agent.toml"
+    fi
 }
 
 # p2p_write_nodes_toml DIR N: DIR/nodes.toml listing n1..nN.

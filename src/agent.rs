@@ -63,12 +63,16 @@ pub enum AgentError {
 pub(crate) struct AgentCtx {
     pub name: String,
     pub docker_host: String,
+    /// How long a load waits for a restarting engine.
+    pub engine_wait: Duration,
     pub store: ChunkStore,
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
     pub swarm: SwarmOptions,
     /// Certificate names refused whatever their signature says.
     pub deny: HashSet<String>,
+    /// One turn at a time per distribution ID.
+    pub running: dist::Running,
     /// Running distributions. They belong to the agent, not to the
     /// pusher's connection: they go on if the pusher goes away.
     pub dists: TaskTracker,
@@ -94,11 +98,13 @@ impl Agent {
         let ctx = AgentCtx {
             name: opts.name.clone(),
             docker_host: opts.docker_host.clone(),
+            engine_wait: opts.engine_wait,
             store,
             registry: Registry::with_upload_limit(opts.max_upload_mbit),
             endpoint,
             swarm: SwarmOptions::default(),
             deny: opts.deny.iter().cloned().collect(),
+            running: dist::Running::default(),
             dists: TaskTracker::new(),
             stopping: CancellationToken::new(),
         };
@@ -163,6 +169,7 @@ async fn handle_incoming(ctx: Arc<AgentCtx>, incoming: quinn::Incoming) {
 /// may start a distribution, which dials peers and serves those connections.
 pub(crate) fn serve(ctx: Arc<AgentCtx>, conn: Connection, peer: PeerIdentity) -> BoxFuture<'static, ()> {
     Box::pin(async move {
+        let _open = crate::metrics::metrics().on_connection();
         tracing::debug!(peer = %peer.name, remote = %conn.remote_address(), "connected");
         let registry = ctx.registry.clone();
         let name = peer.name.clone();

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -290,6 +291,9 @@ pub struct AgentOptions {
     pub max_upload_mbit: Option<u64>,
     /// Where to serve Prometheus metrics over HTTP; off if unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long a load waits for the Docker Engine to come back when it is
+    /// down or restarting, before the node fails.
+    pub engine_wait: Duration,
     /// The file these options came from, for error messages.
     pub source: PathBuf,
 }
@@ -314,6 +318,16 @@ struct RawAgent {
     max_upload_mbit: Option<u64>,
     #[serde(default)]
     metrics_listen: Option<SocketAddr>,
+    #[serde(default = "default_engine_wait_secs")]
+    engine_wait_secs: u64,
+}
+
+/// A restarted dockerd (an upgrade, `systemctl restart docker`, a crash that
+/// systemd restarts) answers again within seconds; a minute covers a slow one.
+const DEFAULT_ENGINE_WAIT_SECS: u64 = 60;
+
+fn default_engine_wait_secs() -> u64 {
+    DEFAULT_ENGINE_WAIT_SECS
 }
 
 fn default_listen() -> SocketAddr {
@@ -358,6 +372,7 @@ impl AgentOptions {
             deny: raw.deny,
             max_upload_mbit: raw.max_upload_mbit,
             metrics_listen: raw.metrics_listen,
+            engine_wait: Duration::from_secs(raw.engine_wait_secs),
             source: origin.into(),
         })
     }

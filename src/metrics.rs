@@ -26,6 +26,18 @@ pub struct Metrics {
     loads_ok: AtomicU64,
     loads_failed: AtomicU64,
     load_micros: AtomicU64,
+    connections: AtomicU64,
+    connections_peak: AtomicU64,
+}
+
+/// One open QUIC connection, counted from creation until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics().connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The process's metrics.
@@ -59,6 +71,15 @@ impl Metrics {
             .expect("metrics lock")
             .entry(peer.into())
             .or_default() += bytes;
+    }
+
+    /// A connection (to the pusher or a peer, either side opened it) is
+    /// served until the returned guard drops. Only the process-wide
+    /// [`metrics()`] counts connections.
+    pub fn on_connection(&'static self) -> OpenConnection {
+        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connections_peak.fetch_max(open, Ordering::Relaxed);
+        OpenConnection(())
     }
 
     /// A `docker load` finished, well or not, after `took`.
@@ -115,6 +136,9 @@ impl Metrics {
         );
         let secs = load(&self.load_micros) as f64 / 1e6;
         let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time spent in docker load.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
+        let (open, peak) = (load(&self.connections), load(&self.connections_peak));
+        let _ = writeln!(out, "# HELP p2pimg_connections Open QUIC connections to the pusher and peers.\n# TYPE p2pimg_connections gauge\np2pimg_connections {open}");
+        let _ = writeln!(out, "# HELP p2pimg_connections_peak Most QUIC connections open at once since the start.\n# TYPE p2pimg_connections_peak gauge\np2pimg_connections_peak {peak}");
         let size = dir_size(&store_dir.join("chunks"));
         let _ = writeln!(out, "# HELP p2pimg_store_bytes Bytes in the chunk store.\n# TYPE p2pimg_store_bytes gauge\np2pimg_store_bytes {size}");
         out

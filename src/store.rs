@@ -5,10 +5,21 @@
 //! written: the rename is the record that says "have". On restart callers
 //! re-verify what they read ([`ChunkStore::read_verified`]) so a file damaged
 //! on disk is never served as good, only deleted and fetched again.
+//!
+//! The store is shared by every distribution on a node. Two distributions
+//! that need the same chunk (images sharing a layer, pushed at once) fetch
+//! it once: a fetcher first takes a [`Claim`] on the chunk, and a fetcher of
+//! another distribution that finds it claimed waits for the claim to end,
+//! then finds it stored. (Within one distribution, a second request for a
+//! chunk is an endgame duplicate and must not wait.)
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use crate::hash::Hash;
 use crate::manifest::ChunkEntry;
@@ -20,6 +31,40 @@ pub struct ChunkStore {
     chunks: PathBuf,
     tmp: PathBuf,
     durable: bool,
+    /// Chunks being fetched now.
+    claims: Arc<Mutex<HashMap<Hash, Claimed>>>,
+}
+
+/// Who fetches a chunk now, and the signal sent when the last of them ends.
+#[derive(Debug)]
+struct Claimed {
+    /// The distribution fetching it.
+    owner: Hash,
+    /// Its requests for the chunk in flight (more than one in the endgame).
+    holders: usize,
+    done: Arc<Notify>,
+}
+
+/// The right to fetch one chunk into the store; others who want the chunk
+/// wait until it is dropped.
+#[derive(Debug)]
+pub struct Claim {
+    claims: Arc<Mutex<HashMap<Hash, Claimed>>>,
+    hash: Hash,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claims = self.claims.lock().expect("claims lock");
+        let Some(claimed) = claims.get_mut(&self.hash) else {
+            return;
+        };
+        claimed.holders -= 1;
+        if claimed.holders == 0 {
+            claimed.done.notify_waiters();
+            claims.remove(&self.hash);
+        }
+    }
 }
 
 /// A store operation that failed.
@@ -52,6 +97,7 @@ impl ChunkStore {
             chunks: state_dir.join("chunks"),
             tmp: state_dir.join("tmp"),
             durable,
+            claims: Arc::default(),
         };
         for dir in [&store.chunks, &store.tmp] {
             fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -75,6 +121,44 @@ impl ChunkStore {
     /// Whether a chunk file is present (it was verified when written).
     pub fn contains(&self, hash: &Hash) -> bool {
         self.path(hash).is_file()
+    }
+
+    /// Whether a chunk is present with the compressed length `entry` names,
+    /// so it can be served to peers of that entry's distribution.
+    pub fn holds(&self, entry: &ChunkEntry) -> bool {
+        fs::metadata(self.path(&entry.hash)).is_ok_and(|m| m.len() == u64::from(entry.zsize))
+    }
+
+    /// Before distribution `owner` fetches a chunk: `None` if it is stored
+    /// (perhaps by another distribution that fetched it meanwhile), else the
+    /// claim to fetch it, once no other distribution holds one. Drop the
+    /// claim after storing the chunk, or after failing to: a waiter then
+    /// tries itself.
+    pub async fn claim(&self, entry: &ChunkEntry, owner: Hash) -> Option<Claim> {
+        loop {
+            let ended = {
+                let mut claims = self.claims.lock().expect("claims lock");
+                if self.holds(entry) {
+                    return None;
+                }
+                let claimed = claims.entry(entry.hash).or_insert_with(|| Claimed {
+                    owner,
+                    holders: 0,
+                    done: Arc::new(Notify::new()),
+                });
+                if claimed.owner == owner {
+                    claimed.holders += 1;
+                    return Some(Claim {
+                        claims: self.claims.clone(),
+                        hash: entry.hash,
+                    });
+                }
+                // Registered before the lock is released, so the end of
+                // that claim cannot be missed.
+                claimed.done.clone().notified_owned()
+            };
+            ended.await;
+        }
     }
 
     /// Stores the compressed bytes of a chunk the caller has verified. A
@@ -195,6 +279,43 @@ mod tests {
             Err(StoreError::Damaged { .. })
         ));
         assert!(!store.contains(&entry.hash));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_chunk_is_fetched_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (entry, z) = encode_chunk(b"shared layer bytes", 3);
+        let (a, b) = (Hash::of(b"dist a"), Hash::of(b"dist b"));
+        let first = store.claim(&entry, a).await.expect("first claim");
+        let endgame = store.claim(&entry, a).await.expect("same distribution: no wait");
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(&entry, b).await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the second fetcher waits");
+        store.put(&entry.hash, &z).unwrap();
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "until every request of the owner ends");
+        drop(endgame);
+        assert!(waiter.await.unwrap(), "and then finds the chunk stored");
+    }
+
+    #[tokio::test]
+    async fn a_failed_claim_passes_to_the_next_fetcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (entry, _) = encode_chunk(b"never stored", 3);
+        let first = store.claim(&entry, Hash::of(b"a")).await.expect("first claim");
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(&entry, Hash::of(b"b")).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        assert!(waiter.await.unwrap(), "the waiter may fetch it now");
     }
 
     #[test]

@@ -327,7 +327,7 @@ pub struct Swarm {
     inbox: mpsc::Receiver<Cmd>,
     self_tx: mpsc::WeakSender<Cmd>,
     links: JoinSet<()>,
-    fetches: JoinSet<(PeerId, u32, Result<u64, FetchError>)>,
+    fetches: JoinSet<(PeerId, u32, Result<Fetched, FetchError>)>,
     received: HashMap<String, PeerBytes>,
     progress: watch::Sender<SwarmProgress>,
     rng: StdRng,
@@ -339,6 +339,16 @@ pub struct Swarm {
     all_dirty: bool,
     /// Peers dropped for misbehaving, by name, and since when.
     banned: HashMap<String, Instant>,
+}
+
+/// How a chunk request ended well.
+#[derive(Debug)]
+enum Fetched {
+    /// The peer sent it; this many compressed bytes.
+    Received(u64),
+    /// Another distribution on this node stored it while this one waited
+    /// for it ([`ChunkStore::claim`]): nothing crossed the network.
+    Stored(u64),
 }
 
 /// Why one chunk request failed.
@@ -606,12 +616,13 @@ impl Swarm {
         }
     }
 
-    fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<u64, FetchError>) {
+    fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<Fetched, FetchError>) {
         self.dirty.insert(id);
         // A failed request puts the chunk back to NEEDED, for any peer.
         self.all_dirty |= result.is_err();
         match result {
-            Ok(bytes) => self.on_chunk(id, index, bytes),
+            Ok(Fetched::Received(bytes)) => self.on_chunk(id, index, bytes, true),
+            Ok(Fetched::Stored(bytes)) => self.on_chunk(id, index, bytes, false),
             Err(FetchError::BadData { .. }) => {
                 crate::metrics::metrics().on_rejected();
                 self.picker.on_failed(id, index);
@@ -651,12 +662,14 @@ impl Swarm {
         }
     }
 
-    fn on_chunk(&mut self, id: PeerId, index: u32, bytes: u64) {
+    /// A chunk is verified in the store; `from_peer` unless another
+    /// distribution on this node put it there.
+    fn on_chunk(&mut self, id: PeerId, index: u32, bytes: u64, from_peer: bool) {
         let Some(duplicates) = self.picker.on_received(id, index) else {
             return; // a late endgame duplicate
         };
         self.dirty.extend(duplicates);
-        if let Some(link) = self.peers.get(&id) {
+        if let Some(link) = self.peers.get(&id).filter(|_| from_peer) {
             crate::metrics::metrics().on_received(&link.name, bytes);
             let e = self
                 .received
@@ -681,9 +694,14 @@ impl Swarm {
     }
 }
 
-/// Requests one chunk on a fresh stream, verifies and stores it.
-async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<u64, FetchError> {
+/// Requests one chunk on a fresh stream, verifies and stores it, unless
+/// another distribution on this node fetches or fetched it.
+async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<Fetched, FetchError> {
     let transfer = |detail: String| FetchError::Transfer { index, detail };
+    let entry = shared.manifest.chunks[index as usize];
+    let Some(claim) = shared.store.claim(&entry, shared.id).await else {
+        return Ok(Fetched::Stored(u64::from(entry.zsize)));
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transfer(e.to_string()))?;
     // A request is a few bytes: it overtakes the chunks we are sending this peer.
     let _ = send.set_priority(CONTROL_PRIORITY);
@@ -726,15 +744,16 @@ async fn fetch(conn: Connection, shared: Arc<DistShared>, index: u32) -> Result<
         }
         Err(e) => return Err(transfer(e.to_string())),
     };
-    let entry = shared.manifest.chunks[index as usize];
     let store = shared.store.clone();
-    tokio::task::spawn_blocking(move || {
+    let stored = tokio::task::spawn_blocking(move || {
         decode_chunk(&entry, &data).map_err(|cause| FetchError::BadData { index, cause })?;
         store.put(&entry.hash, &data)?;
-        Ok(u64::from(entry.zsize))
+        Ok(Fetched::Received(u64::from(entry.zsize)))
     })
     .await
-    .map_err(|e| transfer(e.to_string()))?
+    .map_err(|e| transfer(e.to_string()))?;
+    drop(claim);
+    stored
 }
 
 /// One peer's swarm stream: sends our HELLO and HAVEs, reads theirs.

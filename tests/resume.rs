@@ -4,24 +4,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{build_test_image, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
-
-/// Every chunk file under a state directory.
-fn chunk_files(state: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in fs::read_dir(state.join("chunks")).expect("chunks dir") {
-        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
-            files.push(f.unwrap().path());
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]
@@ -45,7 +33,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let engine = &cluster.nodes[0].engine;
     engine.docker_ok(["rmi", "app:1"]);
     assert_eq!(engine.image_id("app:1"), None);
-    let files = chunk_files(&cluster.nodes[0].state_dir);
+    let files = cluster.nodes[0].chunk_files();
     assert_eq!(files.len() as u64, chunks, "one file per distinct chunk");
     let damaged = &files[0];
     let mut bytes = fs::read(damaged).unwrap();
@@ -86,7 +74,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     );
 
     // The metrics count what happened since the restart.
-    let text = scrape(&cluster.nodes[0].agent.log());
+    let text = cluster.nodes[0].agent.metrics();
     for line in [
         "p2pimg_received_bytes_total{peer=\"pusher\"}",
         "p2pimg_chunks_verified_total 1",
@@ -100,21 +88,4 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(store > 0, "{text}");
-}
-
-/// GETs the metrics from the address the agent printed.
-fn scrape(log: &str) -> String {
-    use std::io::{Read, Write};
-    let url = log
-        .lines()
-        .find_map(|l| l.split("metrics on http://").nth(1))
-        .expect("agent printed its metrics address");
-    let addr = url.trim().trim_end_matches("/metrics");
-    let mut conn = std::net::TcpStream::connect(addr).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
 }

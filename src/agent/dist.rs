@@ -1,13 +1,21 @@
 //! One distribution on one agent, driven by the pusher's control stream:
 //! Announce → Plan → Start → Progress… → Done → Finish.
+//!
+//! The same distribution announced again while it runs (the same images
+//! pushed twice at once) waits its turn ([`Running`]), then plans against
+//! what the first run left: usually a skip, so nothing is fetched or loaded
+//! twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
 
 use super::AgentCtx;
+use crate::hash::Hash;
 use crate::image::{self, Engine};
 use crate::manifest::Manifest;
 use crate::net::{self, PeerIdentity};
@@ -19,9 +27,58 @@ use crate::swarm::{DistShared, Swarm, SwarmHandle};
 /// a live view, rare enough to cost nothing next to 1 MiB chunks.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// First pause before loading again once the engine went away; it doubles
+/// up to [`ENGINE_RETRY_MAX`], until the agent's `engine_wait` is spent.
+const ENGINE_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest pause between two tries: a restarted engine is noticed within
+/// seconds of answering again.
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(4);
+
 /// How long a node whose pusher went away waits for a new chunk from its
 /// peers before giving up: as long as the pusher's own stall limit.
 const ALONE_STALL: Duration = Duration::from_secs(180);
+
+/// The distributions planning, fetching or loading on this node: one turn
+/// at a time per distribution ID.
+#[derive(Debug, Default)]
+pub(crate) struct Running(Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A distribution's turn; the next announce of the same ID goes on when it
+/// is dropped.
+struct Turn<'a> {
+    running: &'a Running,
+    id: Hash,
+    _held: OwnedMutexGuard<()>,
+}
+
+impl Running {
+    /// Waits until no other run of distribution `id` plans, fetches or loads.
+    async fn turn(&self, id: Hash) -> Turn<'_> {
+        let lock = self
+            .0
+            .lock()
+            .expect("running lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        let held = lock.lock_owned().await;
+        Turn {
+            running: self,
+            id,
+            _held: held,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut map = self.running.0.lock().expect("running lock");
+        // Two references: the map's and the guard's. More: someone waits.
+        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 2) {
+            map.remove(&self.id);
+        }
+    }
+}
 
 /// The control stream to the pusher.
 struct Control {
@@ -73,6 +130,7 @@ pub(super) async fn run(
     let mut dials = JoinSet::new();
     // Unregisters when dropped, even if this task is aborted.
     let mut registered = None;
+    let turn = ctx.running.turn(id).await;
     let outcome = match prepare(&ctx, &manifest).await {
         Ok((engine, plan)) => {
             // Registered before the plan goes out: the pusher starts the peers
@@ -97,6 +155,9 @@ pub(super) async fn run(
             received: Vec::new(),
         },
     };
+    // Released before waiting for Finish: that waits for the pusher's other
+    // nodes, which may themselves wait for a turn behind another push.
+    drop(turn);
     log_outcome(&id, &outcome);
     control.send(&Message::Done(outcome)).await;
     control.wait_finish().await;
@@ -182,17 +243,52 @@ impl Node<'_> {
                 ..current(swarm)
             }))
             .await;
-        let (images, layers) = (plan.images, plan.layers);
-        let started = std::time::Instant::now();
-        let loaded = image::load_images(engine, manifest, images, layers, ctx.store.clone()).await;
-        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
-        match loaded {
+        match load(ctx, engine, manifest, plan).await {
             Ok(()) => Outcome::Loaded { received },
-            Err(e) => Outcome::Failed {
-                reason: e.to_string(),
-                received,
-            },
+            Err(reason) => Outcome::Failed { reason, received },
         }
+    }
+}
+
+/// Loads the planned images. If the engine goes away (stopped or restarted
+/// mid-load), waits for it with backoff for up to the agent's
+/// `engine_wait` and loads again: the engine keeps no partial image from
+/// an interrupted load (it tags an image only once its load completed),
+/// and the chunks are still in the store.
+async fn load(
+    ctx: &AgentCtx,
+    engine: &Engine,
+    manifest: Arc<Manifest>,
+    plan: NodePlan,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + ctx.engine_wait;
+    let mut pause = ENGINE_RETRY_FIRST;
+    let mut reconnected = None;
+    loop {
+        let engine = reconnected.as_ref().unwrap_or(engine);
+        let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
+        let started = std::time::Instant::now();
+        let loaded = image::load_images(engine, manifest.clone(), images, layers, store).await;
+        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
+        let error = match loaded {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_engine_gone() => e,
+            Err(e) => return Err(e.to_string()),
+        };
+        tracing::warn!("{error}; loading again once the engine answers");
+        reconnected = loop {
+            if tokio::time::Instant::now() + pause > deadline {
+                let secs = ctx.engine_wait.as_secs();
+                return Err(format!(
+                    "{error}; it did not come back within {secs}s (engine_wait_secs)"
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(ENGINE_RETRY_MAX);
+            if let Ok(engine) = Engine::connect(&ctx.docker_host).await {
+                break Some(engine);
+            }
+        };
     }
 }
 

@@ -98,6 +98,10 @@ fn agent_defaults_and_relative_paths() {
     assert_eq!(opts.ca, Path::new("/etc/p2pimg/ca.crt"));
     assert_eq!(opts.cert, Path::new("/etc/p2pimg/certs/n1.crt"));
     assert_eq!(opts.key, Path::new("/etc/p2pimg/n1.key"));
+    assert_eq!(opts.engine_wait, std::time::Duration::from_secs(60));
+    let opts =
+        AgentOptions::parse(&format!("{text}engine_wait_secs = 5\n"), Path::new("agent.toml")).unwrap();
+    assert_eq!(opts.engine_wait, std::time::Duration::from_secs(5));
 }
 
 #[test]

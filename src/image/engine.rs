@@ -193,7 +193,11 @@ impl Engine {
         let options = ImportImageOptions { quiet: false };
         let mut progress = self.transfer_client().import_image_stream(options, body, None);
         while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| self.load_failed(load_error_message(e)))?;
+            let info = item.map_err(|e| match is_transport(&e) {
+                // The engine went away mid-load (stopped, restarted, crashed).
+                true => self.unreachable(e),
+                false => self.load_failed(load_error_message(e)),
+            })?;
             if let Some(message) = progress_error(&info) {
                 return Err(self.load_failed(message));
             }
@@ -238,6 +242,9 @@ impl Engine {
     }
 
     fn api(&self, action: &str, source: BollardError) -> EngineError {
+        if is_transport(&source) {
+            return self.unreachable(source);
+        }
         EngineError::Api {
             host: self.host.clone(),
             action: action.to_string(),
@@ -342,6 +349,37 @@ fn is_not_found(e: &BollardError) -> bool {
 }
 
 /// The message for a failed load, by what went wrong with the response.
+impl Engine {
+    fn unreachable(&self, source: BollardError) -> EngineError {
+        EngineError::Unreachable {
+            host: self.host.clone(),
+            source,
+        }
+    }
+}
+
+impl EngineError {
+    /// True when the engine did not answer at all (down, restarting, its
+    /// socket gone), as opposed to answering with an error: trying again once
+    /// it is back may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EngineError::Unreachable { .. })
+    }
+}
+
+/// Whether a bollard error is a failure to talk to the engine at all rather
+/// than an answer from it.
+fn is_transport(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::IOError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::SocketNotFoundError(_)
+    )
+}
+
 fn load_error_message(e: BollardError) -> String {
     match e {
         BollardError::DockerStreamError { error } => error,

@@ -79,6 +79,14 @@ pub enum LoadError {
     Writer(String),
 }
 
+impl LoadError {
+    /// True when the engine stopped answering (stopped or restarted
+    /// mid-load): the load may be tried again once it is back.
+    pub fn is_engine_gone(&self) -> bool {
+        matches!(self, LoadError::Engine(e) if e.is_unreachable())
+    }
+}
+
 /// One line of the load archive's `manifest.json`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -23,6 +23,14 @@ const PLAN_TIMEOUT: Duration = Duration::from_secs(300);
 /// 1 MiB chunk takes 8 s even at 1 Mbit/s, and the fetch timeout (60 s)
 /// moves a stuck request to another peer well before.
 const STALL_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a node that does not answer is dialed again before it is
+/// failed: a link down for a moment (a switch reboot, a flapping port)
+/// comes back within it, and it matches QUIC's idle timeout, the time a
+/// node cut off mid-transfer has to come back.
+const REACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// First pause between two dials of a node that did not answer; doubles.
+/// Each dial itself waits up to the connect timeout (10 s).
+const REDIAL_FIRST: Duration = Duration::from_millis(500);
 /// How long the pusher waits for an agent to close its side after Finish.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
 
@@ -92,9 +100,7 @@ impl Session {
     }
 
     async fn drive(&mut self, report: &mut NodeReport, at: &mut Progressed) -> Result<(), String> {
-        let (conn, peer) = net::connect(&self.endpoint, self.node.addr, Some(&self.node.name))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (conn, peer) = self.connect().await?;
         // Aborted when this future ends or is dropped (at the deadline).
         let _serving = AbortOnDropHandle::new(tokio::spawn(serve_connection(
             conn.clone(),
@@ -109,7 +115,32 @@ impl Session {
                 )
             },
         )));
-        self.control(&conn, report, at).await
+        self.control(&conn, report, at)
+            .await
+            .map_err(|e| with_close_reason(&conn, e))
+    }
+
+    /// Dials the node; while it does not answer at all, dials again with
+    /// backoff for up to [`REACH_TIMEOUT`]. Any other failure (a refused
+    /// certificate, a wrong name) is final at once.
+    async fn connect(&self) -> Result<(Connection, net::PeerIdentity), String> {
+        let give_up = tokio::time::Instant::now() + REACH_TIMEOUT;
+        let mut pause = REDIAL_FIRST;
+        loop {
+            match net::connect(&self.endpoint, self.node.addr, Some(&self.node.name)).await {
+                Ok(connected) => return Ok(connected),
+                Err(e @ net::NetError::Timeout { .. }) if tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(node = %self.node.name, "{e}; dialing again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e @ net::NetError::Timeout { .. }) => {
+                    let secs = REACH_TIMEOUT.as_secs();
+                    return Err(format!("unreachable for {secs}s: {e}"));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     async fn control(
@@ -217,6 +248,18 @@ impl Session {
                 other => return Err(describe_refusal(other)),
             }
         }
+    }
+}
+
+/// `error`, or the connection's own reason when it is closed: a stream
+/// only says "connection lost", the connection says why.
+fn with_close_reason(conn: &Connection, error: String) -> String {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::TimedOut) => {
+            "connection lost: the node stopped answering (its link is down or its host is gone)".into()
+        }
+        Some(reason) => format!("connection lost: {reason}"),
+        None => error,
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use super::netns::Net;
 use super::process::{terminate, wait_deadline};
 
 /// How long an agent may take to print `listening on`: it only binds a port and reads
@@ -40,9 +41,20 @@ impl Agent {
     ///
     /// In an integration test, `bin` is `Path::new(env!("CARGO_BIN_EXE_p2pimg"))`.
     pub fn start(bin: &Path, config_path: &Path) -> Agent {
+        Agent::spawn(Command::new(bin), bin, config_path)
+    }
+
+    /// Like [`Agent::start`], inside host `host`'s network namespace of `net`.
+    pub fn start_in(net: &Net, host: usize, bin: &Path, config_path: &Path) -> Agent {
+        Agent::spawn(net.command(host, bin), bin, config_path)
+    }
+
+    /// Runs `cmd` (the agent binary, perhaps under a wrapper that execs it) with
+    /// `agent --config <config_path>`.
+    fn spawn(mut cmd: Command, bin: &Path, config_path: &Path) -> Agent {
         let log_path = config_path.with_extension("log");
         let log = open_log(&log_path, bin, config_path);
-        let mut child = Command::new(bin)
+        let mut child = cmd
             .args(["agent", "--config"])
             .arg(config_path)
             .stdin(Stdio::null())
@@ -89,6 +101,45 @@ impl Agent {
     /// Everything in the log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The agent's metrics (Prometheus text), fetched from the address it printed
+    /// (`metrics on http://ADDR/metrics`; its agent.toml must set `metrics_listen`).
+    pub fn metrics(&self) -> String {
+        let log = self.log();
+        let url = log
+            .lines()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .unwrap_or_else(|| panic!("the agent printed no metrics address:\n{log}"));
+        let addr = url.trim().trim_end_matches("/metrics");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send the metrics request");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("read the metrics");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// The value of metric `name` (a line `name VALUE`), or a panic.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak resident size).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("agent status");
+        let prefix = format!("{field}:");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in:\n{status}"))
     }
 
     /// The exit status if the agent has exited, `None` while it runs.

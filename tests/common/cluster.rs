@@ -1,16 +1,25 @@
 //! [`Cluster`]: a seed engine plus N nodes, each a private dockerd with a real
 //! `p2pimg agent` on a loopback port the OS chose, a cluster CA, and a nodes.toml;
 //! and [`Push`], one run of `p2pimg push --json` with its parsed report.
+//!
+//! With [`ClusterOptions::netns`], each agent runs in a network namespace of its own
+//! (host `i` of a [`Net`] for node `ni`) and the pusher in host 0; the engines stay in
+//! the root namespace, reached through their unix sockets.
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::process::{run_ok, run_with_timeout};
-use super::{Agent, AgentConfig, Dockerd};
+use super::process::{run_ok, run_with_timeout, signal, SIGKILL};
+use super::{Agent, AgentConfig, Dockerd, Net};
 
 /// Longest a push in these tests may take before the test fails.
 pub const PUSH_TIMEOUT_SECS: u64 = 300;
@@ -26,12 +35,24 @@ pub struct Node {
     pub state_dir: PathBuf,
 }
 
-/// A local cluster for one test.
+/// How to start a [`Cluster`].
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// TOML lines added to every agent.toml.
+    pub agent_toml: String,
+    /// Run the pusher and each agent on a host of their own ([`Net`]).
+    pub netns: bool,
+}
+
+/// A local cluster for one test. Fields drop in order: the agents go before the
+/// network namespaces they run in.
 pub struct Cluster {
     pub bin: PathBuf,
     pub dir: TempDir,
     pub seed: Dockerd,
     pub nodes: Vec<Node>,
+    /// The hosts, with [`ClusterOptions::netns`]: 0 is the pusher's, `i` node `i - 1`'s.
+    pub net: Option<Net>,
 }
 
 /// One finished `p2pimg push --json`.
@@ -46,6 +67,11 @@ pub struct Push {
 impl Cluster {
     /// Starts `n` nodes n1..nN and a seed engine, and a cluster CA in a temp dir.
     pub fn start(bin: &Path, n: usize) -> Cluster {
+        Cluster::start_with(bin, n, &ClusterOptions::default())
+    }
+
+    /// Like [`Cluster::start`], with options.
+    pub fn start_with(bin: &Path, n: usize, opts: &ClusterOptions) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("p2pimg-cluster-")
             .tempdir()
@@ -54,16 +80,33 @@ impl Cluster {
         run_ok(Command::new(bin).args(["init", "--dir"]).arg(&ca), 30);
         let mut engines = Dockerd::start_many("node", n + 1);
         let seed = engines.remove(0);
+        let net = opts.netns.then(|| Net::new(n + 1));
         let nodes = engines
             .into_iter()
             .enumerate()
-            .map(|(i, engine)| start_node(bin, dir.path(), &format!("n{}", i + 1), engine))
+            .map(|(i, engine)| {
+                let listen = match &net {
+                    Some(net) => format!("{}:0", net.addr(i + 1)),
+                    None => "127.0.0.1:0".to_string(),
+                };
+                let name = format!("n{}", i + 1);
+                let config = write_node_config(bin, dir.path(), &name, &engine, &listen, &opts.agent_toml);
+                let agent = start_agent(bin, net.as_ref(), i, &config.path);
+                Node {
+                    name,
+                    engine,
+                    agent,
+                    config: config.path,
+                    state_dir: config.state_dir,
+                }
+            })
             .collect();
         let cluster = Cluster {
             bin: bin.to_path_buf(),
             dir,
             seed,
             nodes,
+            net,
         };
         cluster.write_inventory();
         cluster
@@ -85,8 +128,18 @@ impl Cluster {
     /// Starts node `i`'s agent again (on a new port) and rewrites nodes.toml.
     pub fn restart_agent(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        node.agent = Agent::start(&self.bin, &node.config);
+        node.agent = start_agent(&self.bin, self.net.as_ref(), i, &node.config);
         self.write_inventory();
+    }
+
+    /// The network, which [`ClusterOptions::netns`] asks for.
+    pub fn net(&self) -> &Net {
+        self.net.as_ref().expect("a cluster started with netns")
+    }
+
+    /// Node `i`'s host in [`Cluster::net`].
+    pub fn host_of(i: usize) -> usize {
+        i + 1
     }
 
     fn write_inventory(&self) {
@@ -105,7 +158,20 @@ impl Cluster {
 
     /// `p2pimg push IMAGES --json` from the seed engine, plus `extra` arguments.
     pub fn push(&self, images: &[&str], extra: &[&str]) -> Push {
-        let mut cmd = Command::new(&self.bin);
+        let out = run_with_timeout(&mut self.push_command(images, extra), PUSH_TIMEOUT_SECS);
+        Push::new(
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The command [`Cluster::push`] runs; [`Push::watch`] runs it too.
+    pub fn push_command(&self, images: &[&str], extra: &[&str]) -> Command {
+        let mut cmd = match &self.net {
+            Some(net) => net.command(0, &self.bin),
+            None => Command::new(&self.bin),
+        };
         cmd.arg("push").args(images).arg("--nodes").arg(self.nodes_toml());
         if !extra.contains(&"--cluster-dir") {
             cmd.arg("--cluster-dir").arg(self.ca_dir());
@@ -115,19 +181,19 @@ impl Cluster {
         }
         cmd.arg("--json");
         cmd.args(extra);
-        let out = run_with_timeout(&mut cmd, PUSH_TIMEOUT_SECS);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let report = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["event"] == "report")
-            .map(|v| v["report"].clone());
-        Push {
-            code: out.status.code().unwrap_or(-1),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            report,
-        }
+        cmd
+    }
+
+    /// Panics, showing the push's output and every agent's log, unless `push` exited 0.
+    pub fn assert_push_ok(&self, push: &Push) {
+        assert_eq!(
+            push.code,
+            0,
+            "push failed:\n{}\n{}\n{}",
+            push.stdout,
+            push.stderr,
+            self.logs()
+        );
     }
 
     /// All agents' logs, for failure messages.
@@ -139,7 +205,65 @@ impl Cluster {
     }
 }
 
-fn start_node(bin: &Path, dir: &Path, name: &str, engine: Dockerd) -> Node {
+impl Node {
+    /// Every chunk file in the node's store: one per distinct chunk it verified.
+    pub fn chunk_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let Ok(dirs) = fs::read_dir(self.state_dir.join("chunks")) else {
+            return files;
+        };
+        for dir in dirs.flatten() {
+            for f in fs::read_dir(dir.path()).expect("chunk dir").flatten() {
+                files.push(f.path());
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// Panics unless the node's engine names each `(reference, image ID)` as given and
+    /// holds no image besides these and `others` (image IDs): nothing half-loaded, no
+    /// stray image.
+    pub fn assert_holds_only(&self, expected: &[(&str, &str)], others: &[&str]) {
+        for (reference, id) in expected {
+            assert_eq!(
+                self.engine.image_id(reference).as_deref(),
+                Some(*id),
+                "{} holds the wrong {reference}",
+                self.name
+            );
+        }
+        let listed = self.engine.docker_ok(["images", "-aq", "--no-trunc"]);
+        for id in listed.lines() {
+            let known = expected.iter().any(|(_, e)| *e == id) || others.contains(&id);
+            assert!(known, "{} holds an unexpected image {id}:\n{listed}", self.name);
+        }
+    }
+}
+
+/// Node `i`'s agent, in its host of `net` if there is one.
+fn start_agent(bin: &Path, net: Option<&Net>, i: usize, config: &Path) -> Agent {
+    match net {
+        Some(net) => Agent::start_in(net, Cluster::host_of(i), bin, config),
+        None => Agent::start(bin, config),
+    }
+}
+
+/// Where a node's agent.toml went, and the state directory it names.
+struct NodeConfig {
+    path: PathBuf,
+    state_dir: PathBuf,
+}
+
+/// Issues node `name`'s certificate and writes its agent.toml (plus `extra` lines).
+fn write_node_config(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    engine: &Dockerd,
+    listen: &str,
+    extra: &str,
+) -> NodeConfig {
     let ca = dir.join("ca");
     run_ok(
         Command::new(bin).args(["cert", "issue", name, "--dir"]).arg(&ca),
@@ -149,7 +273,7 @@ fn start_node(bin: &Path, dir: &Path, name: &str, engine: Dockerd) -> Node {
     fs::create_dir_all(&node_dir).expect("node dir");
     let config = AgentConfig {
         name: name.to_string(),
-        listen: "127.0.0.1:0".into(),
+        listen: listen.into(),
         state_dir: node_dir.join("state"),
         docker_host: engine.host(),
         ca: ca.join("ca.crt"),
@@ -158,17 +282,92 @@ fn start_node(bin: &Path, dir: &Path, name: &str, engine: Dockerd) -> Node {
     };
     let path = node_dir.join("agent.toml");
     config.write(&path);
-    let agent = Agent::start(bin, &path);
-    Node {
-        name: name.to_string(),
-        engine,
-        agent,
-        config: path,
+    if !extra.is_empty() {
+        let text = fs::read_to_string(&path).expect("read agent.toml") + extra + "\n";
+        fs::write(&path, text).expect("write agent.toml");
+    }
+    NodeConfig {
+        path,
         state_dir: config.state_dir,
     }
 }
 
 impl Push {
+    fn new(code: i32, stdout: String, stderr: String) -> Push {
+        let report = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "report")
+            .map(|v| v["report"].clone());
+        Push {
+            code,
+            stdout,
+            stderr,
+            report,
+        }
+    }
+
+    /// Runs `cmd` ([`Cluster::push_command`]), calling `on_event` with each JSON event
+    /// as the push prints it, so a test can inject a fault at a given point of the
+    /// distribution. Kills the push after [`PUSH_TIMEOUT_SECS`].
+    pub fn watch(mut cmd: Command, mut on_event: impl FnMut(&Value)) -> Push {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start p2pimg push");
+        let pid = child.id();
+        let finished = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let finished = finished.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(PUSH_TIMEOUT_SECS);
+                while !finished.load(Ordering::Relaxed) {
+                    if Instant::now() >= deadline {
+                        eprintln!("harness: push ran over {PUSH_TIMEOUT_SECS} s; killing it");
+                        signal(pid, SIGKILL);
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let mut err = child.stderr.take().expect("push stderr");
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        let mut stdout = String::new();
+        for line in BufReader::new(child.stdout.take().expect("push stdout")).lines() {
+            let line = line.expect("read push output");
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                on_event(&event);
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let status = child.wait().expect("wait for push");
+        finished.store(true, Ordering::Relaxed);
+        let _ = watchdog.join();
+        Push::new(
+            status.code().unwrap_or(-1),
+            stdout,
+            stderr.join().unwrap_or_default(),
+        )
+    }
+
+    /// Whether `event` is a progress event of node `name` saying it loads.
+    pub fn is_loading(event: &Value, name: &str) -> bool {
+        event["event"] == "progress" && event["node"] == name && event["progress"]["loading"] == true
+    }
+
+    /// Whether `event` is node `name`'s plan.
+    pub fn is_planned(event: &Value, name: &str) -> bool {
+        event["event"] == "planned" && event["node"] == name
+    }
+
     /// The report, or a panic showing what the push printed.
     pub fn report(&self) -> &Value {
         self.report
@@ -196,6 +395,15 @@ impl Push {
             .filter(|r| r["peer"] == from)
             .map(|r| r["bytes"].as_u64().unwrap())
             .sum()
+    }
+
+    /// Chunks node `name` received in all, from any peer.
+    pub fn received_chunks(&self, name: &str) -> u64 {
+        let received = self.node(name)["received"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        received.iter().map(|r| r["chunks"].as_u64().unwrap()).sum()
     }
 
     /// Bytes node `name` received in all.

@@ -62,6 +62,9 @@ pub struct Dockerd {
     dir: PathBuf,
     socket: PathBuf,
     child: Child,
+    /// False between [`Dockerd::stop`] or [`Dockerd::kill`] and [`Dockerd::restart`]:
+    /// the child is reaped then, and its pid must not be signalled.
+    running: bool,
 }
 
 impl Dockerd {
@@ -77,9 +80,49 @@ impl Dockerd {
             dir,
             socket,
             child,
+            running: true,
         };
         d.wait_ready();
         d
+    }
+
+    /// Stops the daemon as `systemctl stop docker` would (SIGTERM, containers stopped,
+    /// then its containerd); its data stays for [`Dockerd::restart`].
+    pub fn stop(&mut self) {
+        if self.running {
+            self.stop_daemon();
+            kill_all_referring_to(&self.dir);
+            self.running = false;
+        }
+    }
+
+    /// Kills the daemon and its containerd at once (SIGKILL), as a crash would; its
+    /// data stays for [`Dockerd::restart`].
+    pub fn kill(&mut self) {
+        if self.running {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            kill_all_referring_to(&self.dir);
+            self.running = false;
+        }
+    }
+
+    /// Starts the daemon again on the same data, socket and log, and waits until it
+    /// answers. Stops it first if it runs.
+    pub fn restart(&mut self) {
+        self.stop();
+        unmount_under(&self.dir.join("exec"));
+        // The killed containerd may linger as a zombie (this machine's init does not
+        // always reap orphans), and dockerd would take its pid file for a live one.
+        let _ = fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
+        self.child = spawn_dockerd(&self.dir, &self.socket);
+        self.running = true;
+        self.wait_ready();
+    }
+
+    /// True while the daemon process runs (between a start and a stop or kill).
+    pub fn is_running(&self) -> bool {
+        self.running
     }
 
     /// Starts `n` daemons named `<prefix>1` … `<prefix>n` in parallel (about 0.1 s each on
@@ -249,8 +292,10 @@ impl Drop for Dockerd {
     /// directory (containerd, shims), detach leftover mounts, remove the directory.
     /// Never panics.
     fn drop(&mut self) {
-        self.kill_containers();
-        self.stop_daemon();
+        if self.running {
+            self.kill_containers();
+            self.stop_daemon();
+        }
         remove_daemon_dir(&self.dir);
     }
 }
@@ -350,7 +395,12 @@ fn spawn_dockerd(dir: &Path, socket: &Path) -> Child {
     // to create.
     let config = serde_json::json!({ "deprecated-key-path": dir.join("key.json") });
     fs::write(dir.join("daemon.json"), config.to_string()).expect("write daemon.json");
-    let log = File::create(dir.join("dockerd.log")).expect("create dockerd.log");
+    // Appended to: a restarted daemon keeps one log.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("dockerd.log"))
+        .expect("open dockerd.log");
     let bin = std::env::var("P2PIMG_TEST_DOCKERD").unwrap_or_else(|_| DOCKERD.to_string());
     let driver = std::env::var("P2PIMG_TEST_STORAGE_DRIVER").unwrap_or_else(|_| "overlay2".into());
     Command::new(&bin)

@@ -10,6 +10,7 @@
 //!   generated busybox rootfs and a legacy `docker build` with two `COPY` layers.
 //! - [`agent`]: [`Agent`], a `p2pimg agent` process, and [`AgentConfig`], its agent.toml.
 //! - [`cluster`]: [`Cluster`], a seed engine and N nodes with agents and a CA; [`Push`], a parsed `push --json`.
+//! - [`netns`]: [`Net`], hosts in network namespaces on a bridge, for cut, slow and lossy links.
 //!
 //! Everything that fails panics with a message naming what failed and showing the
 //! daemon's or agent's log: this is a test harness.
@@ -21,10 +22,12 @@ pub mod agent;
 pub mod cluster;
 pub mod dockerd;
 pub mod image;
+pub mod netns;
 pub mod process;
 
 pub use agent::{Agent, AgentConfig};
-pub use cluster::{Cluster, Push};
+pub use cluster::{Cluster, ClusterOptions, Push};
 pub use dockerd::Dockerd;
 pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
+pub use netns::Net;
 pub use process::{run_ok, run_with_timeout};
