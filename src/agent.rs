@@ -34,8 +34,8 @@ use crate::config::AgentOptions;
 use crate::identity::Role;
 use crate::net::{self, PeerIdentity};
 use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME};
-use crate::serve::{refuse, serve_connection};
 use crate::retention::{Keeper, RetentionOptions};
+use crate::serve::{refuse, serve_connection};
 use crate::store::ChunkStore;
 use crate::swarm::{Registry, SwarmOptions};
 

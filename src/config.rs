@@ -386,15 +386,16 @@ impl AgentOptions {
         };
         let retain = match raw.retain {
             None => DEFAULT_RETAIN,
-            Some(v) => parse_duration(v.get_ref()).ok_or_else(|| {
-                bad("retain", v.span(), v.get_ref().clone(), DURATION_FORMS)
-            })?,
+            Some(v) => parse_duration(v.get_ref())
+                .ok_or_else(|| bad("retain", v.span(), v.get_ref().clone(), DURATION_FORMS))?,
         };
         let store_budget = match raw.store_budget {
             None => None,
             Some(v) => Some(match v.get_ref() {
                 Size::Bytes(n) => *n,
-                Size::Text(t) => parse_size(t).ok_or_else(|| bad("store_budget", v.span(), t.clone(), SIZE_FORMS))?,
+                Size::Text(t) => {
+                    parse_size(t).ok_or_else(|| bad("store_budget", v.span(), t.clone(), SIZE_FORMS))?
+                }
             }),
         };
         let base = origin.parent().unwrap_or(Path::new(""));
@@ -436,7 +437,8 @@ impl AgentOptions {
 }
 
 /// What `retain` accepts, for error messages.
-const DURATION_FORMS: &str = "a duration: a whole number with s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")";
+const DURATION_FORMS: &str =
+    "a duration: a whole number with s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")";
 /// What `store_budget` accepts, for error messages.
 const SIZE_FORMS: &str =
     "a size: bytes, or a whole number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (\"20GiB\", \"500MB\")";

@@ -15,6 +15,18 @@ pub struct Space {
     pub mount: PathBuf,
 }
 
+impl Space {
+    /// `dir`, followed by the file system it is on when that is mounted
+    /// elsewhere: how messages name a disk.
+    pub fn describe(&self, dir: &Path) -> String {
+        if self.mount == dir {
+            dir.display().to_string()
+        } else {
+            format!("{} (file system {})", dir.display(), self.mount.display())
+        }
+    }
+}
+
 /// Free space (`statvfs`) and mount point of the file system holding `path`.
 pub fn space(path: &Path) -> io::Result<Space> {
     Ok(Space {
@@ -36,7 +48,10 @@ pub fn available(path: &Path) -> io::Result<u64> {
         }
         st.assume_init()
     };
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    // The field types are u32 on some 32-bit targets: the conversions are for those.
+    #[allow(clippy::useless_conversion)]
+    let bytes = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
+    Ok(bytes)
 }
 
 /// The longest mount point in /proc/self/mountinfo that holds `path`

@@ -122,7 +122,11 @@ pub(super) async fn run(
 
 /// Everything before fetching: mark the distribution live, reach the
 /// engine, see what it holds, plan.
-async fn prepare(ctx: &AgentCtx, id: Hash, manifest: &Arc<Manifest>) -> Result<(Engine, NodePlan, Lease), String> {
+async fn prepare(
+    ctx: &AgentCtx,
+    id: Hash,
+    manifest: &Arc<Manifest>,
+) -> Result<(Engine, NodePlan, Lease), String> {
     let chunks = manifest.chunks.iter().map(|c| c.hash);
     let lease = ctx.keeper.begin(id, chunks).await.map_err(|e| e.to_string())?;
     let engine = Engine::connect(&ctx.docker_host)

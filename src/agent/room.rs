@@ -18,7 +18,12 @@ use crate::retention::Keeper;
 const LOAD_SPACE_FACTOR: u64 = 2;
 
 /// Checks both disks for `plan`; the error is the reason for the pusher.
-pub(super) async fn check(keeper: &Keeper, engine: &Engine, manifest: &Manifest, plan: &NodePlan) -> Result<(), String> {
+pub(super) async fn check(
+    keeper: &Keeper,
+    engine: &Engine,
+    manifest: &Manifest,
+    plan: &NodePlan,
+) -> Result<(), String> {
     if plan.is_skip() {
         return Ok(());
     }
@@ -60,11 +65,10 @@ async fn check_engine(engine: &Engine, needed: u64) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "not enough disk space for docker load on {mount} (Docker's data root {root}): {free} free, \
-         loading needs about {need} there; free space on {mount} (docker image prune, docker system \
-         prune) or move the engine's data-root to a larger disk, then push again",
-        mount = space.mount.display(),
-        root = root.display(),
+        "not enough disk space for docker load in Docker's data root {disk}: {free} free, loading \
+         needs about {need} there; free space there (docker image prune, docker system prune) or \
+         move the engine's data-root to a larger disk, then push again",
+        disk = space.describe(&root),
         free = human(space.available),
         need = human(needed),
     ))

@@ -110,11 +110,20 @@ fn agent_retention_and_budget() {
     assert_eq!(opts.retain, Duration::from_secs(90));
     assert_eq!(opts.store_budget, Some(20 << 30));
     assert_eq!(parse("store_budget = 4096\n").unwrap().store_budget, Some(4096));
-    assert_eq!(parse("retain = \"7d\"\n").unwrap().retain, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        parse("retain = \"7d\"\n").unwrap().retain,
+        Duration::from_secs(7 * 86_400)
+    );
     let msg = parse("retain = \"1 week\"\n").unwrap_err().to_string();
-    assert!(msg.starts_with("agent.toml line 5: retain = \"1 week\" is not a duration"), "{msg}");
+    assert!(
+        msg.starts_with("agent.toml line 5: retain = \"1 week\" is not a duration"),
+        "{msg}"
+    );
     let msg = parse("\nstore_budget = \"20 gigs\"\n").unwrap_err().to_string();
-    assert!(msg.starts_with("agent.toml line 6: store_budget = \"20 gigs\" is not a size"), "{msg}");
+    assert!(
+        msg.starts_with("agent.toml line 6: store_budget = \"20 gigs\" is not a size"),
+        "{msg}"
+    );
 }
 
 #[test]

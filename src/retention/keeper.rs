@@ -47,15 +47,14 @@ fn with_headroom(bytes: u64) -> u64 {
 pub enum RoomError {
     /// The file system of the state directory lacks space.
     #[error(
-        "not enough disk space for chunks on {mount} (state directory {dir}): {available} free, \
-         this push needs about {needed} there{evicted}; free space on {mount} or set state_dir \
-         in agent.toml to a larger disk, then push again",
-        mount = mount.display(), dir = dir.display(), available = human(*available),
-        needed = human(*needed), evicted = evicted_note(*evicted)
+        "not enough disk space for chunks in the state directory {disk}: {available} free, this \
+         push needs about {needed} there{evicted}; free space there or set state_dir in agent.toml \
+         to a larger disk, then push again",
+        available = human(*available), needed = human(*needed), evicted = evicted_note(*evicted)
     )]
     Disk {
-        dir: PathBuf,
-        mount: PathBuf,
+        /// The state directory and its file system.
+        disk: String,
         available: u64,
         needed: u64,
         evicted: u64,
@@ -264,8 +263,7 @@ impl State {
         let space = space()?;
         if space.available < needed {
             return Err(RoomError::Disk {
-                dir,
-                mount: space.mount,
+                disk: space.describe(&dir),
                 available: space.available,
                 needed,
                 evicted: freed,
@@ -306,7 +304,12 @@ impl State {
         }
         if !eviction.dists.is_empty() || !eviction.chunks.is_empty() {
             let (d, c) = (eviction.dists.len(), eviction.chunks.len());
-            tracing::info!(distributions = d, chunks = c, bytes = freed, "evicted from the chunk store");
+            tracing::info!(
+                distributions = d,
+                chunks = c,
+                bytes = freed,
+                "evicted from the chunk store"
+            );
             crate::metrics::metrics().on_evicted(d as u64, c as u64, freed);
         }
         Ok((stored, freed))

@@ -146,7 +146,11 @@ mod tests {
         };
         records.write(&Hash::of(b"d1"), &done).unwrap();
         records.write(&Hash::of(b"d2"), &live).unwrap();
-        fs::write(dir.path().join("dists").join(Hash::of(b"d3").to_hex()), b"\xff\xff").unwrap();
+        fs::write(
+            dir.path().join("dists").join(Hash::of(b"d3").to_hex()),
+            b"\xff\xff",
+        )
+        .unwrap();
         fs::write(dir.path().join("dists/stray"), b"").unwrap();
 
         let store = ChunkStore::open(dir.path()).unwrap();

@@ -68,7 +68,10 @@ fn chunk_shared_with_a_live_distribution_stays() {
 
 #[test]
 fn chunk_shared_by_two_ended_distributions_stays_until_both_go() {
-    let known = HashMap::from([(h(100), dist(&[1, 2], Some(30))), (h(101), dist(&[2, 3], Some(2)))]);
+    let known = HashMap::from([
+        (h(100), dist(&[1, 2], Some(30))),
+        (h(101), dist(&[2, 3], Some(2))),
+    ]);
     let e = select(&known, &stored(3), now(), 24 * HOUR, 0);
     assert_eq!(e.chunks, [h(1)]);
     let e = select(&known, &stored(3), now(), HOUR, 0);

@@ -14,7 +14,9 @@ fn put(store: &ChunkStore, tags: &[u8], n: usize) -> Vec<Hash> {
             let mut x = u64::from(t) + 1;
             let raw: Vec<u8> = (0..n)
                 .map(|_| {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
                     (x >> 56) as u8
                 })
                 .collect();
@@ -34,14 +36,19 @@ async fn ended_distribution_goes_but_chunks_a_live_one_shares_stay() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
     let (keeper, thread) = Keeper::spawn(store.clone(), opts(Duration::ZERO, None)).unwrap();
-    let [a, b, c] = put(&store, &[1, 2, 3], 4000)[..] else { unreachable!() };
+    let [a, b, c] = put(&store, &[1, 2, 3], 4000)[..] else {
+        unreachable!()
+    };
     let first = keeper.begin(id(1), [a, b]).await.unwrap();
     let second = keeper.begin(id(2), [b, c]).await.unwrap();
     drop(first);
     // A reply means every earlier message, and its sweep, was handled.
     keeper.make_room(0).await.unwrap();
     assert!(!store.contains(&a), "only the ended distribution held a");
-    assert!(store.contains(&b) && store.contains(&c), "the live one holds b and c");
+    assert!(
+        store.contains(&b) && store.contains(&c),
+        "the live one holds b and c"
+    );
     assert!(!dir.path().join("dists").join(id(1).to_hex()).exists());
 
     // Restarted with the second one still recorded as live: it counts as
@@ -80,8 +87,14 @@ async fn budget_evicts_oldest_ended_first_and_refuses_what_cannot_fit() {
     assert!(store.contains(&chunks[2]));
     let err = keeper.make_room(30_001).await.unwrap_err();
     assert!(matches!(err, RoomError::Budget { .. }), "{err}");
-    assert!(err.to_string().contains("raise store_budget in agent.toml"), "{err}");
-    assert!(store.scan().unwrap().is_empty(), "everything ended was evicted trying");
+    assert!(
+        err.to_string().contains("raise store_budget in agent.toml"),
+        "{err}"
+    );
+    assert!(
+        store.scan().unwrap().is_empty(),
+        "everything ended was evicted trying"
+    );
     let live = put(&store, &[9], 8000)[0];
     let _lease = keeper.begin(id(9), [live]).await.unwrap();
     keeper.make_room(25_000).await.unwrap_err();
