@@ -4,24 +4,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{build_test_image, Cluster};
+use common::{build_test_image, chunk_files, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
-
-/// Every chunk file under a state directory.
-fn chunk_files(state: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in fs::read_dir(state.join("chunks")).expect("chunks dir") {
-        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
-            files.push(f.unwrap().path());
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]

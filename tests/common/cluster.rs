@@ -10,7 +10,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::process::{run_ok, run_with_timeout};
-use super::{Agent, AgentConfig, Dockerd};
+use super::{Agent, AgentConfig, Dockerd, DockerdOptions};
 
 /// Longest a push in these tests may take before the test fails.
 pub const PUSH_TIMEOUT_SECS: u64 = 300;
@@ -46,13 +46,19 @@ pub struct Push {
 impl Cluster {
     /// Starts `n` nodes n1..nN and a seed engine, and a cluster CA in a temp dir.
     pub fn start(bin: &Path, n: usize) -> Cluster {
+        Cluster::start_with(bin, n, |_| DockerdOptions::default())
+    }
+
+    /// [`Cluster::start`] with engine options: `engine(0)` for the seed, `engine(i)` for
+    /// node `ni`.
+    pub fn start_with(bin: &Path, n: usize, engine: impl Fn(usize) -> DockerdOptions + Sync) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("p2pimg-cluster-")
             .tempdir()
             .expect("temp dir");
         let ca = dir.path().join("ca");
         run_ok(Command::new(bin).args(["init", "--dir"]).arg(&ca), 30);
-        let mut engines = Dockerd::start_many("node", n + 1);
+        let mut engines = Dockerd::start_many_with("node", n + 1, |i| engine(i - 1));
         let seed = engines.remove(0);
         let nodes = engines
             .into_iter()
