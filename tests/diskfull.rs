@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::dockerd::mount_tmpfs;
 use common::process::check;
-use common::{build_test_image, run_with_timeout, Cluster, DockerdOptions};
+use common::{build_test_image, run_with_timeout, Cluster, DockerdOptions, Push};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
@@ -68,40 +68,30 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     path
 }
 
-/// The failure `name` reported, after checking it failed and loaded nothing.
-fn failed_cleanly(cluster: &Cluster, push: &common::Push, i: usize) -> String {
-    let node = &cluster.nodes[i];
-    assert_eq!(
-        push.code,
-        1,
-        "{}\n{}\n{}",
-        push.stdout,
-        push.stderr,
-        cluster.logs()
-    );
-    assert_eq!(push.status(&node.name), "failed", "{}", push.stdout);
+/// Checks that node n1 failed with a reason containing every one of `parts`, loaded
+/// nothing and kept running, and that n2 loaded.
+fn n1_failed_cleanly(cluster: &mut Cluster, push: &Push, parts: &[&str]) {
+    let logs = cluster.logs();
+    let node = &mut cluster.nodes[0];
+    assert_eq!(push.code, 1, "{}\n{}\n{logs}", push.stdout, push.stderr);
+    assert_eq!(push.status("n1"), "failed", "{}", push.stdout);
+    let reason = push.reason("n1");
+    eprintln!("n1: failed: {reason}");
+    for part in parts {
+        assert!(reason.contains(part), "{part:?} missing from: {reason}");
+    }
     assert_eq!(node.engine.image_id("app:1"), None, "nothing loaded");
     assert_eq!(node.engine.docker_ok(["images", "-aq"]), "", "no image at all");
-    assert!(
-        node.agent.log().contains("not enough disk space"),
-        "{}",
-        node.agent.log()
-    );
-    let reason = push.reason(&node.name);
-    eprintln!("{}: failed: {reason}", node.name);
-    reason
+    assert!(node.agent.try_exit_status().is_none(), "the agent keeps running");
+    assert_eq!(push.status("n2"), "loaded", "the other node is not held up");
 }
 
-/// The push completed on every node, with the seed's image.
-fn completed(cluster: &Cluster, push: &common::Push, id: &str) {
-    assert_eq!(
-        push.code,
-        0,
-        "{}\n{}\n{}",
-        push.stdout,
-        push.stderr,
-        cluster.logs()
-    );
+/// Deletes `filler` and pushes again: every node then holds image `id`, n1 loaded it.
+fn free_and_push_again(cluster: &Cluster, filler: &Path, id: &str) -> Push {
+    fs::remove_file(filler).unwrap();
+    let push = cluster.push(&["app:1"], &[]);
+    let logs = cluster.logs();
+    assert_eq!(push.code, 0, "{}\n{}\n{logs}", push.stdout, push.stderr);
     for node in &cluster.nodes {
         assert_eq!(
             node.engine.image_id("app:1").as_deref(),
@@ -110,6 +100,8 @@ fn completed(cluster: &Cluster, push: &common::Push, id: &str) {
             node.name
         );
     }
+    assert_eq!(push.status("n1"), "loaded");
+    push
 }
 
 #[test]
@@ -125,30 +117,20 @@ fn full_state_disk_fails_the_node_clearly_until_space_is_freed() {
     let filler = fill(&state, LEAVE_FREE);
 
     let push = cluster.push(&["app:1"], &[]);
-    let reason = failed_cleanly(&cluster, &push, 0);
     let state_shown = state.display().to_string();
-    for part in [
+    let parts = [
         "not enough disk space for chunks in the state directory",
         &state_shown,
         "needs about",
         "free space there",
-    ] {
-        assert!(reason.contains(part), "{part:?} missing from: {reason}");
-    }
-    assert_eq!(push.status("n2"), "loaded", "the other node is not held up");
+    ];
+    n1_failed_cleanly(&mut cluster, &push, &parts);
     assert!(
         fs::read_dir(state.join("chunks")).unwrap().next().is_none(),
         "nothing fetched into the full disk"
     );
-    assert!(
-        cluster.nodes[0].agent.try_exit_status().is_none(),
-        "the agent keeps running"
-    );
 
-    fs::remove_file(filler).unwrap();
-    let again = cluster.push(&["app:1"], &[]);
-    completed(&cluster, &again, &image.id);
-    assert_eq!(again.status("n1"), "loaded");
+    let again = free_and_push_again(&cluster, &filler, &image.id);
     assert!(again.received_total("n1") > 0);
 }
 
@@ -163,20 +145,13 @@ fn full_docker_data_root_fails_the_node_clearly_until_space_is_freed() {
     let filler = fill(&data_root, LEAVE_FREE);
 
     let push = cluster.push(&["app:1"], &[]);
-    let reason = failed_cleanly(&cluster, &push, 0);
     let root_shown = data_root.display().to_string();
-    for part in [
+    let parts = [
         "not enough disk space for docker load in Docker's data root",
         &root_shown,
         "needs about",
-    ] {
-        assert!(reason.contains(part), "{part:?} missing from: {reason}");
-    }
-    assert_eq!(push.status("n2"), "loaded");
-    assert!(cluster.nodes[0].agent.try_exit_status().is_none());
+    ];
+    n1_failed_cleanly(&mut cluster, &push, &parts);
 
-    fs::remove_file(filler).unwrap();
-    let again = cluster.push(&["app:1"], &[]);
-    completed(&cluster, &again, &image.id);
-    assert_eq!(again.status("n1"), "loaded");
+    free_and_push_again(&cluster, &filler, &image.id);
 }

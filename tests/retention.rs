@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_test_image, build_test_image_with, chunk_files, Cluster, ImageOptions};
+use common::{build_test_image, build_test_image_with, chunk_files, Cluster, ImageOptions, Push};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
@@ -37,6 +37,12 @@ fn set(files: Vec<PathBuf>) -> BTreeSet<PathBuf> {
     files.into_iter().collect()
 }
 
+/// Panics with what the push printed and the agents' logs unless it succeeded.
+fn succeeded(cluster: &Cluster, push: &Push) {
+    let logs = cluster.logs();
+    assert_eq!(push.code, 0, "{}\n{}\n{logs}", push.stdout, push.stderr);
+}
+
 #[test]
 fn finished_distributions_leave_the_store_and_live_chunks_stay() {
     let mut cluster = Cluster::start(bin(), 1);
@@ -57,14 +63,7 @@ fn finished_distributions_leave_the_store_and_live_chunks_stay() {
 
     let manifest = |images: &[&str]| {
         let push = cluster.push(images, &[]);
-        assert_eq!(
-            push.code,
-            0,
-            "{}\n{}\n{}",
-            push.stdout,
-            push.stderr,
-            cluster.logs()
-        );
+        succeeded(&cluster, &push);
         push.report()["manifest"].as_str().unwrap().to_string()
     };
     // s:1 first: every chunk file is then one of its own. The images share a few
@@ -107,14 +106,7 @@ fn finished_distributions_leave_the_store_and_live_chunks_stay() {
         assert!(files.len() > s_files.len(), "b:1's own fetched chunks stay");
 
         let push = push.join().unwrap();
-        assert_eq!(
-            push.code,
-            0,
-            "{}\n{}\n{}",
-            push.stdout,
-            push.stderr,
-            cluster.logs()
-        );
+        succeeded(&cluster, &push);
     });
     // b:1 loaded from its chunks, the shared ones included.
     assert_eq!(
