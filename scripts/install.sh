@@ -106,6 +106,11 @@ cert = "$ROOT$ETC_DIR/$name.crt"
 key = "$ROOT$ETC_DIR/$name.key"
 # Certificate names to refuse, e.g. ["old-node"] for a leaked or retired identity.
 deny = []
+# How long chunks of a finished push are kept (s, m, h or d). Default 24h.
+retain = "24h"
+# Most the chunk store may hold, e.g. "20GiB"; finished pushes are evicted oldest first.
+# Default: unbounded (still limited by retain).
+# store_budget = "20GiB"
 EOF
     chmod 0644 "$conf.tmp.$$"
     if [[ $EUID -eq 0 ]]; then chown 0:0 "$conf.tmp.$$"; fi

@@ -13,10 +13,11 @@
 //!
 //! Shutdown (SIGINT/SIGTERM): stop accepting, cancel the distributions and
 //! wait for them (one interrupted mid-fetch resumes from its verified
-//! chunks when pushed again), abort connection tasks, close the endpoint,
-//! wait briefly for the close to reach peers.
+//! chunks when pushed again), stop the retention keeper, abort connection
+//! tasks, close the endpoint, wait briefly for the close to reach peers.
 
 mod dist;
+mod room;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use crate::config::AgentOptions;
 use crate::identity::Role;
 use crate::net::{self, PeerIdentity};
 use crate::proto::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME};
+use crate::retention::{Keeper, RetentionOptions};
 use crate::serve::{refuse, serve_connection};
 use crate::store::ChunkStore;
 use crate::swarm::{Registry, SwarmOptions};
@@ -66,6 +68,8 @@ pub(crate) struct AgentCtx {
     /// How long a load waits for a restarting engine.
     pub engine_wait: Duration,
     pub store: ChunkStore,
+    /// Records distributions and evicts the chunks of finished ones.
+    pub keeper: Keeper,
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
     pub swarm: SwarmOptions,
@@ -83,6 +87,7 @@ pub(crate) struct AgentCtx {
 /// A started agent, listening.
 pub struct Agent {
     ctx: Arc<AgentCtx>,
+    keeper: std::thread::JoinHandle<()>,
 }
 
 impl Agent {
@@ -94,12 +99,18 @@ impl Agent {
             return Err(AgentError::NotANode { cert });
         }
         let store = ChunkStore::open(&opts.state_dir)?;
+        let retention = RetentionOptions {
+            retain: opts.retain,
+            budget: opts.store_budget,
+        };
+        let (keeper, keeper_thread) = Keeper::spawn(store.clone(), retention)?;
         let endpoint = net::endpoint(&identity, opts.listen)?;
         let ctx = AgentCtx {
             name: opts.name.clone(),
             docker_host: opts.docker_host.clone(),
             engine_wait: opts.engine_wait,
             store,
+            keeper,
             registry: Registry::with_upload_limit(opts.max_upload_mbit),
             endpoint,
             swarm: SwarmOptions::default(),
@@ -108,7 +119,10 @@ impl Agent {
             dists: TaskTracker::new(),
             stopping: CancellationToken::new(),
         };
-        Ok(Agent { ctx: Arc::new(ctx) })
+        Ok(Agent {
+            ctx: Arc::new(ctx),
+            keeper: keeper_thread,
+        })
     }
 
     /// The address the endpoint is bound to.
@@ -137,6 +151,9 @@ impl Agent {
         self.ctx.stopping.cancel();
         self.ctx.dists.close();
         self.ctx.dists.wait().await;
+        // Every distribution has ended (and said so to the keeper).
+        self.ctx.keeper.stop();
+        let _ = tokio::task::spawn_blocking(move || self.keeper.join()).await;
         conns.shutdown().await;
         self.ctx
             .endpoint

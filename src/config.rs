@@ -30,6 +30,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:7701";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pimg";
 /// Default Docker Engine endpoint: the socket dockerd creates on every Linux install.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Default time a finished distribution's chunks are kept: a day covers a push
+/// retried or repeated to more nodes the same working day, and resuming one
+/// that failed, without keeping every image ever pushed.
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors from reading and checking configuration files.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,15 @@ pub enum ConfigError {
     /// The agent's certificate, key or CA could not be loaded.
     #[error("{}: {source}", path.display())]
     Identity { path: PathBuf, source: IdentityError },
+    /// A duration or size in agent.toml does not parse.
+    #[error("{} line {line}: {key} = {value:?} is not {expected}", path.display())]
+    BadValue {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     /// agent.toml's `name` differs from the CommonName of its `cert`.
     #[error("{}: name is `{name}` but certificate {} is issued to `{cert_name}` (make them match, or issue a certificate for `{name}`)", path.display(), cert.display())]
     NameMismatch {
@@ -294,6 +307,11 @@ pub struct AgentOptions {
     /// How long a load waits for the Docker Engine to come back when it is
     /// down or restarting, before the node fails.
     pub engine_wait: Duration,
+    /// How long chunks of a finished distribution are kept.
+    pub retain: Duration,
+    /// Most bytes the chunk store may hold; finished distributions are
+    /// evicted oldest first to stay under it. Unbounded if unset.
+    pub store_budget: Option<u64>,
     /// The file these options came from, for error messages.
     pub source: PathBuf,
 }
@@ -320,6 +338,10 @@ struct RawAgent {
     metrics_listen: Option<SocketAddr>,
     #[serde(default = "default_engine_wait_secs")]
     engine_wait_secs: u64,
+    #[serde(default)]
+    retain: Option<Spanned<String>>,
+    #[serde(default)]
+    store_budget: Option<Spanned<Size>>,
 }
 
 /// A restarted dockerd (an upgrade, `systemctl restart docker`, a crash that
@@ -328,6 +350,14 @@ const DEFAULT_ENGINE_WAIT_SECS: u64 = 60;
 
 fn default_engine_wait_secs() -> u64 {
     DEFAULT_ENGINE_WAIT_SECS
+}
+
+/// A size as written: bytes, or text with a unit (`"20GiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
 }
 
 fn default_listen() -> SocketAddr {
@@ -360,6 +390,27 @@ impl AgentOptions {
             line,
             source,
         })?;
+        let bad = |key, span: std::ops::Range<usize>, value: String, expected| ConfigError::BadValue {
+            path: origin.into(),
+            line: line_of(text, span.start),
+            key,
+            value,
+            expected,
+        };
+        let retain = match raw.retain {
+            None => DEFAULT_RETAIN,
+            Some(v) => parse_duration(v.get_ref())
+                .ok_or_else(|| bad("retain", v.span(), v.get_ref().clone(), DURATION_FORMS))?,
+        };
+        let store_budget = match raw.store_budget {
+            None => None,
+            Some(v) => Some(match v.get_ref() {
+                Size::Bytes(n) => *n,
+                Size::Text(t) => {
+                    parse_size(t).ok_or_else(|| bad("store_budget", v.span(), t.clone(), SIZE_FORMS))?
+                }
+            }),
+        };
         let base = origin.parent().unwrap_or(Path::new(""));
         Ok(AgentOptions {
             name,
@@ -373,6 +424,8 @@ impl AgentOptions {
             max_upload_mbit: raw.max_upload_mbit,
             metrics_listen: raw.metrics_listen,
             engine_wait: Duration::from_secs(raw.engine_wait_secs),
+            retain,
+            store_budget,
             source: origin.into(),
         })
     }
@@ -395,6 +448,48 @@ impl AgentOptions {
         }
         Ok(identity)
     }
+}
+
+/// What `retain` accepts, for error messages.
+const DURATION_FORMS: &str =
+    "a duration: a whole number with s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")";
+/// What `store_budget` accepts, for error messages.
+const SIZE_FORMS: &str =
+    "a size: bytes, or a whole number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (\"20GiB\", \"500MB\")";
+
+/// Parses `"90s"`, `"30m"`, `"24h"`, `"7d"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = text[..split].parse().ok()?;
+    let unit = match text[split..].trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit).map(Duration::from_secs)
+}
+
+/// Parses `"20GiB"`, `"500MB"`, `"4096"` (bytes); units are case-insensitive.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let n: u64 = text[..split].parse().ok()?;
+    let unit: u64 = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
 }
 
 /// `key=value` pairs of a selector such as `role=worker,zone=a`.

@@ -10,6 +10,8 @@
 //! - [`manifest`]: images, layers, chunks; content ID and validation.
 //! - [`pack`]: layer tar → zstd chunks; chunk verification.
 //! - [`store`]: verified chunks on disk, crash-safe.
+//! - [`retention`]: which stored chunks to delete and when; the records of distributions.
+//! - [`disk`]: free space and mount point of the file system holding a path.
 //! - [`image`]: the Docker Engine: export and parse `docker save`, build the minimal tar, load, tag.
 //! - [`plan`]: what a node already holds, what it must fetch and load.
 //! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
@@ -26,6 +28,7 @@
 pub mod agent;
 pub mod bundle;
 pub mod config;
+pub mod disk;
 pub mod hash;
 pub mod identity;
 pub mod image;
@@ -39,6 +42,7 @@ pub mod proto;
 pub mod push;
 pub mod ratelimit;
 pub mod report;
+pub mod retention;
 pub mod seeder;
 pub mod serve;
 pub mod status;

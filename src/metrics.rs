@@ -28,6 +28,9 @@ pub struct Metrics {
     load_micros: AtomicU64,
     connections: AtomicU64,
     connections_peak: AtomicU64,
+    evicted_dists: AtomicU64,
+    evicted_chunks: AtomicU64,
+    evicted_bytes: AtomicU64,
 }
 
 /// One open QUIC connection, counted from creation until dropped.
@@ -90,6 +93,14 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Retention removed `dists` distribution records and `chunks` chunk
+    /// files, freeing `bytes`.
+    pub fn on_evicted(&self, dists: u64, chunks: u64, bytes: u64) {
+        self.evicted_dists.fetch_add(dists, Ordering::Relaxed);
+        self.evicted_chunks.fetch_add(chunks, Ordering::Relaxed);
+        self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition of every counter, and of the size
     /// of the chunk store under `store_dir`.
     pub fn render(&self, store_dir: &Path) -> String {
@@ -116,6 +127,21 @@ impl Metrics {
                 "p2pimg_chunks_rejected_total",
                 "Chunks that failed verification",
                 &self.rejected,
+            ),
+            (
+                "p2pimg_store_evicted_distributions_total",
+                "Finished distributions forgotten by retention",
+                &self.evicted_dists,
+            ),
+            (
+                "p2pimg_store_evicted_chunks_total",
+                "Chunk files deleted by retention",
+                &self.evicted_chunks,
+            ),
+            (
+                "p2pimg_store_evicted_bytes_total",
+                "Bytes freed by retention",
+                &self.evicted_bytes,
             ),
         ];
         for (name, help, value) in counters {
@@ -212,6 +238,7 @@ mod tests {
         m.on_sent("n3", 7);
         m.on_rejected();
         m.on_load(true, Duration::from_millis(1500));
+        m.on_evicted(1, 3, 3000);
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("chunks/ab")).unwrap();
         std::fs::write(dir.path().join("chunks/ab/x"), [0u8; 10]).unwrap();
@@ -224,6 +251,9 @@ mod tests {
             "p2pimg_loads_total{result=\"ok\"} 1",
             "p2pimg_load_seconds_total 1.5",
             "p2pimg_store_bytes 10",
+            "p2pimg_store_evicted_distributions_total 1",
+            "p2pimg_store_evicted_chunks_total 3",
+            "p2pimg_store_evicted_bytes_total 3000",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }

@@ -193,7 +193,9 @@ fn pack_in_parallel(
             if raw.is_empty() || failed.load(Ordering::Relaxed) {
                 break Ok(());
             }
-            work_tx.send((count, raw)).expect("pack workers outlive the queue");
+            work_tx
+                .send((count, raw))
+                .expect("pack workers outlive the queue");
             count += 1;
             match digest.read_chunk(reader, opts.chunk_size) {
                 Ok(next) => raw = next,
@@ -284,7 +286,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open_scratch(dir.path()).unwrap();
         // 300 distinct chunks, so workers finish out of order.
-        let data: Vec<u8> = (0..300 * 512u32).flat_map(|i| (i / 512 * 31 + i).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300 * 512u32)
+            .flat_map(|i| (i / 512 * 31 + i).to_le_bytes())
+            .collect();
         let opts = PackOptions {
             chunk_size: 2048,
             zstd_level: 1,

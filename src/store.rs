@@ -18,6 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
@@ -28,6 +29,7 @@ use crate::pack::{decode_chunk, ChunkError};
 /// Chunk files under a state directory.
 #[derive(Clone, Debug)]
 pub struct ChunkStore {
+    root: PathBuf,
     chunks: PathBuf,
     tmp: PathBuf,
     durable: bool,
@@ -94,6 +96,7 @@ impl ChunkStore {
 
     fn open_with(state_dir: &Path, durable: bool) -> Result<Self, StoreError> {
         let store = ChunkStore {
+            root: state_dir.to_path_buf(),
             chunks: state_dir.join("chunks"),
             tmp: state_dir.join("tmp"),
             durable,
@@ -111,6 +114,17 @@ impl ChunkStore {
         File::create(&probe).map_err(|e| io_err(&store.tmp, e))?;
         let _ = fs::remove_file(probe);
         Ok(store)
+    }
+
+    /// The state directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory for files being written, on the store's file system:
+    /// emptied at open, so a crash leaves nothing behind there.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
     }
 
     fn path(&self, hash: &Hash) -> PathBuf {
@@ -170,13 +184,24 @@ impl ChunkStore {
         if fs::metadata(&dest).is_ok_and(|m| m.len() == zdata.len() as u64) {
             return Ok(());
         }
-        let tmp = self
-            .tmp
-            .join(format!("{}.{}", hash.to_hex(), rand::random::<u64>()));
-        write_file(&tmp, zdata, self.durable).map_err(|e| io_err(&tmp, e))?;
-        let dir = dest.parent().expect("chunk path has a parent");
+        self.write_atomic(&dest, zdata)
+    }
+
+    /// Writes `data` to `dest` (on the store's file system) so that a crash
+    /// leaves either the old file or the whole new one: temp file, fsync,
+    /// rename, fsync of the directory (no fsync for a scratch store).
+    pub fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = self.tmp.join(format!("{name}.{}", rand::random::<u64>()));
+        let written = write_file(&tmp, data, self.durable).map_err(|e| io_err(&tmp, e));
+        if written.is_err() {
+            // A full disk leaves a partial temp file: give the space back now.
+            let _ = fs::remove_file(&tmp);
+            return written;
+        }
+        let dir = dest.parent().expect("destination has a parent");
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        fs::rename(&tmp, &dest).map_err(|e| io_err(&dest, e))?;
+        fs::rename(&tmp, dest).map_err(|e| io_err(dest, e))?;
         if !self.durable {
             return Ok(());
         }
@@ -207,6 +232,60 @@ impl ChunkStore {
     /// Checks a stored chunk, deleting it if damaged; true if it is good.
     pub fn verify(&self, entry: &ChunkEntry) -> bool {
         self.contains(&entry.hash) && self.read_verified(entry).is_ok()
+    }
+}
+
+/// A chunk file found by [`ChunkStore::scan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// The chunk's hash, from the file name.
+    pub hash: Hash,
+    /// Its size on disk.
+    pub bytes: u64,
+    /// When it was written.
+    pub written: SystemTime,
+}
+
+impl ChunkStore {
+    /// Deletes a chunk file; returns the bytes freed (0 if it was absent).
+    pub fn remove(&self, hash: &Hash) -> Result<u64, StoreError> {
+        let path = self.path(hash);
+        let bytes = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// Every chunk file, with its size and time of writing. Files whose
+    /// names are not chunk hashes are skipped.
+    pub fn scan(&self) -> Result<Vec<StoredChunk>, StoreError> {
+        let mut found = Vec::new();
+        for dir in fs::read_dir(&self.chunks).map_err(|e| io_err(&self.chunks, e))? {
+            let dir = dir.map_err(|e| io_err(&self.chunks, e))?.path();
+            let Ok(files) = fs::read_dir(&dir) else {
+                continue; // not a directory
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(hash) = name.to_str().and_then(Hash::from_hex) else {
+                    continue;
+                };
+                // A file removed since the listing is simply not there.
+                let Ok(meta) = file.metadata() else { continue };
+                found.push(StoredChunk {
+                    hash,
+                    bytes: meta.len(),
+                    written: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -316,6 +395,25 @@ mod tests {
         tokio::task::yield_now().await;
         drop(first);
         assert!(waiter.await.unwrap(), "the waiter may fetch it now");
+    }
+
+    #[test]
+    fn scan_lists_and_remove_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (a, za) = encode_chunk(b"chunk a", 3);
+        let (b, zb) = encode_chunk(&[1u8; 3000], 3);
+        store.put(&a.hash, &za).unwrap();
+        store.put(&b.hash, &zb).unwrap();
+        let mut found: Vec<(Hash, u64)> = store.scan().unwrap().iter().map(|c| (c.hash, c.bytes)).collect();
+        found.sort();
+        let mut want = vec![(a.hash, za.len() as u64), (b.hash, zb.len() as u64)];
+        want.sort();
+        assert_eq!(found, want);
+        assert_eq!(store.remove(&a.hash).unwrap(), za.len() as u64);
+        assert_eq!(store.remove(&a.hash).unwrap(), 0);
+        assert!(!store.contains(&a.hash) && store.contains(&b.hash));
+        assert_eq!(store.scan().unwrap().len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::manifest::Manifest;
 use crate::net::{self, PeerIdentity};
 use crate::plan::{self, NodePlan};
 use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
+use crate::retention::Lease;
 use crate::swarm::{DistShared, Swarm, SwarmHandle};
 
 /// Least time between two progress reports to the pusher: often enough for
@@ -131,24 +132,37 @@ pub(super) async fn run(
     // Unregisters when dropped, even if this task is aborted.
     let mut registered = None;
     let turn = ctx.running.turn(id).await;
-    let outcome = match prepare(&ctx, &manifest).await {
-        Ok((engine, plan)) => {
+    // Marks the distribution live until the end of this function: no chunk
+    // of it is evicted while it plans, fetches, loads or serves peers.
+    let mut lease = None;
+    let outcome = match prepare(&ctx, id, &manifest).await {
+        Ok((engine, plan, held)) => {
+            lease = Some(held);
+            let room = super::room::check(&ctx.keeper, &engine, &manifest, &plan).await;
             // Registered before the plan goes out: the pusher starts the peers
             // only once every plan is in, so none can dial before this.
-            if !plan.is_skip() {
+            if room.is_ok() && !plan.is_skip() {
                 let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
                 registered = Some(ctx.registry.register(swarm));
             }
             control.send(&Message::Plan(plan.summary.clone())).await;
-            let node = Node {
-                ctx: &ctx,
-                conn: &conn,
-                pusher: &pusher,
-                engine,
-            };
-            let swarm = registered.as_ref().map(|r| r.handle());
-            node.distribute(&mut control, &mut dials, swarm, manifest, plan)
-                .await
+            match room {
+                Err(reason) => Outcome::Failed {
+                    reason,
+                    received: Vec::new(),
+                },
+                Ok(()) => {
+                    let node = Node {
+                        ctx: &ctx,
+                        conn: &conn,
+                        pusher: &pusher,
+                        engine,
+                    };
+                    let swarm = registered.as_ref().map(|r| r.handle());
+                    node.distribute(&mut control, &mut dials, swarm, manifest, plan)
+                        .await
+                }
+            }
         }
         Err(reason) => Outcome::Failed {
             reason,
@@ -163,10 +177,18 @@ pub(super) async fn run(
     control.wait_finish().await;
     drop(registered);
     dials.shutdown().await;
+    drop(lease);
 }
 
-/// Everything before fetching: reach the engine, see what it holds, plan.
-async fn prepare(ctx: &AgentCtx, manifest: &Arc<Manifest>) -> Result<(Engine, NodePlan), String> {
+/// Everything before fetching: mark the distribution live, reach the
+/// engine, see what it holds, plan.
+async fn prepare(
+    ctx: &AgentCtx,
+    id: Hash,
+    manifest: &Arc<Manifest>,
+) -> Result<(Engine, NodePlan, Lease), String> {
+    let chunks = manifest.chunks.iter().map(|c| c.hash);
+    let lease = ctx.keeper.begin(id, chunks).await.map_err(|e| e.to_string())?;
     let engine = Engine::connect(&ctx.docker_host)
         .await
         .map_err(|e| e.to_string())?;
@@ -175,7 +197,7 @@ async fn prepare(ctx: &AgentCtx, manifest: &Arc<Manifest>) -> Result<(Engine, No
     let plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held.image_ids, &held.chain_ids, &store))
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
-    Ok((engine, plan))
+    Ok((engine, plan, lease))
 }
 
 /// The node's side of one distribution.

@@ -98,10 +98,52 @@ fn agent_defaults_and_relative_paths() {
     assert_eq!(opts.ca, Path::new("/etc/p2pimg/ca.crt"));
     assert_eq!(opts.cert, Path::new("/etc/p2pimg/certs/n1.crt"));
     assert_eq!(opts.key, Path::new("/etc/p2pimg/n1.key"));
-    assert_eq!(opts.engine_wait, std::time::Duration::from_secs(60));
+    assert_eq!(opts.engine_wait, Duration::from_secs(60));
     let opts =
         AgentOptions::parse(&format!("{text}engine_wait_secs = 5\n"), Path::new("agent.toml")).unwrap();
-    assert_eq!(opts.engine_wait, std::time::Duration::from_secs(5));
+    assert_eq!(opts.engine_wait, Duration::from_secs(5));
+    assert_eq!(opts.retain, DEFAULT_RETAIN);
+    assert_eq!(opts.store_budget, None);
+}
+
+#[test]
+fn agent_retention_and_budget() {
+    let base = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+    let parse = |extra: &str| AgentOptions::parse(&format!("{base}{extra}"), Path::new("agent.toml"));
+    let opts = parse("retain = \"90s\"\nstore_budget = \"20GiB\"\n").unwrap();
+    assert_eq!(opts.retain, Duration::from_secs(90));
+    assert_eq!(opts.store_budget, Some(20 << 30));
+    assert_eq!(parse("store_budget = 4096\n").unwrap().store_budget, Some(4096));
+    assert_eq!(
+        parse("retain = \"7d\"\n").unwrap().retain,
+        Duration::from_secs(7 * 86_400)
+    );
+    let msg = parse("retain = \"1 week\"\n").unwrap_err().to_string();
+    assert!(
+        msg.starts_with("agent.toml line 5: retain = \"1 week\" is not a duration"),
+        "{msg}"
+    );
+    let msg = parse("\nstore_budget = \"20 gigs\"\n").unwrap_err().to_string();
+    assert!(
+        msg.starts_with("agent.toml line 6: store_budget = \"20 gigs\" is not a size"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn durations_and_sizes_parse() {
+    assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+    assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+    assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+    for bad in ["", "h", "10", "1.5h", "-1h", "10y"] {
+        assert_eq!(parse_duration(bad), None, "{bad:?}");
+    }
+    assert_eq!(parse_size("500MB"), Some(500_000_000));
+    assert_eq!(parse_size("1kib"), Some(1024));
+    assert_eq!(parse_size("123"), Some(123));
+    for bad in ["", "GiB", "1.5GiB", "99999999999999TiB", "10 parsecs"] {
+        assert_eq!(parse_size(bad), None, "{bad:?}");
+    }
 }
 
 #[test]

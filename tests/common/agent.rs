@@ -233,6 +233,22 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Every chunk file under an agent's state directory, sorted (none before the agent
+/// created its store).
+pub fn chunk_files(state_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(dirs) = fs::read_dir(state_dir.join("chunks")) else {
+        return files;
+    };
+    for dir in dirs {
+        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
 /// The keys of an agent.toml. Relative paths in it are resolved by the agent from the
 /// file's directory.
 #[derive(Clone, Debug)]

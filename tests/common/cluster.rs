@@ -19,7 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::process::{run_ok, run_with_timeout, signal, SIGKILL};
-use super::{Agent, AgentConfig, Dockerd, Net};
+use super::{Agent, AgentConfig, Dockerd, DockerdOptions, Net};
 
 /// Longest a push in these tests may take before the test fails.
 pub const PUSH_TIMEOUT_SECS: u64 = 300;
@@ -36,12 +36,24 @@ pub struct Node {
 }
 
 /// How to start a [`Cluster`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClusterOptions {
     /// TOML lines added to every agent.toml.
     pub agent_toml: String,
     /// Run the pusher and each agent on a host of their own ([`Net`]).
     pub netns: bool,
+    /// Engine options: `engine(0)` for the seed, `engine(i)` for node `ni`.
+    pub engine: fn(usize) -> DockerdOptions,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            agent_toml: String::new(),
+            netns: false,
+            engine: |_| DockerdOptions::default(),
+        }
+    }
 }
 
 /// A local cluster for one test. Fields drop in order: the agents go before the
@@ -78,7 +90,7 @@ impl Cluster {
             .expect("temp dir");
         let ca = dir.path().join("ca");
         run_ok(Command::new(bin).args(["init", "--dir"]).arg(&ca), 30);
-        let mut engines = Dockerd::start_many("node", n + 1);
+        let mut engines = Dockerd::start_many_with("node", n + 1, |i| (opts.engine)(i - 1));
         let seed = engines.remove(0);
         let net = opts.netns.then(|| Net::new(n + 1));
         let nodes = engines
@@ -208,17 +220,7 @@ impl Cluster {
 impl Node {
     /// Every chunk file in the node's store: one per distinct chunk it verified.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        let Ok(dirs) = fs::read_dir(self.state_dir.join("chunks")) else {
-            return files;
-        };
-        for dir in dirs.flatten() {
-            for f in fs::read_dir(dir.path()).expect("chunk dir").flatten() {
-                files.push(f.path());
-            }
-        }
-        files.sort();
-        files
+        super::chunk_files(&self.state_dir)
     }
 
     /// Panics unless the node's engine names each `(reference, image ID)` as given and

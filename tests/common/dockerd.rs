@@ -55,6 +55,14 @@ pub const DOCKER_TIMEOUT_SECS: u64 = 600;
 /// file, so that a directory another process is just creating is left alone.
 const ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
+/// How to start a daemon; the default is what every test uses.
+#[derive(Clone, Debug, Default)]
+pub struct DockerdOptions {
+    /// Put the data root on a tmpfs of this many bytes (a small disk for disk-full tests);
+    /// the mount goes away with the daemon's directory.
+    pub data_root_bytes: Option<u64>,
+}
+
 /// A running private dockerd. Dropping it stops the daemon and removes its directory.
 #[derive(Debug)]
 pub struct Dockerd {
@@ -71,8 +79,16 @@ impl Dockerd {
     /// Starts a daemon named `name` (used in its directory name and in messages) and
     /// waits until it answers. Panics, with the tail of its log, if it does not.
     pub fn start(name: &str) -> Dockerd {
+        Dockerd::start_with(name, &DockerdOptions::default())
+    }
+
+    /// [`Dockerd::start`] with options.
+    pub fn start_with(name: &str, opts: &DockerdOptions) -> Dockerd {
         reap_stale_once();
         let dir = make_dir(name);
+        if let Some(bytes) = opts.data_root_bytes {
+            mount_tmpfs(&dir.join("data"), bytes);
+        }
         let socket = dir.join("docker.sock");
         let child = spawn_dockerd(&dir, &socket);
         let mut d = Dockerd {
@@ -128,9 +144,19 @@ impl Dockerd {
     /// Starts `n` daemons named `<prefix>1` … `<prefix>n` in parallel (about 0.1 s each on
     /// an idle machine, so 8 start in well under a second).
     pub fn start_many(prefix: &str, n: usize) -> Vec<Dockerd> {
+        Dockerd::start_many_with(prefix, n, |_| DockerdOptions::default())
+    }
+
+    /// [`Dockerd::start_many`] with options for daemon `i` (1-based) from `opts(i)`.
+    pub fn start_many_with(
+        prefix: &str,
+        n: usize,
+        opts: impl Fn(usize) -> DockerdOptions + Sync,
+    ) -> Vec<Dockerd> {
+        let opts = &opts;
         thread::scope(|s| {
             let starts: Vec<_> = (1..=n)
-                .map(|i| s.spawn(move || Dockerd::start(&format!("{prefix}{i}"))))
+                .map(|i| s.spawn(move || Dockerd::start_with(&format!("{prefix}{i}"), &opts(i))))
                 .collect();
             starts
                 .into_iter()
@@ -426,6 +452,19 @@ fn spawn_dockerd(dir: &Path, socket: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (scripts/test.sh installs Debian's docker.io)"))
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (created). Root only, as every daemon here is.
+pub fn mount_tmpfs(dir: &Path, bytes: u64) {
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+        .arg(dir)
+        .stdin(Stdio::null());
+    check(
+        &format!("mount tmpfs on {}", dir.display()),
+        &run_with_timeout(&mut cmd, 30),
+    );
 }
 
 /// True if the daemon answers `GET /_ping` with 200 on its socket.

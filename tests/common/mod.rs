@@ -25,9 +25,9 @@ pub mod image;
 pub mod netns;
 pub mod process;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{chunk_files, Agent, AgentConfig};
 pub use cluster::{Cluster, ClusterOptions, Push};
-pub use dockerd::Dockerd;
+pub use dockerd::{Dockerd, DockerdOptions};
 pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
 pub use netns::Net;
 pub use process::{run_ok, run_with_timeout};

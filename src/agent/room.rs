@@ -1,0 +1,75 @@
+//! Disk space before a node fetches anything: room in the chunk store for
+//! the chunks it lacks (evicting finished distributions if needed), and
+//! room in the Docker Engine's data root for the load. A node short of
+//! either fails at once with a message naming the disk and the space
+//! needed, and nothing is fetched or loaded.
+
+use std::path::PathBuf;
+
+use crate::image::Engine;
+use crate::manifest::Manifest;
+use crate::plan::NodePlan;
+use crate::report::human;
+use crate::retention::Keeper;
+
+/// `docker load` (the legacy loader of Docker 20.10 to 24) first unpacks
+/// the whole archive into a temp directory under the data root, then
+/// applies each layer: about twice the layers' size at the peak.
+const LOAD_SPACE_FACTOR: u64 = 2;
+
+/// Checks both disks for `plan`; the error is the reason for the pusher.
+pub(super) async fn check(
+    keeper: &Keeper,
+    engine: &Engine,
+    manifest: &Manifest,
+    plan: &NodePlan,
+) -> Result<(), String> {
+    if plan.is_skip() {
+        return Ok(());
+    }
+    keeper
+        .make_room(plan.summary.need_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let layers: u64 = plan.layers.iter().map(|&l| manifest.layers[l].size).sum();
+    check_engine(engine, layers * LOAD_SPACE_FACTOR).await
+}
+
+/// Checks the file system of the engine's data root, when the engine is
+/// local (a unix socket) and says where its data root is.
+async fn check_engine(engine: &Engine, needed: u64) -> Result<(), String> {
+    if needed == 0 || engine.host().starts_with("tcp://") || engine.host().starts_with("http") {
+        return Ok(());
+    }
+    let root = match engine.docker().info().await {
+        Ok(info) => info.docker_root_dir.map(PathBuf::from),
+        Err(e) => {
+            tracing::debug!("cannot ask the engine for its data root: {e}");
+            None
+        }
+    };
+    let Some(root) = root else { return Ok(()) };
+    let space = match tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || crate::disk::space(&root)
+    })
+    .await
+    {
+        Ok(Ok(space)) => space,
+        _ => {
+            tracing::debug!(root = %root.display(), "cannot see the free space of the engine's data root");
+            return Ok(());
+        }
+    };
+    if space.available >= needed {
+        return Ok(());
+    }
+    Err(format!(
+        "not enough disk space for docker load in Docker's data root {disk}: {free} free, loading \
+         needs about {need} there; free space there (docker image prune, docker system prune) or \
+         move the engine's data-root to a larger disk, then push again",
+        disk = space.describe(&root),
+        free = human(space.available),
+        need = human(needed),
+    ))
+}
