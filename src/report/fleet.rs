@@ -49,10 +49,6 @@ impl NodeState {
             NodeState::Failed(_) => "failed",
         }
     }
-
-    fn is_over(&self) -> bool {
-        matches!(self, NodeState::Done | NodeState::Skipped | NodeState::Failed(_))
-    }
 }
 
 /// What one line of the view shows: `label state [bar] detail`.
@@ -262,7 +258,7 @@ impl Fleet {
         self.rows[i].line(now)
     }
 
-    /// The total line: every node's bytes, the seed's upload, nodes over.
+    /// The total line: nodes done, every node's bytes, the seed's upload.
     pub fn total_line(&self, now: Instant) -> LineText {
         let label = "total".to_string();
         if !self.exported {
@@ -276,14 +272,16 @@ impl Fleet {
             };
         }
         let bytes = self.rows.iter().map(|r| r.bytes).sum();
-        let need = self.rows.iter().map(|r| r.need).sum();
-        let over = self.rows.iter().filter(|r| r.state.is_over()).count();
-        let failed = self
-            .rows
-            .iter()
-            .filter(|r| matches!(r.state, NodeState::Failed(_)))
-            .count();
-        let state = if over == self.rows.len() {
+        // A failed node has nothing left to fetch: the bar can still fill.
+        let need = self.rows.iter().map(|r| match r.state {
+            NodeState::Failed(_) => r.bytes,
+            _ => r.need,
+        });
+        let need = need.sum();
+        let count = |f: fn(&NodeState) -> bool| self.rows.iter().filter(|r| f(&r.state)).count();
+        let done = count(|s| matches!(s, NodeState::Done | NodeState::Skipped));
+        let failed = count(|s| matches!(s, NodeState::Failed(_)));
+        let state = if done + failed == self.rows.len() {
             "finished"
         } else {
             "pushing"
@@ -292,11 +290,12 @@ impl Fleet {
             0 => String::new(),
             n => format!(", {n} failed"),
         };
+        // What matters most first: a narrow terminal cuts the end.
         let detail = format!(
-            "{}  seed uploaded {}  {over}/{} nodes over{failed}",
+            "{done}/{} done{failed}  {}  seed uploaded {}",
+            self.rows.len(),
             transfer(bytes, need, self.total_rate.per_sec(now)),
             human(self.seed_uploaded),
-            self.rows.len()
         );
         LineText {
             label,
@@ -470,15 +469,17 @@ mod tests {
         assert_eq!(total.bar, Some((3000, 6000)));
         assert_eq!(
             total.detail,
-            "3.0 kB / 6.0 kB  1.5 kB/s  ETA 2s  seed uploaded 2.5 kB  1/3 nodes over"
+            "1/3 done  3.0 kB / 6.0 kB  1.5 kB/s  ETA 2s  seed uploaded 2.5 kB"
         );
 
         f.on_event(&finished("n1", NodeStatus::Failed("disk full".into())), t1);
         f.on_event(&finished("n2", NodeStatus::Loaded), t1);
         let total = f.total_line(t1);
         assert_eq!(total.state, "finished");
+        // n1 failed with 2.0 of its 3.0 kB: what it lacked is no longer to come.
+        assert_eq!(total.bar, Some((3000, 5000)));
         assert!(
-            total.detail.ends_with("3/3 nodes over, 1 failed"),
+            total.detail.starts_with("2/3 done, 1 failed  "),
             "{}",
             total.detail
         );
