@@ -103,8 +103,9 @@ impl Cluster {
         fs::write(self.nodes_toml(), s).expect("write nodes.toml");
     }
 
-    /// `p2pimg push IMAGES --json` from the seed engine, plus `extra` arguments.
-    pub fn push(&self, images: &[&str], extra: &[&str]) -> Push {
+    /// The command `p2pimg push IMAGES` from the seed engine to every node,
+    /// plus `extra` arguments.
+    pub fn push_command(&self, images: &[&str], extra: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("push").args(images).arg("--nodes").arg(self.nodes_toml());
         if !extra.contains(&"--cluster-dir") {
@@ -113,8 +114,13 @@ impl Cluster {
         if !extra.contains(&"--docker-host") {
             cmd.args(["--docker-host", &self.seed.host()]);
         }
-        cmd.arg("--json");
         cmd.args(extra);
+        cmd
+    }
+
+    /// `p2pimg push IMAGES --json` from the seed engine, plus `extra` arguments.
+    pub fn push(&self, images: &[&str], extra: &[&str]) -> Push {
+        let mut cmd = self.push_command(images, &[&["--json"], extra].concat());
         let out = run_with_timeout(&mut cmd, PUSH_TIMEOUT_SECS);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let report = stdout
