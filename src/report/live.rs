@@ -324,6 +324,19 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_taller_than_the_terminal_keeps_the_total_line() {
+        let screen = Screen::default();
+        let names: Vec<String> = (1..=30).map(|i| format!("n{i}")).collect();
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let _view = LiveView::new(target, &names, UploadMeter::default());
+        let lines = screen.lines();
+        // Screen has TermLike's default height, 20 rows.
+        assert_eq!(lines.len(), 20, "{lines:#?}");
+        assert!(lines[0].starts_with("total  exporting"), "{lines:#?}");
+        assert_eq!(lines[19], "n19    queued");
+    }
+
+    #[test]
     fn dropping_the_view_clears_it_and_logs_do_not_bring_it_back() {
         let screen = Screen::default();
         let mut v = view(&screen);
