@@ -112,16 +112,18 @@ struct PushArgs {
     /// Print events and the final report as JSON lines instead of text.
     #[arg(long)]
     json: bool,
-    /// `live`: a line per node with a bar, redrawn in place; `plain`: a line per event;
-    /// `auto`: live when stdout is a terminal.
+    /// How progress is shown while the push runs.
     #[arg(long, value_enum, default_value = "auto", conflicts_with = "json")]
     progress: Progress,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Progress {
+    /// The live view when stdout is a terminal, plain lines otherwise.
     Auto,
+    /// A line per node with a bar, redrawn in place, even where no terminal was detected.
     Live,
+    /// A line per event.
     Plain,
 }
 
