@@ -23,7 +23,7 @@
 //! - [`push`]: the seed: export, announce, seed, follow every node, report.
 //! - [`ratelimit`]: paces uploads to a configured rate.
 //! - [`status`]: which nodes hold which images, asked of their agents.
-//! - [`report`]: push progress lines and the final table for people.
+//! - [`report`]: what people see of a push: the live fleet view, plain lines, the final table.
 
 pub mod agent;
 pub mod bundle;

@@ -9,7 +9,9 @@ use p2pimg::config::{AgentOptions, Inventory};
 use p2pimg::identity::{self, Role};
 use p2pimg::pack::{PackOptions, DEFAULT_ZSTD_LEVEL};
 use p2pimg::push::{self, PushOptions, Source};
-use p2pimg::report::{self, Printer};
+use p2pimg::report::{self, ProgressMode, PushView};
+use p2pimg::swarm::UploadMeter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Peer-to-peer distribution of Docker images: push images from one machine
 /// to every node of a cluster over a QUIC swarm, without a registry.
@@ -110,6 +112,29 @@ struct PushArgs {
     /// Print events and the final report as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// How progress is shown while the push runs.
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "json")]
+    progress: Progress,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Progress {
+    /// The live view when stdout is a terminal, plain lines otherwise.
+    Auto,
+    /// A line per node with a bar, redrawn in place, even where no terminal was detected.
+    Live,
+    /// A line per event.
+    Plain,
+}
+
+impl From<Progress> for ProgressMode {
+    fn from(p: Progress) -> ProgressMode {
+        match p {
+            Progress::Auto => ProgressMode::Auto,
+            Progress::Live => ProgressMode::Live,
+            Progress::Plain => ProgressMode::Plain,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -267,14 +292,19 @@ fn issue(name: String, dir: PathBuf, role: Role, days: u32) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn logging(format: LogFormat, default: &str) {
+/// Logs to `writer` (stderr, or above push's live view), at `default`
+/// level unless RUST_LOG says otherwise.
+fn logging<W>(format: LogFormat, default: &str, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => fmt.with_ansi(ansi).init(),
         LogFormat::Json => fmt.json().init(),
@@ -289,7 +319,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
-    logging(log, "info");
+    logging(log, "info", std::io::stderr);
     let opts = AgentOptions::load(&config)?;
     runtime()?.block_on(async {
         let agent = p2pimg::agent::Agent::start(&opts)?;
@@ -324,8 +354,11 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
-    logging(log, "warn");
     let nodes = args.targets.nodes()?;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let seed_meter = UploadMeter::default();
+    let view = PushView::new(args.json, args.progress.into(), &names, &seed_meter);
+    logging(log, "warn", view.log_writer());
     let source = match args.bundle {
         Some(file) => Source::Bundle(file),
         None => Source::Engine {
@@ -343,33 +376,16 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         tags: args.tags,
         timeout: args.timeout.map(std::time::Duration::from_secs),
         max_upload_mbit: args.max_upload_mbit,
+        seed_meter,
     };
-    let json = args.json;
     runtime()?.block_on(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let printer = tokio::spawn(async move {
-            let mut printer = Printer::default();
-            let start = std::time::Instant::now();
-            while let Some(event) = rx.recv().await {
-                if json {
-                    let mut value = serde_json::to_value(&event).expect("events serialize");
-                    value["t"] = start.elapsed().as_secs_f64().into();
-                    println!("{value}");
-                } else if let Some(line) = printer.line(&event) {
-                    println!("{line}");
-                }
-            }
-        });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shown = tokio::spawn(view.follow(rx));
         let report = push::push(opts, tx).await;
-        let _ = printer.await;
+        // On an error the view is dropped, and so cleared, before main prints it.
+        let view = shown.await.context("the progress display failed")?;
         let report = report?;
-        if json {
-            let value =
-                serde_json::json!({ "event": "report", "report": report, "success": report.success() });
-            println!("{value}");
-        } else {
-            print!("{}", report::table(&report));
-        }
+        view.finish(&report);
         Ok(if report.success() {
             ExitCode::SUCCESS
         } else {
@@ -379,7 +395,7 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
-    logging(log, "warn");
+    logging(log, "warn", std::io::stderr);
     match cmd {
         BundleCommand::Create {
             images,
@@ -417,7 +433,7 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
-    logging(log, "warn");
+    logging(log, "warn", std::io::stderr);
     let nodes = args.targets.nodes()?;
     let t = &args.targets;
     let answers = runtime()?.block_on(p2pimg::status::status(

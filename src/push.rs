@@ -28,7 +28,7 @@ use crate::manifest::Manifest;
 use crate::pack::PackOptions;
 use crate::proto::{PeerBytes, PeerInfo, Plan, Progress};
 use crate::store::ChunkStore;
-use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions};
+use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
 
 /// Where the pushed images come from.
 #[derive(Clone, Debug)]
@@ -70,6 +70,9 @@ pub struct PushOptions {
     pub timeout: Option<Duration>,
     /// Most the seed uploads, in Mbit/s; unlimited if unset.
     pub max_upload_mbit: Option<u64>,
+    /// Counts what the seed uploads while the push runs (the report has
+    /// the per-node figures at the end).
+    pub seed_meter: UploadMeter,
 }
 
 /// Why a push could not start.
@@ -204,7 +207,7 @@ pub async fn push(
     let manifest = load_source(&opts.source, &store, &events).await?;
     let manifest = with_tags(manifest, &opts.tags)?;
     let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    let shared = DistShared::new(manifest.clone(), store);
+    let shared = DistShared::with_meter(manifest.clone(), store, opts.seed_meter.clone());
     let chunks = manifest.chunks.len();
     let (seed, _task) = Swarm::spawn(
         shared.clone(),

@@ -1,11 +1,23 @@
-//! How a push looks to people: plain progress lines while it runs and a
-//! final table; or, with `--json`, one JSON object per line.
+//! How a push looks to people: a live fleet view on a terminal
+//! ([`live`]), plain progress lines elsewhere, and a final table; or, with
+//! `--json`, one JSON object per line. Also the `bundle` and `status` listings.
+
+mod fleet;
+mod live;
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::time::Instant;
+
+use indicatif::ProgressDrawTarget;
+use tokio::sync::mpsc;
+
+pub use fleet::{Fleet, LineText, NodeState};
+pub use live::{LiveView, LogWriter};
 
 use crate::proto::Plan;
 use crate::push::{NodeStatus, PushEvent, PushReport};
+use crate::swarm::UploadMeter;
 
 /// Progress is printed each time a node crosses another tenth of its bytes.
 const PROGRESS_STEPS: u64 = 10;
@@ -21,11 +33,7 @@ impl Printer {
     /// The line for an event, if it deserves one.
     pub fn line(&mut self, event: &PushEvent) -> Option<String> {
         match event {
-            PushEvent::Exported { images, layers, chunks, bytes, compressed, secs } => Some(format!(
-                "exported {images} image(s): {layers} layers, {chunks} chunks, {} ({} compressed) in {secs:.1}s",
-                human(*bytes),
-                human(*compressed)
-            )),
+            PushEvent::Exported { .. } => exported_line(event),
             PushEvent::Planned { node, plan } => {
                 self.plans.insert(node.clone(), plan.clone());
                 Some(plan_line(node, plan))
@@ -37,11 +45,145 @@ impl Printer {
                 if progress.loading {
                     return Some(format!("{node}: all chunks verified, loading into docker"));
                 }
-                (last != Some(step) && progress.bytes > 0).then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
+                (last != Some(step) && progress.bytes > 0)
+                    .then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
             }
             PushEvent::Finished { node, status } => Some(format!("{node}: {}", status_text(status))),
         }
     }
+}
+
+/// How push progress is shown when not `--json` (`--progress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// The live view when stdout is a terminal that can draw it (TERM set
+    /// and not `dumb`), plain lines otherwise.
+    Auto,
+    /// The live view, even where it was not detected.
+    Live,
+    /// Plain lines.
+    Plain,
+}
+
+/// What a push prints on stdout while it runs and when it ends.
+pub enum PushView {
+    /// `--json`: each event as a JSON object with `t`, seconds since `start`.
+    Json {
+        /// When the push started.
+        start: Instant,
+    },
+    /// A plain line per notable event.
+    Plain(Printer),
+    /// The live fleet view.
+    Live(LiveView),
+}
+
+impl PushView {
+    /// The view for a push to `nodes` (in inventory order); the live view
+    /// reads the seed's upload from `meter`.
+    pub fn new(json: bool, mode: ProgressMode, nodes: &[String], meter: &UploadMeter) -> PushView {
+        if json {
+            return PushView::Json {
+                start: Instant::now(),
+            };
+        }
+        let target = match mode {
+            ProgressMode::Plain => None,
+            // indicatif hides its stdout target where it cannot draw.
+            ProgressMode::Auto => {
+                Some(ProgressDrawTarget::stdout_with_hz(live::REFRESH_HZ)).filter(|t| !t.is_hidden())
+            }
+            ProgressMode::Live => Some(ProgressDrawTarget::term_like_with_hz(
+                Box::new(console::Term::buffered_stdout()),
+                live::REFRESH_HZ,
+            )),
+        };
+        match target {
+            Some(target) => PushView::Live(LiveView::new(target, nodes, meter.clone())),
+            None => PushView::Plain(Printer::default()),
+        }
+    }
+
+    /// The writer for log lines: above the live view while it is up.
+    pub fn log_writer(&self) -> LogWriter {
+        match self {
+            PushView::Live(view) => view.log_writer(),
+            _ => LogWriter::default(),
+        }
+    }
+
+    /// Shows events until the push closes the channel; returns the view
+    /// for [`PushView::finish`].
+    pub async fn follow(mut self, mut events: mpsc::UnboundedReceiver<PushEvent>) -> PushView {
+        let mut tick = tokio::time::interval(live::TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let live = matches!(self, PushView::Live(_));
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(&event),
+                    None => return self,
+                },
+                _ = tick.tick(), if live => {
+                    if let PushView::Live(view) = &mut self {
+                        view.on_tick();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: &PushEvent) {
+        match self {
+            PushView::Json { start } => {
+                let mut value = serde_json::to_value(event).expect("events serialize");
+                value["t"] = start.elapsed().as_secs_f64().into();
+                println!("{value}");
+            }
+            PushView::Plain(printer) => {
+                if let Some(line) = printer.line(event) {
+                    println!("{line}");
+                }
+            }
+            PushView::Live(view) => view.on_event(event),
+        }
+    }
+
+    /// Takes the view down and prints the end: the final table, or with
+    /// `--json` the report object.
+    pub fn finish(self, report: &PushReport) {
+        match self {
+            PushView::Json { .. } => {
+                let value =
+                    serde_json::json!({ "event": "report", "report": report, "success": report.success() });
+                println!("{value}");
+            }
+            view => {
+                drop(view);
+                print!("{}", table(report));
+            }
+        }
+    }
+}
+
+/// The export summary, for an `Exported` event.
+fn exported_line(event: &PushEvent) -> Option<String> {
+    let PushEvent::Exported {
+        images,
+        layers,
+        chunks,
+        bytes,
+        compressed,
+        secs,
+    } = event
+    else {
+        return None;
+    };
+    Some(format!(
+        "exported {images} image(s): {layers} layers, {chunks} chunks, {} ({} compressed) in {secs:.1}s",
+        human(*bytes),
+        human(*compressed)
+    ))
 }
 
 fn plan_line(node: &str, plan: &Plan) -> String {

@@ -17,6 +17,7 @@
 //! (JoinSets abort on drop); connections stay open for other distributions.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,16 +77,23 @@ pub struct DistShared {
     /// Where verified chunks live.
     pub store: ChunkStore,
     served: Mutex<HashMap<String, PeerBytes>>,
+    meter: UploadMeter,
 }
 
 impl DistShared {
     /// Shared state for a validated manifest.
     pub fn new(manifest: Arc<Manifest>, store: ChunkStore) -> Arc<Self> {
+        Self::with_meter(manifest, store, UploadMeter::default())
+    }
+
+    /// Shared state whose served bytes also add up in `meter`.
+    pub fn with_meter(manifest: Arc<Manifest>, store: ChunkStore, meter: UploadMeter) -> Arc<Self> {
         Arc::new(DistShared {
             id: manifest.id(),
             manifest,
             store,
             served: Mutex::default(),
+            meter,
         })
     }
 
@@ -111,6 +119,19 @@ impl DistShared {
         });
         e.chunks += 1;
         e.bytes += bytes;
+        self.meter.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A running total of the bytes a distribution has served, readable while
+/// it runs: the pusher's live view shows the seed's upload from it.
+#[derive(Clone, Debug, Default)]
+pub struct UploadMeter(Arc<AtomicU64>);
+
+impl UploadMeter {
+    /// Bytes served so far.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

@@ -44,7 +44,7 @@ fn engine_down_or_restarted_mid_distribution() {
 
     // Faults, each once, at the moment the push's events say.
     let (mut n2_stopped, mut n2_back, mut n3_killed, mut n4_killed) = (false, false, false, false);
-    let cmd = cluster.push_command(&["app:1"], &["--max-upload-mbit", SEED_MBIT]);
+    let cmd = cluster.push_command(&["app:1"], &["--json", "--max-upload-mbit", SEED_MBIT]);
     let push = Push::watch(cmd, |event| {
         let nodes = &mut cluster.nodes;
         if !n2_stopped && Push::is_planned(event, "n2") {

@@ -73,7 +73,7 @@ fn links_back_within_the_timeout_complete() {
             thread::sleep(OUTAGE);
             net.restore(n2);
         });
-        let cmd = cluster.push_command(&["app:1"], &["--max-upload-mbit", SEED_MBIT]);
+        let cmd = cluster.push_command(&["app:1"], &["--json", "--max-upload-mbit", SEED_MBIT]);
         Push::watch(cmd, |event| {
             if n3_cut.is_none() && is_fetching(event, "n3") {
                 net.cut(n3);
@@ -101,7 +101,7 @@ fn links_never_back_fail_those_nodes_only() {
     net.cut(Cluster::host_of(1));
     let mut n3_cut = false;
     let mut finished = Vec::new();
-    let cmd = cluster.push_command(&["app:1"], &["--max-upload-mbit", SEED_MBIT]);
+    let cmd = cluster.push_command(&["app:1"], &["--json", "--max-upload-mbit", SEED_MBIT]);
     let push = Push::watch(cmd, |event| {
         if !n3_cut && is_fetching(event, "n3") {
             net.cut(Cluster::host_of(2));
@@ -143,7 +143,7 @@ fn slow_lossy_link_finishes() {
     net.drop_randomly(n3, 0.05);
     let started = Instant::now();
     let mut done = Vec::new();
-    let cmd = cluster.push_command(&["app:1"], &[]);
+    let cmd = cluster.push_command(&["app:1"], &["--json"]);
     let push = Push::watch(cmd, |event| {
         if event["event"] == "finished" {
             let node = event["node"].as_str().unwrap_or("?").to_string();

@@ -170,7 +170,8 @@ impl Cluster {
 
     /// `p2pimg push IMAGES --json` from the seed engine, plus `extra` arguments.
     pub fn push(&self, images: &[&str], extra: &[&str]) -> Push {
-        let out = run_with_timeout(&mut self.push_command(images, extra), PUSH_TIMEOUT_SECS);
+        let mut cmd = self.push_command(images, &[&["--json"], extra].concat());
+        let out = run_with_timeout(&mut cmd, PUSH_TIMEOUT_SECS);
         Push::new(
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -178,7 +179,8 @@ impl Cluster {
         )
     }
 
-    /// The command [`Cluster::push`] runs; [`Push::watch`] runs it too.
+    /// The command `p2pimg push IMAGES` from the seed engine to every node, plus `extra`
+    /// arguments (without `--json`: [`Cluster::push`] adds it; give it for [`Push::watch`]).
     pub fn push_command(&self, images: &[&str], extra: &[&str]) -> Command {
         let mut cmd = match &self.net {
             Some(net) => net.command(0, &self.bin),
@@ -191,7 +193,6 @@ impl Cluster {
         if !extra.contains(&"--docker-host") {
             cmd.args(["--docker-host", &self.seed.host()]);
         }
-        cmd.arg("--json");
         cmd.args(extra);
         cmd
     }
