@@ -14,7 +14,7 @@
 //! transport init DIR
 //! transport quic-server --dir DIR --listen 10.78.0.1:7790 --cc bbr
 //! transport quic-client --dir DIR --connect 10.78.0.1:7790 --cc bbr --mb 200
-//! transport tcp-server --listen 10.78.0.1:7791
+//! transport tcp-server --listen 10.78.0.1:7791 --tcp-cc cubic
 //! transport tcp-client --connect 10.78.0.1:7791 --mb 200
 //! ```
 //!
@@ -82,6 +82,10 @@ enum Cli {
     TcpServer {
         #[arg(long)]
         listen: SocketAddr,
+        /// The kernel's congestion controller for the connection (cubic, reno, bbr…);
+        /// default: the system's (`net.ipv4.tcp_congestion_control`).
+        #[arg(long)]
+        tcp_cc: Option<String>,
     },
     /// Receive `--mb` MB of chunk frames over one TCP connection.
     TcpClient {
@@ -122,6 +126,7 @@ impl SizeArg {
 enum Cc {
     /// quinn's default.
     Cubic,
+    #[value(name = "newreno")]
     NewReno,
     /// Marked experimental by quinn.
     Bbr,
@@ -141,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             size,
             in_flight,
         } => runtime.block_on(quic_client(quic, connect, size.chunks(), in_flight)),
-        Cli::TcpServer { listen } => runtime.block_on(tcp_server(listen)),
+        Cli::TcpServer { listen, tcp_cc } => runtime.block_on(tcp_server(listen, tcp_cc)),
         Cli::TcpClient { connect, size } => runtime.block_on(tcp_client(connect, size.chunks())),
     }
 }
@@ -265,12 +270,15 @@ fn chunk_len(msg: Message) -> anyhow::Result<u64> {
     }
 }
 
-async fn tcp_server(listen: SocketAddr) -> anyhow::Result<()> {
+async fn tcp_server(listen: SocketAddr, cc: Option<String>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on TCP {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
     let (mut stream, _) = listener.accept().await?;
+    if let Some(cc) = cc {
+        set_tcp_congestion(&stream, &cc)?;
+    }
     let meter = Meter::start();
     let chunks = tokio::io::AsyncReadExt::read_u32(&mut stream).await?;
     let data = chunk_data();
@@ -296,6 +304,29 @@ async fn tcp_client(server: SocketAddr, chunks: u32) -> anyhow::Result<()> {
         bytes += chunk_len(read_frame(&mut stream, proto::MAX_FRAME).await?)?;
     }
     meter.report(bytes);
+    Ok(())
+}
+
+/// Sets the kernel congestion controller of `stream` (TCP_CONGESTION).
+fn set_tcp_congestion(stream: &TcpStream, cc: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name is a valid buffer of the given length for the call's duration, and the
+    // descriptor is owned by `stream`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            cc.as_ptr().cast(),
+            cc.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "cannot use TCP congestion control {cc:?}: {err} (see net.ipv4.tcp_available_congestion_control)"
+        );
+    }
     Ok(())
 }
 
