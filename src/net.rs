@@ -121,9 +121,19 @@ pub struct PeerIdentity {
 /// A QUIC endpoint bound to `bind` that accepts peers and dials them, both with `identity`.
 /// Must be called inside a Tokio runtime.
 pub fn endpoint(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    endpoint_with(identity, bind, transport_config())
+}
+
+/// [`endpoint`] with another transport configuration, for experiments such as the congestion
+/// controller comparison in `examples/transport.rs`: start from [`transport_config`].
+pub fn endpoint_with(
+    identity: &Identity,
+    bind: SocketAddr,
+    transport: TransportConfig,
+) -> Result<quinn::Endpoint, NetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = trust_anchors(identity)?;
-    let transport = Arc::new(transport_config());
+    let transport = Arc::new(transport);
     let mut server = server_config(identity, &provider, &roots)?;
     server.transport_config(transport.clone());
     let mut client = client_config(identity, &provider, &roots)?;
@@ -189,7 +199,7 @@ fn client_config(
 }
 
 /// Keep-alive, idle timeout, flow-control windows and stream limits shared by both sides.
-fn transport_config() -> TransportConfig {
+pub fn transport_config() -> TransportConfig {
     let mut transport = TransportConfig::default();
     transport
         .keep_alive_interval(Some(KEEP_ALIVE))
