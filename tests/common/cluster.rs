@@ -368,7 +368,10 @@ impl Push {
 
     /// The reasons node `name` gave in its progress events, in order.
     pub fn progress_reasons(&self, name: &str) -> Vec<String> {
-        let events = self.stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok());
+        let events = self
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok());
         events
             .filter(|e| e["event"] == "progress" && e["node"] == name)
             .filter_map(|e| e["progress"]["reason"].as_str().map(String::from))
