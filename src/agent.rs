@@ -18,6 +18,7 @@
 
 mod dist;
 mod room;
+mod waits;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

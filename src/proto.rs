@@ -29,6 +29,10 @@ pub const MAX_LINK_FRAME: u32 = 4 << 10;
 /// 42 bytes each; 64 MiB leaves room for configs. Only a pusher may send it.
 pub const MAX_ANNOUNCE_FRAME: u32 = 64 << 20;
 
+/// Longest `Progress::reason`, in bytes: a line on a terminal, with room
+/// for a Docker Engine error quoted in it. Longer ones break the protocol.
+pub const MAX_REASON_LEN: usize = 300;
+
 /// Application close codes for QUIC connections.
 pub mod close {
     /// Normal end of a distribution.
@@ -139,6 +143,45 @@ pub struct Progress {
     pub bytes: u64,
     /// True once every chunk is verified and `docker load` runs.
     pub loading: bool,
+    /// What the node is waiting for, while it cannot move on (its Docker
+    /// Engine to come back, chunks no peer offers, chunks another push to
+    /// the node is fetching); `None` while it moves. One line for people:
+    /// at most [`MAX_REASON_LEN`] bytes, no control characters.
+    pub reason: Option<String>,
+}
+
+impl Progress {
+    /// Checks what a receiver must not take on trust: the reason's length
+    /// and characters (it is printed on the pusher's terminal).
+    pub fn check(&self) -> Result<(), String> {
+        let Some(reason) = &self.reason else {
+            return Ok(());
+        };
+        if reason.len() > MAX_REASON_LEN {
+            return Err(format!(
+                "a progress reason of {} bytes (at most {MAX_REASON_LEN})",
+                reason.len()
+            ));
+        }
+        if reason.chars().any(char::is_control) {
+            return Err("a progress reason with control characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// `text` made fit for [`Progress::reason`]: control characters (a line
+/// break in an engine's error) become spaces, and it is cut, at a character
+/// boundary, to [`MAX_REASON_LEN`] bytes.
+pub fn reason_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON_LEN));
+    for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_REASON_LEN {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// How a distribution ended on one node.

@@ -116,8 +116,12 @@ pub enum PushEvent {
     },
     /// A node answered the announce with its plan.
     Planned { node: String, plan: Plan },
-    /// A node reported progress.
+    /// A node reported progress; `progress.reason` says what it waits for
+    /// while it cannot move on.
     Progress { node: String, progress: Progress },
+    /// The pusher waits on a node before it can announce to it (it does not
+    /// answer and is dialed again), and why. A `Planned` event ends it.
+    Waiting { node: String, reason: String },
     /// A node finished.
     Finished { node: String, status: NodeStatus },
 }

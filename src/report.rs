@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 pub use fleet::{Fleet, LineText, NodeState};
 pub use live::{LiveView, LogWriter};
 
-use crate::proto::Plan;
+use crate::proto::{Plan, Progress};
 use crate::push::{NodeStatus, PushEvent, PushReport};
 use crate::swarm::UploadMeter;
 
@@ -27,6 +27,8 @@ const PROGRESS_STEPS: u64 = 10;
 pub struct Printer {
     plans: HashMap<String, Plan>,
     step: HashMap<String, u64>,
+    /// What each node waits for, as last printed.
+    waiting: HashMap<String, String>,
 }
 
 impl Printer {
@@ -36,19 +38,45 @@ impl Printer {
             PushEvent::Exported { .. } => exported_line(event),
             PushEvent::Planned { node, plan } => {
                 self.plans.insert(node.clone(), plan.clone());
+                self.waiting.remove(node);
                 Some(plan_line(node, plan))
             }
+            PushEvent::Waiting { node, reason } => self.waiting_line(node, Some(reason)),
             PushEvent::Progress { node, progress } => {
-                let total = self.plans.get(node).map_or(0, |p| p.need_bytes).max(1);
-                let step = progress.bytes.saturating_mul(PROGRESS_STEPS) / total;
-                let last = self.step.insert(node.clone(), step);
-                if progress.loading {
-                    return Some(format!("{node}: all chunks verified, loading into docker"));
+                let wait = self.waiting_line(node, progress.reason.as_ref());
+                if progress.reason.is_some() {
+                    return wait;
                 }
-                (last != Some(step) && progress.bytes > 0)
-                    .then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
+                // A wait that ended shows as the next step, or on its own.
+                self.progress_line(node, progress).or(wait)
             }
             PushEvent::Finished { node, status } => Some(format!("{node}: {}", status_text(status))),
+        }
+    }
+
+    /// `n1: 40% (8.2 MB)` at each tenth of the node's bytes, and once
+    /// when it loads.
+    fn progress_line(&mut self, node: &str, progress: &Progress) -> Option<String> {
+        let total = self.plans.get(node).map_or(0, |p| p.need_bytes).max(1);
+        let step = progress.bytes.saturating_mul(PROGRESS_STEPS) / total;
+        let last = self.step.insert(node.to_string(), step);
+        if progress.loading {
+            return Some(format!("{node}: all chunks verified, loading into docker"));
+        }
+        (last != Some(step) && progress.bytes > 0)
+            .then(|| format!("{node}: {}% ({})", step * 10, human(progress.bytes)))
+    }
+
+    /// `n1: waiting: <reason>` when a node starts waiting or waits for
+    /// something else; `n1: moving again` when its wait ends.
+    fn waiting_line(&mut self, node: &str, reason: Option<&String>) -> Option<String> {
+        match reason {
+            Some(reason) if self.waiting.get(node) == Some(reason) => None,
+            Some(reason) => {
+                self.waiting.insert(node.to_string(), reason.clone());
+                Some(format!("{node}: waiting: {reason}"))
+            }
+            None => self.waiting.remove(node).map(|_| format!("{node}: moving again")),
         }
     }
 }
@@ -332,7 +360,6 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Progress;
 
     #[test]
     fn human_sizes() {
@@ -363,10 +390,60 @@ mod tests {
                 chunks: 1,
                 bytes,
                 loading: false,
+                reason: None,
             },
         };
         assert_eq!(p.line(&at(120)).as_deref(), Some("n1: 10% (120 B)"));
         assert_eq!(p.line(&at(150)), None);
         assert_eq!(p.line(&at(200)).as_deref(), Some("n1: 20% (200 B)"));
+    }
+
+    #[test]
+    fn waits_print_once_each_and_when_they_end() {
+        let mut p = Printer::default();
+        let reason = |r: Option<&str>, bytes, loading| PushEvent::Progress {
+            node: "n1".into(),
+            progress: Progress {
+                chunks: 1,
+                bytes,
+                loading,
+                reason: r.map(Into::into),
+            },
+        };
+        let dialing = PushEvent::Waiting {
+            node: "n1".into(),
+            reason: "not answering, dialing again".into(),
+        };
+        assert_eq!(
+            p.line(&dialing).as_deref(),
+            Some("n1: waiting: not answering, dialing again")
+        );
+        assert_eq!(p.line(&dialing), None);
+        let plan = Plan {
+            present: vec![false],
+            need_chunks: 10,
+            need_bytes: 1000,
+            stored_chunks: 0,
+        };
+        p.line(&PushEvent::Planned {
+            node: "n1".into(),
+            plan,
+        });
+        let stuck = reason(Some("no peer offers"), 0, false);
+        assert_eq!(p.line(&stuck).as_deref(), Some("n1: waiting: no peer offers"));
+        assert_eq!(p.line(&stuck), None, "the same reason again prints nothing");
+        assert_eq!(
+            p.line(&reason(None, 0, false)).as_deref(),
+            Some("n1: moving again")
+        );
+        let engine = reason(Some("waiting for the Docker Engine"), 1000, true);
+        assert_eq!(
+            p.line(&engine).as_deref(),
+            Some("n1: waiting: waiting for the Docker Engine")
+        );
+        assert_eq!(
+            p.line(&reason(None, 1000, true)).as_deref(),
+            Some("n1: all chunks verified, loading into docker")
+        );
     }
 }

@@ -35,6 +35,37 @@ pub struct ChunkStore {
     durable: bool,
     /// Chunks being fetched now.
     claims: Arc<Mutex<HashMap<Hash, Claimed>>>,
+    /// Per distribution, its fetches waiting for another one's claim.
+    waits: Arc<Mutex<HashMap<Hash, usize>>>,
+}
+
+/// One fetch of distribution `owner` counted in `ChunkStore::waits` while
+/// it exists; dropped when the wait ends or the fetch is given up.
+struct Waiting {
+    waits: Arc<Mutex<HashMap<Hash, usize>>>,
+    owner: Hash,
+}
+
+impl Waiting {
+    fn new(waits: &Arc<Mutex<HashMap<Hash, usize>>>, owner: Hash) -> Waiting {
+        *waits.lock().expect("waits lock").entry(owner).or_default() += 1;
+        Waiting {
+            waits: waits.clone(),
+            owner,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut waits = self.waits.lock().expect("waits lock");
+        if let Some(n) = waits.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                waits.remove(&self.owner);
+            }
+        }
+    }
 }
 
 /// Who fetches a chunk now, and the signal sent when the last of them ends.
@@ -101,6 +132,7 @@ impl ChunkStore {
             tmp: state_dir.join("tmp"),
             durable,
             claims: Arc::default(),
+            waits: Arc::default(),
         };
         for dir in [&store.chunks, &store.tmp] {
             fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -171,8 +203,16 @@ impl ChunkStore {
                 // that claim cannot be missed.
                 claimed.done.clone().notified_owned()
             };
+            let _waiting = Waiting::new(&self.waits, owner);
             ended.await;
         }
+    }
+
+    /// How many fetches of distribution `owner` wait, now, for chunks that
+    /// another distribution on this node is fetching ([`ChunkStore::claim`]).
+    pub fn waiting_on_others(&self, owner: Hash) -> usize {
+        let waits = self.waits.lock().expect("waits lock");
+        waits.get(&owner).copied().unwrap_or(0)
     }
 
     /// Stores the compressed bytes of a chunk the caller has verified. A
@@ -374,12 +414,34 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the second fetcher waits");
+        assert_eq!(store.waiting_on_others(b), 1, "and is counted as waiting");
+        assert_eq!(store.waiting_on_others(a), 0);
         store.put(&entry.hash, &z).unwrap();
         drop(first);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "until every request of the owner ends");
         drop(endgame);
         assert!(waiter.await.unwrap(), "and then finds the chunk stored");
+        assert_eq!(store.waiting_on_others(b), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_is_no_longer_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (entry, _) = encode_chunk(b"slow chunk", 3);
+        let b = Hash::of(b"b");
+        let _first = store.claim(&entry, Hash::of(b"a")).await.expect("first claim");
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.claim(&entry, b).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(store.waiting_on_others(b), 1);
+        // A fetch timing out drops its claim future mid-wait.
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(store.waiting_on_others(b), 0);
     }
 
     #[tokio::test]

@@ -226,6 +226,14 @@ pub struct SwarmProgress {
     pub complete: bool,
     /// Fetching stopped for a local reason (the chunk store failed).
     pub failed: Option<String>,
+    /// Chunk requests in flight (waiting for another distribution's
+    /// fetch of the chunk included). None while chunks are missing means
+    /// no peer offers any of them.
+    pub in_flight: usize,
+    /// Peers whose `Hello` arrived.
+    pub peers: usize,
+    /// Needed chunks not held yet.
+    pub missing: usize,
 }
 
 /// Tuning of a swarm.
@@ -417,6 +425,7 @@ impl Swarm {
         let complete = picker.is_complete();
         let (progress, progress_rx) = watch::channel(SwarmProgress {
             complete,
+            missing: picker.missing(),
             ..Default::default()
         });
         let swarm = Swarm {
@@ -465,6 +474,7 @@ impl Swarm {
                 _ = tick.tick(), if self.seeder.is_some() => self.on_tick(),
             }
             self.schedule();
+            self.publish_state();
         }
         tracing::debug!(dist = %self.shared.id.short(), "swarm stopped");
     }
@@ -602,6 +612,20 @@ impl Swarm {
     fn is_banned(&mut self, name: &str) -> bool {
         self.banned.retain(|_, since| since.elapsed() < BAN_FOR);
         self.banned.contains_key(name)
+    }
+
+    /// Updates what [`SwarmProgress`] says of requests and peers; watchers
+    /// wake only when that changed.
+    fn publish_state(&self) {
+        let in_flight = self.fetches.len();
+        let peers = self.peers.values().filter(|l| l.ready).count();
+        let missing = self.picker.missing();
+        self.progress.send_if_modified(|p| {
+            let now = (in_flight, peers, missing);
+            let changed = (p.in_flight, p.peers, p.missing) != now;
+            (p.in_flight, p.peers, p.missing) = now;
+            changed
+        });
     }
 
     /// Starts as many requests as the picker allows.

@@ -4,7 +4,8 @@
 //! for good. n1 to n3 end with the right image (n2 and n3 by loading again once their
 //! engine is back); n4 fails with a clear reason and the push exits non-zero. Nothing
 //! partial is left in any engine, and once n4's engine is back a second push completes
-//! it from the chunks it kept.
+//! it from the chunks it kept. While n2 and n4 wait for their engines, the push's
+//! progress events say so.
 
 mod common;
 
@@ -89,6 +90,17 @@ fn engine_down_or_restarted_mid_distribution() {
         "n4's reason should name the engine and the wait: {reason}"
     );
     println!("n4 failed with: {reason}");
+    // While n2 and n4 waited for their engines, the push showed why.
+    for name in ["n2", "n4"] {
+        let waited = push.progress_reasons(name);
+        assert!(
+            waited
+                .iter()
+                .any(|r| r.contains("Docker Engine is gone") && r.contains("engine_wait_secs")),
+            "{name}'s progress should say it waits for its Docker Engine: {waited:?}"
+        );
+        println!("{name} waited: {waited:?}");
+    }
     let n2_log = cluster.nodes[1].agent.log();
     assert!(
         n2_log.contains("loading again once the engine answers"),

@@ -83,6 +83,16 @@ pub fn messages(manifest: &Manifest) -> Vec<(&'static str, Message)> {
                 chunks: 1,
                 bytes: 99,
                 loading: true,
+                reason: None,
+            }),
+        ),
+        (
+            "progress-waiting",
+            Message::Progress(Progress {
+                chunks: 2,
+                bytes: 300,
+                loading: false,
+                reason: Some("none of its 2 peers offers any of the 3 chunks it still lacks".into()),
             }),
         ),
         (

@@ -14,7 +14,7 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
 
-use super::AgentCtx;
+use super::{waits, AgentCtx};
 use crate::hash::Hash;
 use crate::image::{self, Engine};
 use crate::manifest::Manifest;
@@ -34,6 +34,10 @@ const ENGINE_RETRY_FIRST: Duration = Duration::from_millis(500);
 /// Longest pause between two tries: a restarted engine is noticed within
 /// seconds of answering again.
 const ENGINE_RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// How often a fetching node looks again at why it is waiting, when no
+/// chunk arrives: reasons appear in the pusher's view within a second or so.
+const REASON_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a node whose pusher went away waits for a new chunk from its
 /// peers before giving up: as long as the pusher's own stall limit.
@@ -259,13 +263,12 @@ impl Node<'_> {
         if let Err(reason) = fetched {
             return Outcome::Failed { reason, received };
         }
-        control
-            .send(&Message::Progress(Progress {
-                loading: true,
-                ..current(swarm)
-            }))
-            .await;
-        match load(ctx, engine, manifest, plan).await {
+        let loading = Progress {
+            loading: true,
+            ..current(swarm)
+        };
+        control.send(&Message::Progress(loading.clone())).await;
+        match load(ctx, engine, manifest, plan, control, loading).await {
             Ok(()) => Outcome::Loaded { received },
             Err(reason) => Outcome::Failed { reason, received },
         }
@@ -276,12 +279,15 @@ impl Node<'_> {
 /// mid-load), waits for it with backoff for up to the agent's
 /// `engine_wait` and loads again: the engine keeps no partial image from
 /// an interrupted load (it tags an image only once its load completed),
-/// and the chunks are still in the store.
+/// and the chunks are still in the store. While it waits, the pusher is
+/// told why (`loading` with a reason), and told again when it loads.
 async fn load(
     ctx: &AgentCtx,
     engine: &Engine,
     manifest: Arc<Manifest>,
     plan: NodePlan,
+    control: &mut Control,
+    loading: Progress,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + ctx.engine_wait;
     let mut pause = ENGINE_RETRY_FIRST;
@@ -298,6 +304,12 @@ async fn load(
             Err(e) => return Err(e.to_string()),
         };
         tracing::warn!("{error}; loading again once the engine answers");
+        let reason = waits::engine_reason(&error.to_string(), ctx.engine_wait);
+        let waiting = Progress {
+            reason: Some(reason),
+            ..loading.clone()
+        };
+        control.send(&Message::Progress(waiting)).await;
         reconnected = loop {
             if tokio::time::Instant::now() + pause > deadline {
                 let secs = ctx.engine_wait.as_secs();
@@ -311,6 +323,7 @@ async fn load(
                 break Some(engine);
             }
         };
+        control.send(&Message::Progress(loading.clone())).await;
     }
 }
 
@@ -320,16 +333,20 @@ fn current(swarm: &SwarmHandle) -> Progress {
         chunks: p.chunks,
         bytes: p.bytes,
         loading: false,
+        reason: None,
     }
 }
 
-/// Reports progress until every chunk is held. If the pusher goes away the
-/// node keeps fetching from its peers: once every chunk is among the
-/// agents, the seed may leave. Alone, it gives up after [`ALONE_STALL`]
-/// without a new chunk.
+/// Reports progress until every chunk is held: counts as they change, and
+/// why the node waits when no chunk comes ([`waits::fetch_reason`]). If the
+/// pusher goes away the node keeps fetching from its peers: once every
+/// chunk is among the agents, the seed may leave. Alone, it gives up after
+/// [`ALONE_STALL`] without a new chunk.
 async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(), String> {
     let mut progress = swarm.progress();
     let mut pusher_here = true;
+    let mut sent = None;
+    let (mut chunks, mut moved) = (0, std::time::Instant::now());
     loop {
         let now = progress.borrow_and_update().clone();
         if let Some(reason) = now.failed {
@@ -338,22 +355,32 @@ async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(
         if now.complete {
             return Ok(());
         }
-        if pusher_here && !control.send(&Message::Progress(current(swarm))).await {
-            pusher_here = false;
-            tracing::warn!("the pusher went away; fetching the rest from peers");
+        if now.chunks != chunks {
+            (chunks, moved) = (now.chunks, std::time::Instant::now());
+        }
+        let quiet = moved.elapsed();
+        let claim_waits = swarm.shared.store.waiting_on_others(swarm.shared.id);
+        let report = Progress {
+            reason: waits::fetch_reason(&now, claim_waits, quiet),
+            ..current(swarm)
+        };
+        if pusher_here && sent.as_ref() != Some(&report) {
+            pusher_here = control.send(&Message::Progress(report.clone())).await;
+            if !pusher_here {
+                tracing::warn!("the pusher went away; fetching the rest from peers");
+            }
+            sent = Some(report);
+        }
+        // With the pusher there, its own stall timeout decides.
+        if !pusher_here && quiet >= ALONE_STALL {
+            let secs = ALONE_STALL.as_secs();
+            return Err(format!(
+                "the pusher went away and no peer had the missing chunks for {secs}s"
+            ));
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
-        match tokio::time::timeout(ALONE_STALL, progress.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err("the swarm stopped".into()),
-            Err(_) if !pusher_here => {
-                let secs = ALONE_STALL.as_secs();
-                return Err(format!(
-                    "the pusher went away and no peer had the missing chunks for {secs}s"
-                ));
-            }
-            // With the pusher there, its own stall timeout decides.
-            Err(_) => {}
+        if let Ok(Err(_)) = tokio::time::timeout(REASON_EVERY, progress.changed()).await {
+            return Err("the swarm stopped".into());
         }
     }
 }

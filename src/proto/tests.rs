@@ -109,8 +109,18 @@ fn golden() -> Vec<(Message, &'static str)> {
                 chunks: 1,
                 bytes: 2,
                 loading: true,
+                reason: None,
             }),
-            "0000000403010201",
+            "000000050301020100",
+        ),
+        (
+            Message::Progress(Progress {
+                chunks: 0,
+                bytes: 0,
+                loading: false,
+                reason: Some("ab".into()),
+            }),
+            "000000080300000001026162",
         ),
         (Message::Done(Outcome::Skipped), "000000020400"),
         (
@@ -208,6 +218,67 @@ fn bitfield_bits_and_fit() {
     assert!(!b.fits(10));
 }
 
+/// `Progress` as version 1 had it before `reason`: what a pusher of then
+/// decodes. Variants before it only take up their index.
+#[derive(Debug, PartialEq, Deserialize)]
+enum MessageBeforeReason {
+    Announce(()),
+    Plan(()),
+    Start(()),
+    Progress { chunks: u32, bytes: u64, loading: bool },
+}
+
+/// `reason` is the last field of the last thing in its frame, and postcard
+/// ignores bytes past a message: a pusher from before it still reads an
+/// agent's progress (PROTOCOL.md, Versioning).
+#[test]
+fn a_pusher_from_before_reason_still_reads_progress() {
+    let msg = Message::Progress(Progress {
+        chunks: 3,
+        bytes: 4,
+        loading: true,
+        reason: Some("waiting for the Docker Engine".into()),
+    });
+    let old: MessageBeforeReason = postcard::from_bytes(&encode(&msg)[4..]).unwrap();
+    assert_eq!(
+        old,
+        MessageBeforeReason::Progress {
+            chunks: 3,
+            bytes: 4,
+            loading: true
+        }
+    );
+}
+
+#[test]
+fn progress_reasons_are_checked_on_receipt() {
+    let with = |reason: &str| Progress {
+        reason: Some(reason.into()),
+        ..Progress::default()
+    };
+    assert!(Progress::default().check().is_ok());
+    assert!(with("no peer offers the 3 chunks it still needs").check().is_ok());
+    assert!(with(&"é".repeat(MAX_REASON_LEN / 2)).check().is_ok());
+    assert!(with(&"x".repeat(MAX_REASON_LEN + 1)).check().is_err());
+    assert!(with("line\nbreak").check().is_err());
+    assert!(with("\u{1b}[2Jcleared").check().is_err());
+}
+
+#[test]
+fn reason_text_fits_the_check() {
+    let long = "é".repeat(MAX_REASON_LEN);
+    for text in ["engine\ngone", "\u{1b}[31mred", long.as_str(), ""] {
+        let reason = reason_text(text);
+        let progress = Progress {
+            reason: Some(reason.clone()),
+            ..Progress::default()
+        };
+        assert!(progress.check().is_ok(), "{reason:?}");
+    }
+    assert_eq!(reason_text("engine\ngone"), "engine gone");
+    assert_eq!(reason_text(&long).len(), MAX_REASON_LEN);
+}
+
 fn arb_hash() -> impl Strategy<Value = Hash> {
     any::<[u8; 32]>().prop_map(Hash)
 }
@@ -258,13 +329,18 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 stored_chunks: s,
             })
         }),
-        (any::<u32>(), any::<u64>(), any::<bool>()).prop_map(|(chunks, bytes, loading)| Message::Progress(
-            Progress {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::option::of(".{0,40}")
+        )
+            .prop_map(|(chunks, bytes, loading, reason)| Message::Progress(Progress {
                 chunks,
                 bytes,
-                loading
-            }
-        )),
+                loading,
+                reason
+            })),
         arb_outcome().prop_map(Message::Done),
         (
             "[a-z0-9]{1,8}",

@@ -11,7 +11,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{NodeReport, NodeStatus, PushEvent};
 use crate::config::NodeEntry;
 use crate::net;
-use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo};
+use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
 use crate::serve::{refuse, serve_connection};
 use crate::swarm::Registry;
 
@@ -131,6 +131,11 @@ impl Session {
                 Ok(connected) => return Ok(connected),
                 Err(e @ net::NetError::Timeout { .. }) if tokio::time::Instant::now() + pause < give_up => {
                     tracing::warn!(node = %self.node.name, "{e}; dialing again");
+                    let secs = REACH_TIMEOUT.as_secs();
+                    let _ = self.events.send(PushEvent::Waiting {
+                        node: self.node.name.clone(),
+                        reason: format!("not answering; dialing again for up to {secs}s: {e}"),
+                    });
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
@@ -214,26 +219,31 @@ impl Session {
             .map_err(|e| format!("connection lost: {e}"))
     }
 
-    /// Follows the node to its `Done`. A node that reports nothing for
-    /// [`STALL_TIMEOUT`] while fetching is failed; while it loads, the
-    /// engine's own time limit applies.
+    /// Follows the node to its `Done`. A node whose counts do not move for
+    /// [`STALL_TIMEOUT`] while fetching is failed, with the last reason it
+    /// gave (a new reason is not progress); while it loads, the engine's
+    /// own time limit applies.
     async fn await_done(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<(), String> {
-        let mut loading = false;
+        let mut last = Progress::default();
+        let mut stalled_at = tokio::time::Instant::now() + STALL_TIMEOUT;
         loop {
             let next = read_frame(recv, proto::MAX_FRAME);
-            let msg = if loading {
+            let msg = if last.loading {
                 next.await
             } else {
-                tokio::time::timeout(STALL_TIMEOUT, next).await.map_err(|_| {
-                    format!(
-                        "no progress for {}s: no peer could send the chunks it lacks",
-                        STALL_TIMEOUT.as_secs()
-                    )
-                })?
+                tokio::time::timeout_at(stalled_at, next)
+                    .await
+                    .map_err(|_| stall_reason(&last))?
             };
             match msg.map_err(|e| format!("connection lost: {e}"))? {
                 Message::Progress(progress) => {
-                    loading = progress.loading;
+                    progress
+                        .check()
+                        .map_err(|e| format!("protocol error: the node sent {e}"))?;
+                    if (progress.chunks, progress.loading) != (last.chunks, last.loading) {
+                        stalled_at = tokio::time::Instant::now() + STALL_TIMEOUT;
+                    }
+                    last = progress.clone();
                     let node = self.node.name.clone();
                     let _ = self.events.send(PushEvent::Progress { node, progress });
                 }
@@ -248,6 +258,16 @@ impl Session {
                 other => return Err(describe_refusal(other)),
             }
         }
+    }
+}
+
+/// Why a fetching node is failed after [`STALL_TIMEOUT`] without progress:
+/// what it last said it waited for, if anything.
+fn stall_reason(last: &Progress) -> String {
+    let secs = STALL_TIMEOUT.as_secs();
+    match &last.reason {
+        Some(reason) => format!("no progress for {secs}s: {reason}"),
+        None => format!("no progress for {secs}s: no peer could send the chunks it lacks"),
     }
 }
 

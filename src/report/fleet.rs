@@ -130,10 +130,15 @@ struct Row {
     need: u64,
     bytes: u64,
     rate: Rate,
+    /// What it waits for, while it cannot move on.
+    waiting: Option<String>,
 }
 
 impl Row {
     fn line(&self, now: Instant) -> LineText {
+        if let Some(reason) = self.waiting.as_ref().filter(|_| self.state.is_ongoing()) {
+            return self.waiting_line(reason);
+        }
         let (bar, detail) = match &self.state {
             NodeState::Queued => (None, String::new()),
             NodeState::Fetching => (
@@ -169,6 +174,33 @@ pub struct Fleet {
     total_rate: Rate,
 }
 
+impl Row {
+    /// `n1  waiting  [===>    ] none of its 3 peers offers…  8.2 MB / 17.9 MB`:
+    /// the reason first, since a narrow terminal cuts the end.
+    fn waiting_line(&self, reason: &str) -> LineText {
+        let (bar, detail) = match self.state {
+            NodeState::Queued => (None, reason.to_string()),
+            _ => (
+                Some((self.bytes, self.need)),
+                format!("{reason}  {} / {}", human(self.bytes), human(self.need)),
+            ),
+        };
+        LineText {
+            label: self.name.clone(),
+            state: "waiting".into(),
+            bar,
+            detail,
+        }
+    }
+}
+
+impl NodeState {
+    /// Whether the node is still on its way (queued, fetching, loading).
+    fn is_ongoing(&self) -> bool {
+        matches!(self, NodeState::Queued | NodeState::Fetching | NodeState::Loading)
+    }
+}
+
 impl Fleet {
     /// A fleet whose nodes are all queued, in display order.
     pub fn new(nodes: &[String]) -> Fleet {
@@ -178,6 +210,7 @@ impl Fleet {
             need: 0,
             bytes: 0,
             rate: Rate::default(),
+            waiting: None,
         };
         Fleet {
             rows: nodes.iter().map(row).collect(),
@@ -208,6 +241,7 @@ impl Fleet {
             }
             PushEvent::Planned { node, .. }
             | PushEvent::Progress { node, .. }
+            | PushEvent::Waiting { node, .. }
             | PushEvent::Finished { node, .. } => node,
         };
         let Some(i) = self.rows.iter().position(|r| &r.name == node) else {
@@ -217,6 +251,7 @@ impl Fleet {
         let keep = match event {
             PushEvent::Planned { plan, .. } => {
                 row.need = plan.need_bytes;
+                row.waiting = None;
                 row.state = if plan.present.iter().all(|p| *p) {
                     NodeState::Skipped
                 } else {
@@ -228,9 +263,14 @@ impl Fleet {
             PushEvent::Progress { progress, .. } => {
                 row.bytes = progress.bytes;
                 row.rate.record(now, progress.bytes);
+                row.waiting = progress.reason.clone();
                 if progress.loading {
                     row.state = NodeState::Loading;
                 }
+                None
+            }
+            PushEvent::Waiting { reason, .. } => {
+                row.waiting = Some(reason.clone());
                 None
             }
             PushEvent::Finished { status, .. } => {
@@ -281,6 +321,11 @@ impl Fleet {
         let count = |f: fn(&NodeState) -> bool| self.rows.iter().filter(|r| f(&r.state)).count();
         let done = count(|s| matches!(s, NodeState::Done | NodeState::Skipped));
         let failed = count(|s| matches!(s, NodeState::Failed(_)));
+        let waiting = self
+            .rows
+            .iter()
+            .filter(|r| r.waiting.is_some() && r.state.is_ongoing())
+            .count();
         let state = if done + failed == self.rows.len() {
             "finished"
         } else {
@@ -290,9 +335,13 @@ impl Fleet {
             0 => String::new(),
             n => format!(", {n} failed"),
         };
+        let waiting = match waiting {
+            0 => String::new(),
+            n => format!(", {n} waiting"),
+        };
         // What matters most first: a narrow terminal cuts the end.
         let detail = format!(
-            "{done}/{} done{failed}  {}  seed uploaded {}",
+            "{done}/{} done{failed}{waiting}  {}  seed uploaded {}",
             self.rows.len(),
             transfer(bytes, need, self.total_rate.per_sec(now)),
             human(self.seed_uploaded),

@@ -293,6 +293,7 @@ mod tests {
                 chunks: 1,
                 bytes: 1_000_000,
                 loading: false,
+                reason: None,
             },
         });
         let lines = screen.lines();

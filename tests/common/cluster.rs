@@ -366,6 +366,18 @@ impl Push {
         event["event"] == "progress" && event["node"] == name && event["progress"]["loading"] == true
     }
 
+    /// The reasons node `name` gave in its progress events, in order.
+    pub fn progress_reasons(&self, name: &str) -> Vec<String> {
+        let events = self
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok());
+        events
+            .filter(|e| e["event"] == "progress" && e["node"] == name)
+            .filter_map(|e| e["progress"]["reason"].as_str().map(String::from))
+            .collect()
+    }
+
     /// Whether `event` is node `name`'s plan.
     pub fn is_planned(event: &Value, name: &str) -> bool {
         event["event"] == "planned" && event["node"] == name

@@ -22,6 +22,7 @@ fn progress(node: &str, bytes: u64, loading: bool) -> PushEvent {
             chunks: (bytes / 100) as u32,
             bytes,
             loading,
+            reason: None,
         },
     }
 }
@@ -162,6 +163,85 @@ fn a_stalled_node_shows_no_eta() {
     // Nothing for longer than the rate window: 0 B/s, no ETA.
     let later = t0 + Duration::from_secs(10);
     assert_eq!(f.node_line(0, later).detail, "1.0 kB / 3.0 kB  0 B/s");
+}
+
+fn waiting(node: &str, bytes: u64, loading: bool, reason: &str) -> PushEvent {
+    let PushEvent::Progress { node, mut progress } = progress(node, bytes, loading) else {
+        unreachable!()
+    };
+    progress.reason = Some(reason.into());
+    PushEvent::Progress { node, progress }
+}
+
+#[test]
+fn a_waiting_node_shows_why_until_it_moves_again() {
+    let mut f = fleet();
+    let t0 = Instant::now();
+    f.on_event(&exported(), t0);
+    f.on_event(&planned("n1", 3000, false), t0);
+    f.on_event(
+        &waiting(
+            "n1",
+            1000,
+            false,
+            "none of its 2 peers offers any of the 20 chunks it still lacks",
+        ),
+        t0,
+    );
+    let line = f.node_line(0, t0);
+    assert_eq!(line.state, "waiting");
+    assert_eq!(line.bar, Some((1000, 3000)));
+    assert_eq!(
+        line.detail,
+        "none of its 2 peers offers any of the 20 chunks it still lacks  1.0 kB / 3.0 kB"
+    );
+    assert!(f.total_line(t0).detail.starts_with("0/3 done, 1 waiting  "));
+    f.on_event(&progress("n1", 1100, false), t0);
+    assert_eq!(f.node_line(0, t0).state, "fetching");
+    assert!(f.total_line(t0).detail.starts_with("0/3 done  "));
+
+    // Loading, its engine gone: waiting, then loading again.
+    f.on_event(
+        &waiting(
+            "n1",
+            3000,
+            true,
+            "waiting up to 60s (engine_wait_secs) for the Docker Engine",
+        ),
+        t0,
+    );
+    let line = f.node_line(0, t0);
+    assert_eq!(line.state, "waiting");
+    assert!(line
+        .detail
+        .starts_with("waiting up to 60s (engine_wait_secs) for the Docker Engine  3.0 kB"));
+    f.on_event(&progress("n1", 3000, true), t0);
+    assert_eq!(f.node_line(0, t0).state, "loading");
+}
+
+#[test]
+fn a_node_the_pusher_cannot_reach_shows_why_until_it_plans_or_fails() {
+    let mut f = fleet();
+    let t0 = Instant::now();
+    let reason = "not answering, dialing again for up to 30s: timed out";
+    let event = PushEvent::Waiting {
+        node: "n3".into(),
+        reason: reason.into(),
+    };
+    assert_eq!(f.on_event(&event, t0), (Some(2), None));
+    let line = f.node_line(2, t0);
+    assert_eq!(
+        (line.state.as_str(), line.bar, line.detail.as_str()),
+        ("waiting", None, reason)
+    );
+    f.on_event(
+        &finished("n3", NodeStatus::Failed("unreachable for 30s".into())),
+        t0,
+    );
+    assert_eq!(f.node_line(2, t0).state, "failed");
+    f.on_event(&event, t0);
+    f.on_event(&planned("n3", 3000, false), t0);
+    assert_eq!(f.node_line(2, t0).state, "fetching");
 }
 
 #[test]
