@@ -275,6 +275,13 @@ impl Picker {
         }
     }
 
+    /// Whether chunk `i` is also requested from a peer other than `id`.
+    pub fn requested_elsewhere(&self, id: PeerId, i: u32) -> bool {
+        self.requested_from
+            .get(&i)
+            .is_some_and(|peers| peers.iter().any(|p| *p != id))
+    }
+
     /// Outstanding requests to `id`.
     pub fn in_flight(&self, id: PeerId) -> usize {
         self.peers.get(&id).map_or(0, |p| p.in_flight)

@@ -667,6 +667,11 @@ impl Swarm {
         self.all_dirty |= result.is_err();
         match result {
             Ok(Fetched::Received(bytes)) => self.on_chunk(id, index, bytes, true),
+            // Stored meanwhile by this distribution's own endgame copy of the
+            // request, whose answer is still on its way here: that one counts.
+            Ok(Fetched::Stored(_)) if self.picker.requested_elsewhere(id, index) => {
+                self.picker.on_failed(id, index);
+            }
             Ok(Fetched::Stored(bytes)) => self.on_chunk(id, index, bytes, false),
             Err(FetchError::BadData { .. }) => {
                 crate::metrics::metrics().on_rejected();
