@@ -8,7 +8,7 @@
 //! - `availability[i]` is the number of known peers that hold chunk `i`.
 //!
 //! Requests go rarest-first (fewest holders), random among equals, at most
-//! `max_in_flight` per peer. In the endgame (nothing left NEEDED) a chunk
+//! `max_in_flight` per peer and `max_total` across peers. In the endgame (nothing left NEEDED) a chunk
 //! already in flight may be requested from a second peer, so one slow peer
 //! cannot hold up the end.
 
@@ -47,6 +47,7 @@ pub struct Picker {
     requested_from: HashMap<u32, Vec<PeerId>>,
     peers: HashMap<PeerId, Peer>,
     max_in_flight: usize,
+    max_total: usize,
     missing: usize,
 }
 
@@ -70,8 +71,25 @@ impl Picker {
             requested_from: HashMap::new(),
             peers: HashMap::new(),
             max_in_flight,
+            max_total: usize::MAX,
             missing,
         }
+    }
+
+    /// Limits the requests in flight across all peers to `max_total`.
+    pub fn with_total_limit(mut self, max_total: usize) -> Self {
+        self.max_total = max_total;
+        self
+    }
+
+    /// Requests in flight across all peers.
+    pub fn total_in_flight(&self) -> usize {
+        self.peers.values().map(|p| p.in_flight).sum()
+    }
+
+    /// Whether requests in flight are at the limit across all peers.
+    pub fn at_total_limit(&self) -> bool {
+        self.total_in_flight() >= self.max_total
     }
 
     /// Number of chunks in the distribution.
@@ -177,7 +195,7 @@ impl Picker {
             return None;
         }
         let peer = self.peers.get(&id)?;
-        if peer.in_flight >= self.max_in_flight {
+        if peer.in_flight >= self.max_in_flight || self.at_total_limit() {
             return None;
         }
         let i = self

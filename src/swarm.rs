@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -46,6 +47,12 @@ use crate::store::ChunkStore;
 /// turn up sooner elsewhere, which drew out the end of a distribution
 /// (N=8 benchmark: 1.38x of the bound with 8, 1.20x with 4).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// Requests in flight across all peers. A node needs only enough
+/// outstanding to keep its own download busy; every request beyond that
+/// sits in some server's queue, so with many peers (4 each to 15 peers is
+/// 60) a request for a rare chunk waited seconds behind the others at its
+/// only holder, and the last chunks trickled in.
+pub const DEFAULT_MAX_TOTAL_IN_FLIGHT: usize = 8;
 /// Longest wait for one chunk before asking someone else: 8 requests of
 /// 1 MiB over a 2 Mbit/s link take about 35 s.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -241,6 +248,8 @@ pub struct SwarmProgress {
 pub struct SwarmOptions {
     /// Requests in flight per peer.
     pub max_in_flight: usize,
+    /// Requests in flight across all peers.
+    pub max_total_in_flight: usize,
     /// Seed mode: hold everything, fetch nothing, and offer chunks a window
     /// at a time so each is uploaded about once ([`Seeder`]).
     pub seeding: bool,
@@ -250,6 +259,7 @@ impl Default for SwarmOptions {
     fn default() -> Self {
         SwarmOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_total_in_flight: DEFAULT_MAX_TOTAL_IN_FLIGHT,
             seeding: false,
         }
     }
@@ -418,7 +428,7 @@ impl Swarm {
         opts: SwarmOptions,
     ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
         let (tx, inbox) = mpsc::channel(INBOX);
-        let picker = Picker::new(need, have, opts.max_in_flight);
+        let picker = Picker::new(need, have, opts.max_in_flight).with_total_limit(opts.max_total_in_flight);
         let mut rng = StdRng::from_entropy();
         let window = opts.max_in_flight * SEED_WINDOW_PER_REQUEST;
         let seeder = opts.seeding.then(|| Seeder::new(need.len(), window, &mut rng));
@@ -636,13 +646,16 @@ impl Swarm {
         // Only peers whose situation changed are asked: a pick scans every
         // chunk, and most events concern one peer.
         let dirty = std::mem::take(&mut self.dirty);
-        let ready: Vec<PeerId> = self
+        let mut ready: Vec<PeerId> = self
             .peers
             .iter()
             .filter(|(id, l)| l.ready && (self.all_dirty || dirty.contains(id)))
             .map(|(id, _)| *id)
             .collect();
         self.all_dirty = false;
+        // Slots freed under the total limit go to peers in random order,
+        // not always to the same ones.
+        ready.shuffle(&mut self.rng);
         for id in ready {
             while let Some(index) = self.picker.pick(id, &mut self.rng) {
                 let conn = self.peers[&id].conn.clone();
@@ -663,6 +676,8 @@ impl Swarm {
 
     fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<Fetched, FetchError>) {
         self.dirty.insert(id);
+        // A slot freed under the total limit is any peer's.
+        self.all_dirty |= self.picker.at_total_limit();
         // A failed request puts the chunk back to NEEDED, for any peer.
         self.all_dirty |= result.is_err();
         match result {

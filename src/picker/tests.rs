@@ -166,3 +166,21 @@ fn an_endgame_copy_knows_its_twin_is_still_in_flight() {
     assert_eq!(p.on_received(1, 0), Some(vec![]));
     assert!(p.is_complete());
 }
+
+#[test]
+fn the_total_limit_caps_requests_across_peers() {
+    let need = [true; 6];
+    let mut p = Picker::new(&need, &[false; 6], 2).with_total_limit(3);
+    for id in 1..=3 {
+        p.add_peer(id, &bits(6, &[0, 1, 2, 3, 4, 5]));
+    }
+    let first = p.pick(1, &mut rng()).unwrap();
+    assert!(p.pick(1, &mut rng()).is_some());
+    assert_eq!(p.pick(1, &mut rng()), None, "per-peer limit");
+    assert!(p.pick(2, &mut rng()).is_some());
+    assert!(p.at_total_limit());
+    assert_eq!(p.pick(3, &mut rng()), None, "total limit");
+    p.on_received(1, first);
+    assert_eq!(p.total_in_flight(), 2);
+    assert!(p.pick(3, &mut rng()).is_some(), "a freed slot is any peer's");
+}
