@@ -209,7 +209,8 @@ fn before_configs(
         Tweak::RepeatImage(i, n) => {
             if let Some(plan) = pick(plans, *i).cloned() {
                 let picked = pick(layers, *i).cloned().unwrap_or_default();
-                let copies = (*n % MAX_REPEAT_IMAGES).min(cap_u16(MAX_REPEATED_IMAGE_LAYERS / picked.len().max(1)));
+                let copies =
+                    (*n % MAX_REPEAT_IMAGES).min(cap_u16(MAX_REPEATED_IMAGE_LAYERS / picked.len().max(1)));
                 for k in 0..u32::from(copies) {
                     plans.push(ImageGen {
                         variant: plan.variant.wrapping_add(k + 1),
