@@ -58,18 +58,26 @@ pub fn available(path: &Path) -> io::Result<u64> {
 /// (after resolving symbolic links); `path` itself if that cannot be read.
 pub fn mount_point(path: &Path) -> PathBuf {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_octal(p)))
+    mount_points()
+        .into_iter()
         .filter(|m| path.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
         .unwrap_or(path)
 }
 
+/// Mount points of this mount namespace, from /proc/self/mountinfo (field 5,
+/// with the kernel's octal escapes undone); none if it cannot be read.
+pub fn mount_points() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .collect()
+}
+
 /// Undoes the kernel's `\NNN` escapes (space, tab, newline, backslash) in a
 /// mountinfo path.
-fn unescape_octal(s: &str) -> String {
+pub fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -113,5 +121,6 @@ mod tests {
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape_octal(r"/mnt/a\040b\134c"), r"/mnt/a b\c");
         assert_eq!(unescape_octal(r"/x\12"), r"/x\12");
+        assert_eq!(unescape_octal(r"/plain\09"), r"/plain\09");
     }
 }

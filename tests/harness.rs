@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::agent::{parse_listening, toml_string};
 use common::image::base_tag;
-use common::process::unescape_octal;
 use common::{
     build_test_image, build_test_image_with, run_with_timeout, Agent, AgentConfig, Dockerd, ImageOptions,
     HELLO_PATH,
@@ -194,6 +193,5 @@ fn small_parsers() {
     let addr = parse_listening("listening on 127.0.0.2:7701 (n1)").expect("parsed");
     assert_eq!(addr.to_string(), "127.0.0.2:7701");
     assert_eq!(parse_listening("listening soon"), None);
-    assert_eq!(unescape_octal(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
-    assert_eq!(unescape_octal(r"/plain\09"), r"/plain\09");
+    assert_eq!(p2pimg::disk::unescape_octal(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
 }

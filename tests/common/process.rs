@@ -160,7 +160,7 @@ pub fn kill_all_referring_to(dir: &Path) {
 
 /// Detaches every mount point at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
-    let mut points: Vec<PathBuf> = mount_points()
+    let mut points: Vec<PathBuf> = p2pimg::disk::mount_points()
         .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
@@ -174,39 +174,6 @@ pub fn unmount_under(dir: &Path) {
             eprintln!("harness: cannot unmount {}", p.display());
         }
     }
-}
-
-/// Mount points of this mount namespace, from /proc/self/mountinfo (field 5, with the
-/// kernel's octal escapes for space, tab, newline and backslash undone).
-fn mount_points() -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_octal(p)))
-        .collect()
-}
-
-/// Undoes the kernel's `\NNN` octal escapes in a /proc/self/mountinfo path.
-pub fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads a pipe to its end on a thread of its own, so that a child filling one pipe
