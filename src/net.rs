@@ -24,9 +24,8 @@ use rustls::RootCertStore;
 use tokio::time::Instant;
 
 use crate::identity::{self, Identity, Role};
+use crate::proto;
 
-/// ALPN protocol id, versioned so an incompatible wire format fails at the handshake.
-pub const ALPN: &[u8] = b"p2pimg/1";
 /// TLS server name of every connection; every leaf certificate carries it as a DNS SAN.
 pub const SERVER_NAME: &str = identity::CERT_DNS_NAME;
 /// How long a dial may take: ample for a handshake across a LAN or WAN (a few RTTs), short
@@ -131,12 +130,24 @@ pub fn endpoint_with(
     bind: SocketAddr,
     transport: TransportConfig,
 ) -> Result<quinn::Endpoint, NetError> {
+    endpoint_speaking(identity, bind, transport, &proto::ALPNS)
+}
+
+/// [`endpoint_with`] offering only the protocol versions `alpns`, most preferred first: the
+/// compatibility tests stand in for an agent not upgraded yet with `&[proto::ALPN_V1]`.
+pub fn endpoint_speaking(
+    identity: &Identity,
+    bind: SocketAddr,
+    transport: TransportConfig,
+    alpns: &[&[u8]],
+) -> Result<quinn::Endpoint, NetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = trust_anchors(identity)?;
     let transport = Arc::new(transport);
-    let mut server = server_config(identity, &provider, &roots)?;
+    let alpns: Vec<Vec<u8>> = alpns.iter().map(|a| a.to_vec()).collect();
+    let mut server = server_config(identity, &provider, &roots, alpns.clone())?;
     server.transport_config(transport.clone());
-    let mut client = client_config(identity, &provider, &roots)?;
+    let mut client = client_config(identity, &provider, &roots, alpns)?;
     client.transport_config(transport);
     let mut endpoint =
         quinn::Endpoint::server(server, bind).map_err(|source| NetError::Bind { addr: bind, source })?;
@@ -158,6 +169,7 @@ fn server_config(
     identity: &Identity,
     provider: &Arc<CryptoProvider>,
     roots: &Arc<RootCertStore>,
+    alpns: Vec<Vec<u8>>,
 ) -> Result<quinn::ServerConfig, NetError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
@@ -171,7 +183,7 @@ fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.cert_chain(), identity.private_key())
         .map_err(|source| NetError::Tls { source })?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpns;
     let quic = QuicServerConfig::try_from(tls).map_err(|source| NetError::Quic { source })?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
@@ -181,6 +193,7 @@ fn client_config(
     identity: &Identity,
     provider: &Arc<CryptoProvider>,
     roots: &Arc<RootCertStore>,
+    alpns: Vec<Vec<u8>>,
 ) -> Result<quinn::ClientConfig, NetError> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
@@ -193,7 +206,7 @@ fn client_config(
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(identity.cert_chain(), identity.private_key())
         .map_err(|source| NetError::Tls { source })?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpns;
     let quic = QuicClientConfig::try_from(tls).map_err(|source| NetError::Quic { source })?;
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
@@ -311,6 +324,15 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, NetError>
         .ok_or_else(|| unusable("it presented an empty chain"))?;
     let (name, role) = identity::cert_subject(leaf).map_err(unusable)?;
     Ok(PeerIdentity { name, role })
+}
+
+/// Whether the peer on `conn` speaks the current protocol version (it may
+/// be told [`proto::ErrorCode::Busy`]) rather than version 1.
+pub fn speaks_current(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|hd| hd.protocol)
+        .is_some_and(|p| p == proto::ALPN)
 }
 
 #[cfg(test)]

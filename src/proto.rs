@@ -14,7 +14,13 @@ use crate::manifest::Manifest;
 
 /// ALPN of this protocol version; a peer speaking another version fails the
 /// TLS handshake instead of misreading frames.
-pub const ALPN: &[u8] = b"p2pimg/1";
+pub const ALPN: &[u8] = b"p2pimg/2";
+/// ALPN of version 1, still spoken with peers that offer nothing newer (an
+/// agent not upgraded yet): version 2 only adds [`ErrorCode::Busy`], which
+/// is never sent to them.
+pub const ALPN_V1: &[u8] = b"p2pimg/1";
+/// The ALPNs offered, most preferred first.
+pub const ALPNS: [&[u8]; 2] = [ALPN, ALPN_V1];
 
 /// Largest frame on swarm streams: one chunk of `MAX_CHUNK_SIZE` (8 MiB)
 /// after zstd's worst-case expansion, plus the message header.
@@ -119,6 +125,9 @@ pub enum ErrorCode {
     BadManifest,
     /// Something failed on this side.
     Internal,
+    /// The chunk is held, but its answer would wait behind too many others:
+    /// ask another holder, or this one again shortly. Version 2 only.
+    Busy,
 }
 
 /// What an agent will do for an announced distribution.

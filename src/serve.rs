@@ -2,6 +2,7 @@
 //! first frame: `Hello` to the distribution's swarm actor, `Request` answered
 //! from the chunk store, anything else to the caller (the agent's `Announce`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -9,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
+use crate::ratelimit::RateLimit;
 use crate::swarm::{Holdings, Registry};
 
 /// Chunk answers on the wire at once, across all peers. A slot is held from
@@ -17,7 +19,16 @@ use crate::swarm::{Holdings, Registry};
 /// answers share the uplink: a few at a time, each finishing fast, so a
 /// requester can verify and pass a chunk on soon after asking, instead of
 /// every answer crawling along at 1/32 of the link.
-static UPLOAD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+const UPLOAD_SLOTS: usize = 4;
+
+/// Requests that may wait for an upload slot, across all peers, beyond those
+/// holding one. One more round of answers is enough to keep the uplink busy;
+/// a request past that is told [`ErrorCode::Busy`] at once (peers speaking
+/// version 2), so its requester asks another holder instead of waiting
+/// seconds in a queue while other peers' uplinks idle. That queue was the
+/// hot spot of the N=16 benchmark: every node asked the few holders of the
+/// newest chunks first.
+const QUEUE_DEPTH: usize = UPLOAD_SLOTS;
 
 /// Upload slots one peer may hold at once: a greedy or stalled requester
 /// cannot take every slot, and two keep one connection's pipe full (the
@@ -72,7 +83,7 @@ struct StreamCtx {
     peer: String,
     max_first: u32,
     registry: Registry,
-    /// This connection's share of [`UPLOAD_SLOTS`].
+    /// This connection's share of the process's [`UPLOAD_SLOTS`].
     peer_slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -107,6 +118,10 @@ impl StreamCtx {
                 }
             },
             Message::Request { dist, index } => {
+                let uploads = self.registry.uploads();
+                let Some(_admitted) = uploads.admit(crate::net::speaks_current(&self.conn)) else {
+                    return refuse(send, ErrorCode::Busy, "too many answers waiting here").await;
+                };
                 // The connection's slot first, so a peer waiting for its own
                 // turn does not hold a global slot meanwhile.
                 let Ok(_slot) = self.peer_slots.acquire().await else {
@@ -116,6 +131,66 @@ impl StreamCtx {
             }
             other => on_other(other, send, recv).await,
         }
+    }
+}
+
+/// What bounds the chunk answers of one process, across its connections and
+/// distributions: upload slots, the queue before them, and the configured
+/// upload rate.
+#[derive(Debug)]
+pub struct Uploads {
+    slots: tokio::sync::Semaphore,
+    /// Requests waiting for a slot or holding one.
+    admitted: AtomicUsize,
+    rate: Option<RateLimit>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads::new(None)
+    }
+}
+
+impl Uploads {
+    /// Answers paced to at most `mbit` Mbit/s, if set.
+    pub fn new(mbit: Option<u64>) -> Uploads {
+        Uploads {
+            slots: tokio::sync::Semaphore::new(UPLOAD_SLOTS),
+            admitted: AtomicUsize::new(0),
+            rate: mbit.map(RateLimit::mbit),
+        }
+    }
+
+    /// The upload rate limit, if any.
+    pub fn rate(&self) -> Option<&RateLimit> {
+        self.rate.as_ref()
+    }
+
+    /// Admits a request until the returned guard is dropped, unless the
+    /// queue is full and the requester understands `Busy` (`may_refuse`): a
+    /// version 1 peer waits its turn, as it always did.
+    pub fn admit(self: &Arc<Self>, may_refuse: bool) -> Option<Admission> {
+        let before = self.admitted.fetch_add(1, Ordering::AcqRel);
+        if may_refuse && before >= UPLOAD_SLOTS + QUEUE_DEPTH {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission(self.clone()))
+    }
+
+    /// Requests admitted now.
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+}
+
+/// One request admitted by [`Uploads::admit`], until dropped.
+#[derive(Debug)]
+pub struct Admission(Arc<Uploads>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -133,7 +208,8 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
         return refuse(send, ErrorCode::BadRequest, "chunk index out of range").await;
     };
     // Bounds the chunks held in memory and on the wire, whatever peers ask.
-    let Ok(_permit) = UPLOAD_SLOTS.acquire().await else {
+    let uploads = registry.uploads();
+    let Ok(_permit) = uploads.slots.acquire().await else {
         return;
     };
     let store = shared.store.clone();
@@ -145,7 +221,7 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
         // by another distribution at another zstd level is not it.
         Ok(Some(Ok(data))) if data.len() == entry.zsize as usize => {
             let len = data.len() as u64;
-            if let Some(limit) = registry.upload_limit() {
+            if let Some(limit) = uploads.rate() {
                 limit.acquire(len).await;
             }
             // A requester that stops reading gives its slot back in time.
@@ -178,4 +254,25 @@ pub async fn refuse(mut send: SendStream, code: ErrorCode, message: &str) {
     )
     .await;
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_refuses_current_peers_and_queues_old_ones() {
+        let uploads = Arc::new(Uploads::default());
+        let held: Vec<Admission> = (0..UPLOAD_SLOTS + QUEUE_DEPTH)
+            .map(|_| uploads.admit(true).expect("room"))
+            .collect();
+        assert!(uploads.admit(true).is_none(), "a current peer is told Busy");
+        assert_eq!(uploads.admitted(), UPLOAD_SLOTS + QUEUE_DEPTH);
+        let old = uploads.admit(false).expect("a version 1 peer waits its turn");
+        assert_eq!(uploads.admitted(), UPLOAD_SLOTS + QUEUE_DEPTH + 1);
+        drop(old);
+        drop(held);
+        assert_eq!(uploads.admitted(), 0);
+        assert!(uploads.admit(true).is_some());
+    }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -36,8 +36,8 @@ use crate::picker::{PeerId, Picker};
 use crate::proto::{
     self, close, read_frame, write_frame, Bitfield, ErrorCode, FrameError, Message, PeerBytes,
 };
-use crate::ratelimit::RateLimit;
 use crate::seeder::Seeder;
+use crate::serve::Uploads;
 use crate::store::ChunkStore;
 
 /// Requests in flight per peer. A server sends each requester at most 2
@@ -66,6 +66,13 @@ const SEED_TICK: Duration = Duration::from_secs(1);
 /// How long a peer dropped for bad data or a protocol violation is refused:
 /// long enough to finish the distribution without it.
 const BAN_FOR: Duration = Duration::from_secs(600);
+/// First pause before asking a peer again after it answered `Busy`; each
+/// further `Busy` in a row doubles it, up to [`BUSY_BACKOFF_MAX`]. A server
+/// admits a new request about every quarter chunk-time (0.3 s for 1 MiB at
+/// 25 Mbit/s), so the first retry lands near the next free place.
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause after `Busy`: a peer busy that long is not worth polling.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(1600);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
@@ -143,19 +150,19 @@ impl UploadMeter {
 }
 
 /// The distributions this process takes part in, by manifest ID, and the
-/// limit on what it uploads serving them.
+/// limits on what it uploads serving them.
 #[derive(Clone, Debug, Default)]
-pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>, Option<Arc<RateLimit>>);
+pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>, Arc<Uploads>);
 
 impl Registry {
     /// A registry whose serving uploads at most `mbit` Mbit/s.
     pub fn with_upload_limit(mbit: Option<u64>) -> Registry {
-        Registry(Arc::default(), mbit.map(|m| Arc::new(RateLimit::mbit(m))))
+        Registry(Arc::default(), Arc::new(Uploads::new(mbit)))
     }
 
-    /// The upload limit, if any.
-    pub fn upload_limit(&self) -> Option<&RateLimit> {
-        self.1.as_deref()
+    /// What bounds this process's chunk answers.
+    pub fn uploads(&self) -> &Arc<Uploads> {
+        &self.1
     }
 
     /// Makes `handle` reachable for incoming swarm and request streams
@@ -237,6 +244,9 @@ pub struct SwarmProgress {
     /// fetch of the chunk included). None while chunks are missing means
     /// no peer offers any of them.
     pub in_flight: usize,
+    /// Peers that answered `Busy` and are left alone for a moment: chunks
+    /// they hold are on their way, only later.
+    pub busy_peers: usize,
     /// Peers whose `Hello` arrived.
     pub peers: usize,
     /// Needed chunks not held yet.
@@ -355,6 +365,10 @@ struct PeerLink {
     haves: mpsc::UnboundedSender<u32>,
     ready: bool,
     task: tokio::task::AbortHandle,
+    /// Not asked before this: it answered `Busy`.
+    busy_until: Option<tokio::time::Instant>,
+    /// `Busy` answers in a row, for the backoff.
+    busy_strikes: u32,
 }
 
 /// The actor: owns the picker, the peer links and the fetch tasks.
@@ -470,6 +484,7 @@ impl Swarm {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(SEED_TICK);
         loop {
+            let wake = self.next_unbusy();
             tokio::select! {
                 cmd = self.inbox.recv() => match cmd {
                     Some(cmd) => self.handle_cmd(cmd),
@@ -482,6 +497,9 @@ impl Swarm {
                 }
                 Some(_) = self.links.join_next() => {}
                 _ = tick.tick(), if self.seeder.is_some() => self.on_tick(),
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    self.on_unbusy();
+                }
             }
             self.schedule();
             self.publish_state();
@@ -550,6 +568,8 @@ impl Swarm {
                 haves,
                 ready: false,
                 task,
+                busy_until: None,
+                busy_strikes: 0,
             },
         );
     }
@@ -619,6 +639,36 @@ impl Swarm {
         self.forget_peer(id);
     }
 
+    /// When the first peer that answered `Busy` may be asked again.
+    fn next_unbusy(&self) -> Option<tokio::time::Instant> {
+        self.peers.values().filter_map(|l| l.busy_until).min()
+    }
+
+    /// Peers whose `Busy` pause is over may be asked again.
+    fn on_unbusy(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (id, link) in &mut self.peers {
+            if link.busy_until.is_some_and(|t| t <= now) {
+                link.busy_until = None;
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    /// A peer answered `Busy`: leave it alone for a while, longer each time
+    /// in a row, with jitter so its requesters do not come back all at once.
+    fn back_off(&mut self, id: PeerId) {
+        let Some(link) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let pause = BUSY_BACKOFF
+            .saturating_mul(1 << link.busy_strikes.min(8))
+            .min(BUSY_BACKOFF_MAX)
+            .mul_f64(self.rng.gen_range(0.5..1.5));
+        link.busy_strikes += 1;
+        link.busy_until = Some(tokio::time::Instant::now() + pause);
+    }
+
     fn is_banned(&mut self, name: &str) -> bool {
         self.banned.retain(|_, since| since.elapsed() < BAN_FOR);
         self.banned.contains_key(name)
@@ -629,11 +679,12 @@ impl Swarm {
     fn publish_state(&self) {
         let in_flight = self.fetches.len();
         let peers = self.peers.values().filter(|l| l.ready).count();
+        let busy = self.peers.values().filter(|l| l.busy_until.is_some()).count();
         let missing = self.picker.missing();
         self.progress.send_if_modified(|p| {
-            let now = (in_flight, peers, missing);
-            let changed = (p.in_flight, p.peers, p.missing) != now;
-            (p.in_flight, p.peers, p.missing) = now;
+            let now = (in_flight, busy, peers, missing);
+            let changed = (p.in_flight, p.busy_peers, p.peers, p.missing) != now;
+            (p.in_flight, p.busy_peers, p.peers, p.missing) = now;
             changed
         });
     }
@@ -649,7 +700,8 @@ impl Swarm {
         let mut ready: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(id, l)| l.ready && (self.all_dirty || dirty.contains(id)))
+            .filter(|(_, l)| l.ready && l.busy_until.is_none())
+            .filter(|(id, _)| self.all_dirty || dirty.contains(id))
             .map(|(id, _)| *id)
             .collect();
         self.all_dirty = false;
@@ -681,7 +733,12 @@ impl Swarm {
         // A failed request puts the chunk back to NEEDED, for any peer.
         self.all_dirty |= result.is_err();
         match result {
-            Ok(Fetched::Received(bytes)) => self.on_chunk(id, index, bytes, true),
+            Ok(Fetched::Received(bytes)) => {
+                if let Some(link) = self.peers.get_mut(&id) {
+                    link.busy_strikes = 0;
+                }
+                self.on_chunk(id, index, bytes, true)
+            }
             // Stored meanwhile by this distribution's own endgame copy of the
             // request, whose answer is still on its way here: that one counts.
             Ok(Fetched::Stored(_)) if self.picker.requested_elsewhere(id, index) => {
@@ -700,6 +757,13 @@ impl Swarm {
                 tracing::error!("{reason}");
                 self.failed = true;
                 self.progress.send_modify(|p| p.failed = Some(reason));
+            }
+            Err(FetchError::Refused {
+                code: ErrorCode::Busy,
+                ..
+            }) => {
+                self.picker.on_failed(id, index);
+                self.back_off(id);
             }
             Err(
                 e @ FetchError::Refused {

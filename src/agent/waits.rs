@@ -30,7 +30,9 @@ pub(super) fn fetch_reason(p: &SwarmProgress, claim_waits: usize, quiet: Duratio
             "{n} it needs {are} being fetched by another push to this node"
         ));
     }
-    if p.in_flight > 0 {
+    // Peers that answered `Busy` will be asked again in a moment: that is
+    // slow transfer, not a wait.
+    if p.in_flight > 0 || p.busy_peers > 0 {
         return None;
     }
     let reason = match p.peers {
@@ -89,6 +91,15 @@ mod tests {
     #[test]
     fn slow_requests_in_flight_are_not_a_wait() {
         assert_eq!(fetch_reason(&swarm(4, 2, 5), 0, QUIET * 10), None);
+    }
+
+    #[test]
+    fn busy_holders_are_not_a_wait() {
+        let busy = SwarmProgress {
+            busy_peers: 2,
+            ..swarm(0, 2, 5)
+        };
+        assert_eq!(fetch_reason(&busy, 0, QUIET * 10), None);
     }
 
     #[test]

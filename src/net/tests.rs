@@ -63,6 +63,41 @@ async fn same_ca_peers_see_each_others_name_and_role() {
     );
 }
 
+/// Version 2 peers agree on version 2; a version 1 peer (an agent not upgraded yet) still
+/// connects, and neither side then counts on version 2.
+#[tokio::test]
+async fn peers_agree_on_the_newest_version_both_speak() {
+    let (_dir, ids) = cluster(&["n1", "n2", "n3"]);
+    let (server, addr) = bind(&ids[0]);
+    let served = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let (conn, _) = accept(server.accept().await.unwrap()).await.unwrap();
+            conns.push(conn);
+        }
+        let seen: Vec<bool> = conns.iter().map(speaks_current).collect();
+        for conn in conns {
+            conn.closed().await;
+        }
+        seen
+    });
+    let (current, _) = bind(&ids[1]);
+    let (conn, _) = connect(&current, addr, Some("n1")).await.unwrap();
+    assert!(speaks_current(&conn));
+    let old = endpoint_speaking(
+        &ids[2],
+        "127.0.0.1:0".parse().unwrap(),
+        transport_config(),
+        &[proto::ALPN_V1],
+    )
+    .unwrap();
+    let (old_conn, _) = connect(&old, addr, Some("n1")).await.unwrap();
+    assert!(!speaks_current(&old_conn));
+    conn.close(VarInt::from_u32(0), b"done");
+    old_conn.close(VarInt::from_u32(0), b"done");
+    assert_eq!(served.await.unwrap(), vec![true, false]);
+}
+
 #[tokio::test]
 async fn client_from_foreign_ca_is_refused_by_server() {
     let (_a, ours) = cluster(&["n1"]);
@@ -73,7 +108,9 @@ async fn client_from_foreign_ca_is_refused_by_server() {
     let (mut client, _) = bind(&theirs[0]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = trust_anchors(&ours[0]).unwrap();
-    client.set_default_client_config(client_config(&theirs[0], &provider, &roots).unwrap());
+    client.set_default_client_config(
+        client_config(&theirs[0], &provider, &roots, vec![proto::ALPN.to_vec()]).unwrap(),
+    );
     let served = serve_one(server);
     let err = connect(&client, addr, None).await.unwrap_err();
     assert!(matches!(err, NetError::Untrusted { .. }), "{err}");

@@ -87,6 +87,13 @@ fn golden() -> Vec<(Message, &'static str)> {
             "000000050a02026e6f",
         ),
         (
+            Message::Error {
+                code: ErrorCode::Busy,
+                message: "no".into(),
+            },
+            "000000050a06026e6f",
+        ),
+        (
             Message::Plan(Plan {
                 present: vec![true, false],
                 need_chunks: 2,
