@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use p2pimg::config::{AgentOptions, Inventory};
 use p2pimg::identity::{self, Role};
-use p2pimg::pack::{PackOptions, DEFAULT_ZSTD_LEVEL};
+use p2pimg::pack::{PackOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
 use p2pimg::push::{self, PushOptions, Source};
 use p2pimg::report::{self, ProgressMode, PushView};
 use p2pimg::swarm::UploadMeter;
@@ -179,7 +179,7 @@ impl Targets {
 #[derive(clap::Args)]
 struct PackArgs {
     /// Uncompressed chunk size in KiB (64 to 8192).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=8192))]
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE >> 10, value_parser = clap::value_parser!(u32).range(64..=8192))]
     chunk_size_kib: u32,
     /// zstd level for chunks (1 fastest .. 19 smallest).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]

@@ -12,10 +12,13 @@ use crate::hash::Hash;
 use crate::manifest::{ChunkEntry, MAX_CHUNK_SIZE};
 use crate::store::{ChunkStore, StoreError};
 
-/// Default chunk size: 1 MiB gives a 200 MB image 200 chunks, enough for
-/// rarest-first to spread load over 16 peers, while per-chunk overhead
-/// (a stream, a request, a HAVE) stays well under 0.1% of the bytes.
-pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Default chunk size. A chunk is passed on only once it has arrived whole
+/// and been verified, so the time for the last chunks to spread through N
+/// nodes grows with the chunk size: at 16 nodes and 25 Mbit/s, 512 KiB
+/// brought the transfer from 1.28x to 1.16x of the bound (1 MiB before).
+/// Per-chunk overhead (a stream, a request, a HAVE, a file) stays well
+/// under 0.1% of the bytes.
+pub const DEFAULT_CHUNK_SIZE: u32 = 512 << 10;
 /// Default zstd level: level 3 compresses at several hundred MB/s per core,
 /// faster than the links it feeds; higher levels cost the seed's CPU.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

@@ -67,9 +67,9 @@ const SEED_TICK: Duration = Duration::from_secs(1);
 /// long enough to finish the distribution without it.
 const BAN_FOR: Duration = Duration::from_secs(600);
 /// First pause before asking a peer again after it answered `Busy`; each
-/// further `Busy` in a row doubles it, up to [`BUSY_BACKOFF_MAX`]. A server
-/// admits a new request about every quarter chunk-time (0.3 s for 1 MiB at
-/// 25 Mbit/s), so the first retry lands near the next free place.
+/// further `Busy` in a row doubles it, up to [`BUSY_BACKOFF_MAX`]. A busy
+/// server frees an upload slot about every chunk-time (0.17 s for 512 KiB
+/// at 25 Mbit/s), so the first retries land near the next free place.
 const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause after `Busy`: a peer busy that long is not worth polling.
 const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(1600);

@@ -25,7 +25,7 @@ use crate::retention::Lease;
 use crate::swarm::{DistShared, Swarm, SwarmHandle};
 
 /// Least time between two progress reports to the pusher: often enough for
-/// a live view, rare enough to cost nothing next to 1 MiB chunks.
+/// a live view, rare enough to cost nothing next to the chunks.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// First pause before loading again once the engine went away; it doubles

@@ -9,7 +9,7 @@ use super::{human, status_text};
 use crate::push::{NodeStatus, PushEvent};
 
 /// Rates are measured over the last 5 s: long enough to smooth the steps of
-/// whole chunks (1 MiB each by default), short enough to follow a change of
+/// whole chunks (512 KiB each by default), short enough to follow a change of
 /// pace. A node that receives nothing for that long shows 0 B/s.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// No rate is shown before samples span this long: one chunk over a few
