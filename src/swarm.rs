@@ -68,11 +68,16 @@ const SEED_TICK: Duration = Duration::from_secs(1);
 const BAN_FOR: Duration = Duration::from_secs(600);
 /// First pause before asking a peer again after it answered `Busy`; each
 /// further `Busy` in a row doubles it, up to [`BUSY_BACKOFF_MAX`]. A busy
-/// server frees an upload slot about every chunk-time (0.17 s for 512 KiB
-/// at 25 Mbit/s), so the first retries land near the next free place.
-const BUSY_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest pause after `Busy`: a peer busy that long is not worth polling.
-const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(1600);
+/// server frees an upload slot about every chunk-time (0.04 s for 512 KiB
+/// at 100 Mbit/s, 0.17 s at 25), so the first retries land near the next
+/// free place.
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest pause after `Busy`. The seed is busy all through a push, so a
+/// node collects many `Busy` in a row from it; then, at the very end, the
+/// last chunks it was offered wait out the pause while the seed idles.
+/// 1.6 s left every node of the N=4 benchmark stalled 1.4 s before its
+/// last 8 chunks; 0.4 s bounds that, and still spaces a node's retries.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(400);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
