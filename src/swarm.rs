@@ -72,12 +72,16 @@ const BAN_FOR: Duration = Duration::from_secs(600);
 /// at 100 Mbit/s, 0.17 s at 25), so the first retries land near the next
 /// free place.
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest pause after `Busy`. The seed is busy all through a push, so a
-/// node collects many `Busy` in a row from it; then, at the very end, the
-/// last chunks it was offered wait out the pause while the seed idles.
-/// 1.6 s left every node of the N=4 benchmark stalled 1.4 s before its
-/// last 8 chunks; 0.4 s bounds that, and still spaces a node's retries.
-const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// Longest pause after `Busy` while other requests are in flight: asking a
+/// busy server costs both sides CPU, and with 17 hosts on 2 cores a 0.4 s
+/// cap took enough of it to cost 20% of the N=16 benchmark's transfer.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(1600);
+/// Longest pause once nothing else is in flight: the node is idle, so it
+/// asks again soon. The seed answers `Busy` all through a push, so a node's
+/// pause for it reaches the cap; at the end, the last chunks the seed had
+/// offered that node waited out the rest of it while the seed idled (every
+/// node of the N=4 benchmark sat 1.4 s before its last 8 chunks).
+const IDLE_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// Depth of the actor's inbox; senders wait when it is full.
 const INBOX: usize = 256;
 
@@ -499,6 +503,9 @@ impl Swarm {
                     if let Ok((id, index, result)) = done {
                         self.on_fetched(id, index, result);
                     }
+                    if self.fetches.is_empty() {
+                        self.shorten_pauses();
+                    }
                 }
                 Some(_) = self.links.join_next() => {}
                 _ = tick.tick(), if self.seeder.is_some() => self.on_tick(),
@@ -649,6 +656,17 @@ impl Swarm {
         self.peers.values().filter_map(|l| l.busy_until).min()
     }
 
+    /// Nothing is in flight any more: pauses after `Busy` end within
+    /// [`IDLE_BACKOFF_MAX`], so an idle node does not wait out a long one.
+    fn shorten_pauses(&mut self) {
+        let soon = tokio::time::Instant::now() + IDLE_BACKOFF_MAX;
+        for link in self.peers.values_mut() {
+            if let Some(until) = &mut link.busy_until {
+                *until = (*until).min(soon);
+            }
+        }
+    }
+
     /// Peers whose `Busy` pause is over may be asked again.
     fn on_unbusy(&mut self) {
         let now = tokio::time::Instant::now();
@@ -663,12 +681,16 @@ impl Swarm {
     /// A peer answered `Busy`: leave it alone for a while, longer each time
     /// in a row, with jitter so its requesters do not come back all at once.
     fn back_off(&mut self, id: PeerId) {
+        let cap = match self.fetches.is_empty() {
+            true => IDLE_BACKOFF_MAX,
+            false => BUSY_BACKOFF_MAX,
+        };
         let Some(link) = self.peers.get_mut(&id) else {
             return;
         };
         let pause = BUSY_BACKOFF
             .saturating_mul(1 << link.busy_strikes.min(8))
-            .min(BUSY_BACKOFF_MAX)
+            .min(cap)
             .mul_f64(self.rng.gen_range(0.5..1.5));
         link.busy_strikes += 1;
         link.busy_until = Some(tokio::time::Instant::now() + pause);
