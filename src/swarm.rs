@@ -70,8 +70,9 @@ const BAN_FOR: Duration = Duration::from_secs(600);
 /// further `Busy` in a row doubles it, up to [`BUSY_BACKOFF_MAX`]. A busy
 /// server frees an upload slot about every chunk-time (0.04 s for 512 KiB
 /// at 100 Mbit/s, 0.17 s at 25), so the first retries land near the next
-/// free place.
-const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// free place. 50 ms made the nodes of the N=16 benchmark ask so often that
+/// the CPU, not the links, became the limit at 25 Mbit/s (1.16x -> 1.24x).
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest pause after `Busy` while other requests are in flight: asking a
 /// busy server costs both sides CPU, and with 17 hosts on 2 cores a 0.4 s
 /// cap took enough of it to cost 20% of the N=16 benchmark's transfer.
