@@ -17,6 +17,7 @@
 //! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
 //! - [`seeder`]: what the seed offers to whom, so it uploads each chunk about once (no I/O).
 //! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
+//! - [`arrivals`]: which chunks are in, for a load that streams while the swarm fetches.
 //! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
 //! - [`metrics`]: agent counters in the Prometheus text format, over HTTP.
 //! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
@@ -26,6 +27,7 @@
 //! - [`report`]: what people see of a push: the live fleet view, plain lines, the final table.
 
 pub mod agent;
+pub mod arrivals;
 pub mod bundle;
 pub mod config;
 pub mod disk;

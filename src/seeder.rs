@@ -17,9 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use rand::seq::SliceRandom;
-use rand::Rng;
-
 use crate::picker::PeerId;
 use crate::proto::Bitfield;
 
@@ -38,7 +35,6 @@ struct SeedPeer {
 
 /// Offer state of the seed for one distribution.
 pub struct Seeder {
-    order: Vec<u32>,
     offered: Vec<u32>,
     holders: Vec<u32>,
     peers: HashMap<PeerId, SeedPeer>,
@@ -47,13 +43,11 @@ pub struct Seeder {
 
 impl Seeder {
     /// A seeder for `chunks` chunks that keeps up to `window` chunks offered
-    /// and outstanding per peer. Fresh chunks are offered in a random order,
-    /// so different peers start on different parts of the image.
-    pub fn new(chunks: usize, window: usize, rng: &mut impl Rng) -> Self {
-        let mut order: Vec<u32> = (0..chunks as u32).collect();
-        order.shuffle(rng);
+    /// and outstanding per peer. Fresh chunks are offered in the image's
+    /// order: different peers still get different windows, and each node
+    /// receives the start of the image first, so its load can stream.
+    pub fn new(chunks: usize, window: usize) -> Self {
         Seeder {
-            order,
             offered: vec![0; chunks],
             holders: vec![0; chunks],
             peers: HashMap::new(),
@@ -139,11 +133,11 @@ impl Seeder {
             return Vec::new();
         };
         let mut offers = Vec::new();
-        for &i in &self.order {
+        for c in 0..self.offered.len() {
             if peer.pending.len() >= self.window {
                 break;
             }
-            let c = i as usize;
+            let i = c as u32;
             if peer.want[c] && !peer.has[c] && self.offered[c] == 0 && self.holders[c] == 0 {
                 self.offered[c] += 1;
                 peer.pending.insert(i);

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::arrivals::Arrivals;
 use crate::hash::Hash;
 use crate::manifest::Manifest;
 use crate::pack::decode_chunk;
@@ -316,6 +317,7 @@ pub struct SwarmHandle {
     /// The distribution's shared state.
     pub shared: Arc<DistShared>,
     progress: watch::Receiver<SwarmProgress>,
+    arrivals: Arc<Arrivals>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -359,6 +361,12 @@ impl SwarmHandle {
         self.progress.clone()
     }
 
+    /// The chunks held so far, to read in order while the rest arrive.
+    /// Chunks held at the start and chunks not needed count as arrived.
+    pub fn arrivals(&self) -> Arc<Arrivals> {
+        self.arrivals.clone()
+    }
+
     /// Verified chunks and bytes received so far, per sending peer.
     pub async fn received(&self) -> Vec<PeerBytes> {
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -393,6 +401,8 @@ pub struct Swarm {
     fetches: JoinSet<(PeerId, u32, Result<Fetched, FetchError>)>,
     received: HashMap<String, PeerBytes>,
     progress: watch::Sender<SwarmProgress>,
+    /// The needed chunks as they are verified, for the streaming load.
+    arrivals: Arc<Arrivals>,
     rng: StdRng,
     seeder: Option<Seeder>,
     failed: bool,
@@ -453,10 +463,12 @@ impl Swarm {
     ) -> (SwarmHandle, tokio::task::JoinHandle<()>) {
         let (tx, inbox) = mpsc::channel(INBOX);
         let picker = Picker::new(need, have, opts.max_in_flight).with_total_limit(opts.max_total_in_flight);
-        let mut rng = StdRng::from_entropy();
+        let rng = StdRng::from_entropy();
         let window = opts.max_in_flight * SEED_WINDOW_PER_REQUEST;
-        let seeder = opts.seeding.then(|| Seeder::new(need.len(), window, &mut rng));
+        let seeder = opts.seeding.then(|| Seeder::new(need.len(), window));
         let complete = picker.is_complete();
+        let held = need.iter().zip(have).map(|(&n, &h)| h || !n).collect();
+        let arrivals = Arc::new(Arrivals::new(held));
         let (progress, progress_rx) = watch::channel(SwarmProgress {
             complete,
             missing: picker.missing(),
@@ -473,6 +485,7 @@ impl Swarm {
             fetches: JoinSet::new(),
             received: HashMap::new(),
             progress,
+            arrivals: arrivals.clone(),
             rng,
             seeder,
             failed: false,
@@ -486,6 +499,7 @@ impl Swarm {
                 tx,
                 shared,
                 progress: progress_rx,
+                arrivals,
             },
             task,
         )
@@ -784,6 +798,7 @@ impl Swarm {
                 let reason = e.to_string();
                 tracing::error!("{reason}");
                 self.failed = true;
+                self.arrivals.close(&reason);
                 self.progress.send_modify(|p| p.failed = Some(reason));
             }
             Err(FetchError::Refused {
@@ -839,6 +854,7 @@ impl Swarm {
             e.chunks += 1;
             e.bytes += bytes;
         }
+        self.arrivals.mark(index);
         for link in self.peers.values() {
             let _ = link.haves.send(index);
         }

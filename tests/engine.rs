@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{build_test_image, Dockerd, TestImage, HELLO_PATH};
+use p2pimg::arrivals::Arrivals;
 use p2pimg::image::{
     export_to_manifest, load_images, Engine, EngineError, ExportError, LoadError, LoadTarError,
 };
@@ -133,9 +134,16 @@ fn export_parse_and_load_two_images_elsewhere() {
             .push("localhost:5000/team/app".into());
         let target = Engine::connect(&b.host()).await.unwrap();
         let layers = all_layers(&manifest);
-        load_images(&target, Arc::new(manifest), vec![0, 1], layers, ex.store.clone())
-            .await
-            .expect("load into b");
+        load_images(
+            &target,
+            Arc::new(manifest),
+            vec![0, 1],
+            layers,
+            ex.store.clone(),
+            None,
+        )
+        .await
+        .expect("load into b");
         assert_eq!(b.image_id("app:1.4").as_deref(), Some(ex.image.id.as_str()));
         assert_eq!(
             b.image_id(&ex.image.base).as_deref(),
@@ -179,9 +187,16 @@ fn engine_holding_the_base_gets_only_the_missing_layers() {
             "only the two COPY layers are missing"
         );
 
-        load_images(&target, ex.manifest.clone(), vec![0], missing, ex.store.clone())
-            .await
-            .expect("load the missing layers into c");
+        load_images(
+            &target,
+            ex.manifest.clone(),
+            vec![0],
+            missing,
+            ex.store.clone(),
+            None,
+        )
+        .await
+        .expect("load the missing layers into c");
         assert_eq!(c.image_id("app:2").as_deref(), Some(ex.image.id.as_str()));
         assert_eq!(cat_hello(&c, "app:2"), ex.image.hello.trim());
         let held = target.held().await.unwrap();
@@ -204,6 +219,7 @@ fn failed_loads_load_nothing_and_tag_nothing() {
             vec![0],
             BTreeSet::new(),
             ex.store.clone(),
+            None,
         )
         .await
         .expect_err("a load without the needed layers must fail");
@@ -227,7 +243,7 @@ fn failed_loads_load_nothing_and_tag_nothing() {
             damaged.put(&chunk.hash, &z).unwrap();
         }
         let layers = all_layers(&ex.manifest);
-        let err = load_images(&target, ex.manifest.clone(), vec![0], layers, damaged)
+        let err = load_images(&target, ex.manifest.clone(), vec![0], layers, damaged, None)
             .await
             .expect_err("a damaged chunk must fail the load");
         assert!(
@@ -275,4 +291,69 @@ async fn assert_nothing_loaded(d: &Dockerd, engine: &Engine, ex: &Exported) {
         let layers = std::fs::read_dir(&layerdb).map_or(0, |entries| entries.count());
         assert_eq!(layers, 0, "no layer registered in {}", layerdb.display());
     }
+}
+
+/// Waits until `d` has started unpacking an upload (its `data/tmp/docker-import-*`).
+async fn wait_for_unpacking(d: &Dockerd) {
+    let tmp = d.dir().join("data/tmp");
+    let mut waited = Duration::ZERO;
+    while !std::fs::read_dir(&tmp).is_ok_and(|mut entries| entries.next().is_some()) {
+        assert!(
+            waited < Duration::from_secs(60),
+            "dockerd never started unpacking"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+}
+
+#[test]
+fn a_load_streams_while_chunks_arrive_and_loads_nothing_if_fetching_stops() {
+    run(async {
+        let [a, b, c]: [Dockerd; 3] = Dockerd::start_many("engine-stream", 3)
+            .try_into()
+            .expect("daemons");
+        let ex = export(&a, "app:4", false).await;
+        let layers = all_layers(&ex.manifest);
+        let n = ex.manifest.chunks.len();
+        assert!(n >= 8, "the test image spans {n} chunks");
+
+        // Half the chunks are in: dockerd is already unpacking before the rest arrive.
+        let arrivals = Arc::new(Arrivals::new(vec![false; n]));
+        (0..n as u32 / 2).for_each(|i| arrivals.mark(i));
+        let target = Engine::connect(&b.host()).await.unwrap();
+        let load = tokio::spawn({
+            let (manifest, store, arrivals) = (ex.manifest.clone(), ex.store.clone(), arrivals.clone());
+            async move { load_images(&target, manifest, vec![0], layers, store, Some(arrivals)).await }
+        });
+        wait_for_unpacking(&b).await;
+        assert_eq!(
+            b.image_id("app:4"),
+            None,
+            "nothing is loaded before the last chunk"
+        );
+        (n as u32 / 2..n as u32).for_each(|i| arrivals.mark(i));
+        load.await.unwrap().expect("the streamed load");
+        assert_eq!(b.image_id("app:4").as_deref(), Some(ex.image.id.as_str()));
+        assert_eq!(cat_hello(&b, "app:4"), ex.image.hello.trim());
+
+        // Fetching fails halfway: the upload is cut, nothing is loaded or tagged.
+        let arrivals = Arc::new(Arrivals::new(vec![false; n]));
+        (0..n as u32 / 2).for_each(|i| arrivals.mark(i));
+        let target = Engine::connect(&c.host()).await.unwrap();
+        let load = tokio::spawn({
+            let (manifest, store, arrivals) = (ex.manifest.clone(), ex.store.clone(), arrivals.clone());
+            let layers = all_layers(&manifest);
+            async move { load_images(&target, manifest, vec![0], layers, store, Some(arrivals)).await }
+        });
+        wait_for_unpacking(&c).await;
+        arrivals.close("no peer holds the missing chunks");
+        let err = load.await.unwrap().expect_err("a load cut short must fail");
+        assert!(
+            matches!(&err, LoadError::Tar(LoadTarError::Fetch { reason, .. }) if reason.contains("no peer holds")),
+            "{err}"
+        );
+        let engine = Engine::connect(&c.host()).await.unwrap();
+        assert_nothing_loaded(&c, &engine, &ex).await;
+    });
 }

@@ -258,9 +258,36 @@ impl Node<'_> {
         {
             dials.spawn(dial_peer(ctx.clone(), swarm.clone(), peer));
         }
-        let fetched = follow_progress(swarm, control).await;
+        // The load streams from the start: dockerd unpacks the archive as
+        // the chunks arrive, and only its import is left after the last.
+        let arrivals = swarm.arrivals();
+        let streaming = image::load_images(
+            engine,
+            manifest.clone(),
+            plan.images.clone(),
+            plan.layers.clone(),
+            ctx.store.clone(),
+            Some(arrivals.clone()),
+        );
+        tokio::pin!(streaming);
+        let mut streamed = None;
+        let fetched = tokio::select! {
+            fetched = follow_progress(swarm, control) => fetched,
+            // Ended early: it failed (it cannot succeed before the last chunk
+            // is in). Fetching goes on, so peers still get what this node
+            // holds; the error is reported once it is done.
+            loaded = &mut streaming => {
+                streamed = Some(loaded);
+                follow_progress(swarm, control).await
+            }
+        };
         let received = swarm.received().await;
         if let Err(reason) = fetched {
+            // Cuts the load short: nothing is tagged.
+            arrivals.close(&reason);
+            if streamed.is_none() {
+                let _ = streaming.await;
+            }
             return Outcome::Failed { reason, received };
         }
         let loading = Progress {
@@ -268,36 +295,38 @@ impl Node<'_> {
             ..current(swarm)
         };
         control.send(&Message::Progress(loading.clone())).await;
-        match load(ctx, engine, manifest, plan, control, loading).await {
+        let fetched_at = std::time::Instant::now();
+        let first = match streamed {
+            Some(loaded) => loaded,
+            None => streaming.await,
+        };
+        crate::metrics::metrics().on_load(first.is_ok(), fetched_at.elapsed());
+        match load_again(ctx, &manifest, &plan, control, loading, first).await {
             Ok(()) => Outcome::Loaded { received },
             Err(reason) => Outcome::Failed { reason, received },
         }
     }
 }
 
-/// Loads the planned images. If the engine goes away (stopped or restarted
-/// mid-load), waits for it with backoff for up to the agent's
-/// `engine_wait` and loads again: the engine keeps no partial image from
-/// an interrupted load (it tags an image only once its load completed),
-/// and the chunks are still in the store. While it waits, the pusher is
-/// told why (`loading` with a reason), and told again when it loads.
-async fn load(
+/// After the first, streamed load: if the engine went away (stopped or
+/// restarted mid-load), waits for it with backoff for up to the agent's
+/// `engine_wait` and loads again from the store: the engine keeps no partial
+/// image from an interrupted load (it tags an image only once its load
+/// completed), and the chunks are still in the store. While it waits, the
+/// pusher is told why (`loading` with a reason), and told again when it
+/// loads.
+async fn load_again(
     ctx: &AgentCtx,
-    engine: &Engine,
-    manifest: Arc<Manifest>,
-    plan: NodePlan,
+    manifest: &Arc<Manifest>,
+    plan: &NodePlan,
     control: &mut Control,
     loading: Progress,
+    first: Result<(), image::LoadError>,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + ctx.engine_wait;
     let mut pause = ENGINE_RETRY_FIRST;
-    let mut reconnected = None;
+    let mut loaded = first;
     loop {
-        let engine = reconnected.as_ref().unwrap_or(engine);
-        let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
-        let started = std::time::Instant::now();
-        let loaded = image::load_images(engine, manifest.clone(), images, layers, store).await;
-        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
         let error = match loaded {
             Ok(()) => return Ok(()),
             Err(e) if e.is_engine_gone() => e,
@@ -310,7 +339,7 @@ async fn load(
             ..loading.clone()
         };
         control.send(&Message::Progress(waiting)).await;
-        reconnected = loop {
+        let engine = loop {
             if tokio::time::Instant::now() + pause > deadline {
                 let secs = ctx.engine_wait.as_secs();
                 return Err(format!(
@@ -320,10 +349,14 @@ async fn load(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(ENGINE_RETRY_MAX);
             if let Ok(engine) = Engine::connect(&ctx.docker_host).await {
-                break Some(engine);
+                break engine;
             }
         };
         control.send(&Message::Progress(loading.clone())).await;
+        let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
+        let started = std::time::Instant::now();
+        loaded = image::load_images(&engine, manifest.clone(), images, layers, store, None).await;
+        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
     }
 }
 

@@ -13,9 +13,16 @@
 //! only for the layers the engine lacks; the loader skips opening a layer
 //! whose chain ID it already holds. Names come only from validated digests.
 //!
+//! The load can start while the node still fetches: the writer waits for
+//! each chunk in [`Arrivals`] before reading it, so dockerd unpacks the
+//! archive as the chunks come in (in the image's order, which is how the
+//! seed hands them out) and only its own import is left once the last one
+//! is in.
+//!
 //! Nothing partial is loaded: if the archive cannot be completed (a damaged
-//! chunk), the body never ends cleanly; the upload is cut mid-stream, dockerd
-//! fails its untar before reading `manifest.json`, and nothing is tagged.
+//! chunk, fetching failed), the body never ends cleanly; the upload is cut
+//! mid-stream, dockerd fails its untar before reading `manifest.json`, and
+//! nothing is tagged.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
@@ -28,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{split_reference, Engine, EngineError};
+use crate::arrivals::{Arrivals, WaitError};
 use crate::manifest::{digest_hex, ChunkEntry, Manifest, ManifestError};
 use crate::store::{ChunkStore, StoreError};
 
@@ -54,6 +62,9 @@ pub enum LoadTarError {
     /// A chunk of a layer is missing or damaged in the store.
     #[error("layer {diff_id}: {source}")]
     Chunk { diff_id: String, source: StoreError },
+    /// The node stopped fetching before a chunk of a layer arrived.
+    #[error("layer {diff_id}: {reason}")]
+    Fetch { diff_id: String, reason: String },
     /// Writing the archive failed (the engine stopped reading it).
     #[error("writing the load archive: {0}")]
     Write(#[from] io::Error),
@@ -106,6 +117,34 @@ pub fn write_load_tar(
     store: &ChunkStore,
     out: impl Write,
 ) -> Result<u64, LoadTarError> {
+    let chunks = Chunks {
+        store,
+        arrivals: &Arrivals::all(manifest.chunks.len()),
+        cancelled: &|| false,
+    };
+    write_streaming_tar(manifest, images, layers, &chunks, out)
+}
+
+/// Where the layers' bytes come from: verified chunks in `store`, each
+/// waited for in `arrivals` first, until `cancelled()`.
+struct Chunks<'a> {
+    /// The node's chunk store.
+    store: &'a ChunkStore,
+    /// Which chunks are in the store yet.
+    arrivals: &'a Arrivals,
+    /// Whether the load was given up, so waiting is pointless.
+    cancelled: &'a dyn Fn() -> bool,
+}
+
+/// [`write_load_tar`] for a node that may still be fetching: each chunk is
+/// written as soon as it and those before it are in.
+fn write_streaming_tar(
+    manifest: &Manifest,
+    images: &[usize],
+    layers: &BTreeSet<usize>,
+    chunks: &Chunks<'_>,
+    out: impl Write,
+) -> Result<u64, LoadTarError> {
     manifest.validate()?;
     check_range("image", images.iter().copied(), manifest.images.len())?;
     check_range("layer", layers.iter().copied(), manifest.layers.len())?;
@@ -116,7 +155,7 @@ pub fn write_load_tar(
         append(&mut tar, &config_name(&image.id), &image.config)?;
     }
     for &i in layers {
-        append_layer(&mut tar, manifest, i, store)?;
+        append_layer(&mut tar, manifest, i, chunks)?;
     }
     tar.finish()?;
     Ok(tar.get_ref().count)
@@ -190,33 +229,60 @@ fn append_layer<W: Write>(
     tar: &mut tar::Builder<W>,
     manifest: &Manifest,
     index: usize,
-    store: &ChunkStore,
+    chunks: &Chunks<'_>,
 ) -> Result<(), LoadTarError> {
     let layer = &manifest.layers[index];
     let mut header = file_header(layer.size);
+    let first = layer.first_chunk as usize;
     let mut reader = LayerReader {
-        chunks: manifest.layer_chunks(layer),
-        store,
+        entries: &manifest.chunks,
+        next: first..first + layer.chunk_count as usize,
+        chunks,
         current: io::Cursor::new(Vec::new()),
         failed: None,
     };
     let written = tar.append_data(&mut header, layer_name(&layer.diff_id), &mut reader);
-    if let Some(source) = reader.failed {
-        return Err(LoadTarError::Chunk {
-            diff_id: layer.diff_id.clone(),
-            source,
-        });
+    let diff_id = layer.diff_id.clone();
+    match reader.failed {
+        Some(ReadFailure::Store(source)) => Err(LoadTarError::Chunk { diff_id, source }),
+        Some(ReadFailure::Wait(WaitError::Closed(reason))) => Err(LoadTarError::Fetch { diff_id, reason }),
+        Some(ReadFailure::Wait(WaitError::Cancelled)) => Err(LoadTarError::Write(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the load was cancelled",
+        ))),
+        None => Ok(written?),
     }
-    Ok(written?)
 }
 
-/// A layer's content, one verified chunk in memory at a time. A store error
-/// is kept aside so the caller can report it as such.
+/// Why a layer's next chunk could not be read.
+enum ReadFailure {
+    Store(StoreError),
+    Wait(WaitError),
+}
+
+/// A layer's content, one verified chunk in memory at a time, each waited
+/// for until it arrives. A failure is kept aside so the caller can report
+/// it as such.
 struct LayerReader<'a> {
-    chunks: &'a [ChunkEntry],
-    store: &'a ChunkStore,
+    entries: &'a [ChunkEntry],
+    next: std::ops::Range<usize>,
+    chunks: &'a Chunks<'a>,
     current: io::Cursor<Vec<u8>>,
-    failed: Option<StoreError>,
+    failed: Option<ReadFailure>,
+}
+
+impl LayerReader<'_> {
+    fn read_chunk(&self, i: usize) -> Result<Vec<u8>, ReadFailure> {
+        let chunks = self.chunks;
+        chunks
+            .arrivals
+            .wait(i as u32, chunks.cancelled)
+            .map_err(ReadFailure::Wait)?;
+        chunks
+            .store
+            .read_verified(&self.entries[i])
+            .map_err(ReadFailure::Store)
+    }
 }
 
 impl Read for LayerReader<'_> {
@@ -226,15 +292,14 @@ impl Read for LayerReader<'_> {
             if n > 0 || buf.is_empty() {
                 return Ok(n);
             }
-            let Some((chunk, rest)) = self.chunks.split_first() else {
+            let Some(i) = self.next.next() else {
                 return Ok(0);
             };
-            self.chunks = rest;
-            match self.store.read_verified(chunk) {
+            match self.read_chunk(i) {
                 Ok(raw) => self.current = io::Cursor::new(raw),
                 Err(e) => {
                     self.failed = Some(e);
-                    return Err(io::Error::other("chunk failed verification"));
+                    return Err(io::Error::other("a chunk could not be read"));
                 }
             }
         }
@@ -263,15 +328,20 @@ impl<W: Write> Write for CountingWriter<W> {
 /// (the ones the engine lacks), then checks each image ID is present and
 /// applies every reference as a tag. Nothing is tagged unless the whole
 /// archive was written and the engine accepted it.
+///
+/// With `arrivals`, the load starts while chunks are still arriving and
+/// waits for each in turn; closing the arrivals aborts it.
 pub async fn load_images(
     engine: &Engine,
     manifest: Arc<Manifest>,
     images: Vec<usize>,
     layers: BTreeSet<usize>,
     store: ChunkStore,
+    arrivals: Option<Arc<Arrivals>>,
 ) -> Result<(), LoadError> {
     check_range("image", images.iter().copied(), manifest.images.len()).map_err(LoadError::Tar)?;
-    upload(engine, manifest.clone(), images.clone(), layers, store).await?;
+    let arrivals = arrivals.unwrap_or_else(|| Arc::new(Arrivals::all(manifest.chunks.len())));
+    upload(engine, manifest.clone(), images.clone(), layers, store, arrivals).await?;
     for &i in &images {
         let image = &manifest.images[i];
         if engine.image_id(&image.id).await?.as_deref() != Some(image.id.as_str()) {
@@ -296,6 +366,7 @@ async fn upload(
     images: Vec<usize>,
     layers: BTreeSet<usize>,
     store: ChunkStore,
+    arrivals: Arc<Arrivals>,
 ) -> Result<(), LoadError> {
     let (tx, rx) = mpsc::channel(LOAD_QUEUE_FRAMES);
     let (done_tx, done_rx) = oneshot::channel();
@@ -305,8 +376,13 @@ async fn upload(
     let _cancel_on_exit = cancel.clone().drop_guard();
     let writer_cancel = cancel.clone();
     let mut writer = tokio::task::spawn_blocking(move || {
-        let mut frames = FrameWriter::new(tx, writer_cancel);
-        write_load_tar(&manifest, &images, &layers, &store, &mut frames)?;
+        let chunks = Chunks {
+            store: &store,
+            arrivals: &arrivals,
+            cancelled: &|| writer_cancel.is_cancelled(),
+        };
+        let mut frames = FrameWriter::new(tx, writer_cancel.clone());
+        write_streaming_tar(&manifest, &images, &layers, &chunks, &mut frames)?;
         frames.finish()?;
         let _ = done_tx.send(());
         Ok::<(), LoadTarError>(())

@@ -1,8 +1,5 @@
 //! Seeder rules: fresh chunks once each, more as peers progress, fallbacks.
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
-
 use super::*;
 
 fn bits(len: usize, set: impl IntoIterator<Item = usize>) -> Bitfield {
@@ -12,7 +9,7 @@ fn bits(len: usize, set: impl IntoIterator<Item = usize>) -> Bitfield {
 }
 
 fn seeder(chunks: usize, window: usize) -> Seeder {
-    Seeder::new(chunks, window, &mut StdRng::seed_from_u64(1))
+    Seeder::new(chunks, window)
 }
 
 #[test]

@@ -122,6 +122,63 @@ fn full_archive_has_manifest_configs_then_layers() {
     );
 }
 
+/// Writes the full archive of both images while `arrive` marks chunks from
+/// another thread.
+fn write_while_arriving(
+    f: &Fixture,
+    arrivals: &Arc<Arrivals>,
+    arrive: impl FnOnce(&Arrivals) + Send + 'static,
+) -> Result<Vec<u8>, LoadTarError> {
+    let marker = {
+        let arrivals = arrivals.clone();
+        std::thread::spawn(move || arrive(&arrivals))
+    };
+    let chunks = Chunks {
+        store: &f.store,
+        arrivals,
+        cancelled: &|| false,
+    };
+    let mut out = Vec::new();
+    let written = write_streaming_tar(&f.manifest, &[0, 1], &(0..3).collect(), &chunks, &mut out);
+    marker.join().unwrap();
+    written.map(|_| out)
+}
+
+#[test]
+fn a_streaming_archive_waits_for_chunks_arriving_out_of_order() {
+    let f = fixture();
+    let n = f.manifest.chunks.len();
+    let arrivals = Arc::new(Arrivals::new(vec![false; n]));
+    let out = write_while_arriving(&f, &arrivals, move |arrivals| {
+        for i in (0..n as u32).rev() {
+            std::thread::sleep(Duration::from_millis(2));
+            arrivals.mark(i);
+        }
+    })
+    .unwrap();
+    let mut all = Vec::new();
+    write_load_tar(&f.manifest, &[0, 1], &(0..3).collect(), &f.store, &mut all).unwrap();
+    assert_eq!(out, all, "the same archive as from a complete store");
+}
+
+#[test]
+fn a_streaming_archive_fails_when_fetching_stops() {
+    let f = fixture();
+    let n = f.manifest.chunks.len();
+    let arrivals = Arc::new(Arrivals::new(vec![false; n]));
+    let err = write_while_arriving(&f, &arrivals, |arrivals| {
+        arrivals.mark(0);
+        std::thread::sleep(Duration::from_millis(20));
+        arrivals.close("no peer has chunk 1");
+    })
+    .unwrap_err();
+    let LoadTarError::Fetch { diff_id, reason } = &err else {
+        panic!("{err}");
+    };
+    assert_eq!(diff_id, &f.manifest.layers[0].diff_id);
+    assert!(reason.contains("no peer has chunk 1"), "{reason}");
+}
+
 #[test]
 fn layers_not_requested_are_left_out_but_still_listed() {
     let f = fixture();
@@ -241,6 +298,7 @@ fn public_futures_are_send(engine: &Engine, manifest: Arc<Manifest>, store: Chun
         vec![],
         BTreeSet::new(),
         store.clone(),
+        None,
     ));
     send(engine.held());
     send(engine.resolve(&[]));
