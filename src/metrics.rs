@@ -23,6 +23,8 @@ pub struct Metrics {
     sent: Mutex<BTreeMap<String, u64>>,
     verified: AtomicU64,
     rejected: AtomicU64,
+    busy_sent: AtomicU64,
+    busy_received: AtomicU64,
     loads_ok: AtomicU64,
     loads_failed: AtomicU64,
     load_micros: AtomicU64,
@@ -66,6 +68,17 @@ impl Metrics {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A chunk request was answered `Busy` here: this node's upload queue
+    /// was full.
+    pub fn on_busy_sent(&self) {
+        self.busy_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A peer answered one of this node's chunk requests `Busy`.
+    pub fn on_busy_received(&self) {
+        self.busy_received.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `bytes` of a chunk were sent to `peer`.
     pub fn on_sent(&self, peer: &str, bytes: u64) {
         *self
@@ -85,7 +98,9 @@ impl Metrics {
         OpenConnection(())
     }
 
-    /// A `docker load` finished, well or not, after `took`.
+    /// A `docker load` finished, well or not, `took` after the node's last
+    /// chunk arrived (the load streams while it fetches; a load tried again
+    /// counts from its own start).
     pub fn on_load(&self, ok: bool, took: Duration) {
         let count = if ok { &self.loads_ok } else { &self.loads_failed };
         count.fetch_add(1, Ordering::Relaxed);
@@ -129,6 +144,16 @@ impl Metrics {
                 &self.rejected,
             ),
             (
+                "p2pimg_busy_answers_sent_total",
+                "Chunk requests answered Busy because this node's upload queue was full",
+                &self.busy_sent,
+            ),
+            (
+                "p2pimg_busy_answers_received_total",
+                "Chunk requests of this node that a peer answered Busy (the peer is asked again later)",
+                &self.busy_received,
+            ),
+            (
                 "p2pimg_store_evicted_distributions_total",
                 "Finished distributions forgotten by retention",
                 &self.evicted_dists,
@@ -161,7 +186,7 @@ impl Metrics {
             "p2pimg_loads_total{{result=\"ok\"}} {ok}\np2pimg_loads_total{{result=\"failed\"}} {failed}"
         );
         let secs = load(&self.load_micros) as f64 / 1e6;
-        let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time spent in docker load.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
+        let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time docker load took after the last chunk arrived.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
         let (open, peak) = (load(&self.connections), load(&self.connections_peak));
         let _ = writeln!(out, "# HELP p2pimg_connections Open QUIC connections to the pusher and peers.\n# TYPE p2pimg_connections gauge\np2pimg_connections {open}");
         let _ = writeln!(out, "# HELP p2pimg_connections_peak Most QUIC connections open at once since the start.\n# TYPE p2pimg_connections_peak gauge\np2pimg_connections_peak {peak}");
@@ -237,6 +262,9 @@ mod tests {
         m.on_received("n2", 50);
         m.on_sent("n3", 7);
         m.on_rejected();
+        m.on_busy_sent();
+        m.on_busy_received();
+        m.on_busy_received();
         m.on_load(true, Duration::from_millis(1500));
         m.on_evicted(1, 3, 3000);
         let dir = tempfile::tempdir().unwrap();
@@ -248,6 +276,8 @@ mod tests {
             "p2pimg_sent_bytes_total{peer=\"n3\"} 7",
             "p2pimg_chunks_verified_total 2",
             "p2pimg_chunks_rejected_total 1",
+            "p2pimg_busy_answers_sent_total 1",
+            "p2pimg_busy_answers_received_total 2",
             "p2pimg_loads_total{result=\"ok\"} 1",
             "p2pimg_load_seconds_total 1.5",
             "p2pimg_store_bytes 10",

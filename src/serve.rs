@@ -120,6 +120,7 @@ impl StreamCtx {
             Message::Request { dist, index } => {
                 let uploads = self.registry.uploads();
                 let Some(_admitted) = uploads.admit(crate::net::speaks_current(&self.conn)) else {
+                    crate::metrics::metrics().on_busy_sent();
                     return refuse(send, ErrorCode::Busy, "too many answers waiting here").await;
                 };
                 // The connection's slot first, so a peer waiting for its own

@@ -805,6 +805,7 @@ impl Swarm {
                 code: ErrorCode::Busy,
                 ..
             }) => {
+                crate::metrics::metrics().on_busy_received();
                 self.picker.on_failed(id, index);
                 self.back_off(id);
             }

@@ -273,9 +273,10 @@ impl Node<'_> {
         let mut streamed = None;
         let fetched = tokio::select! {
             fetched = follow_progress(swarm, control) => fetched,
-            // Ended early: it failed (it cannot succeed before the last chunk
-            // is in). Fetching goes on, so peers still get what this node
-            // holds; the error is reported once it is done.
+            // Ended first: it failed, or it took the last chunk a moment
+            // before the swarm reported it. Fetching goes on, so peers
+            // still get what this node holds; an error is reported once it
+            // is done.
             loaded = &mut streaming => {
                 streamed = Some(loaded);
                 follow_progress(swarm, control).await
@@ -298,7 +299,18 @@ impl Node<'_> {
         let fetched_at = std::time::Instant::now();
         let first = match streamed {
             Some(loaded) => loaded,
-            None => streaming.await,
+            None => match tokio::time::timeout(image::LOAD_TIMEOUT, streaming).await {
+                Ok(loaded) => loaded,
+                Err(_) => {
+                    let secs = image::LOAD_TIMEOUT.as_secs();
+                    let reason = format!(
+                        "the Docker Engine at {} did not finish loading within {secs}s of the last \
+                         chunk; nothing was tagged (check dockerd's log)",
+                        engine.host()
+                    );
+                    return Outcome::Failed { reason, received };
+                }
+            },
         };
         crate::metrics::metrics().on_load(first.is_ok(), fetched_at.elapsed());
         match load_again(ctx, &manifest, &plan, control, loading, first).await {

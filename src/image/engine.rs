@@ -20,11 +20,19 @@ use crate::manifest::chain_ids;
 /// Seconds an ordinary API call may take: bollard's own default, long enough
 /// for a busy engine, short enough that a hung one is reported.
 const API_TIMEOUT_SECS: u64 = 120;
-/// Seconds an export or load may take to answer. bollard's timeout runs until
-/// the response headers, and dockerd sends those only after it has read and
-/// unpacked a whole archive (load) or staged a whole image (export on 20.10),
-/// so it must cover the transfer: an hour is tens of GB on a slow disk.
+/// How long an export or load may take to answer. bollard's timeout runs
+/// until the response headers, and dockerd sends those only after it has
+/// read and unpacked a whole archive (load) or staged a whole image (export
+/// on 20.10), so it must cover the transfer: an hour is tens of GB on a slow
+/// disk. A load that streams while the node fetches gets this long after its
+/// last chunk arrived ([`LOAD_TIMEOUT`] for the caller to apply).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a load may take once the engine has been sent every byte of it.
+pub const LOAD_TIMEOUT: Duration = TRANSFER_TIMEOUT;
+/// bollard's timeout for a load that streams while the node still fetches:
+/// the fetch has limits of its own (a stall limit, the push's `--timeout`),
+/// and the caller bounds what follows with [`LOAD_TIMEOUT`].
+const STREAMING_LOAD_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Images inspected at once by [`Engine::held`]: enough to hide round trips,
 /// few enough not to load a node's engine.
 const INSPECT_CONCURRENCY: usize = 8;
@@ -189,9 +197,21 @@ impl Engine {
 
     /// Streams an image archive into `POST /images/load` and reads the
     /// progress to its end; any failure it reports is [`EngineError::Load`].
-    pub async fn load(&self, body: impl Stream<Item = Bytes> + Send + 'static) -> Result<(), EngineError> {
+    /// A body that waits for chunks still being fetched is `streaming`: its
+    /// request may stay open for as long as the fetch takes.
+    pub async fn load(
+        &self,
+        body: impl Stream<Item = Bytes> + Send + 'static,
+        streaming: bool,
+    ) -> Result<(), EngineError> {
         let options = ImportImageOptions { quiet: false };
-        let mut progress = self.transfer_client().import_image_stream(options, body, None);
+        let timeout = if streaming {
+            STREAMING_LOAD_TIMEOUT
+        } else {
+            TRANSFER_TIMEOUT
+        };
+        let client = self.docker.clone().with_timeout(timeout);
+        let mut progress = client.import_image_stream(options, body, None);
         while let Some(item) = progress.next().await {
             let info = item.map_err(|e| match is_transport(&e) {
                 // The engine went away mid-load (stopped, restarted, crashed).

@@ -330,7 +330,9 @@ impl<W: Write> Write for CountingWriter<W> {
 /// archive was written and the engine accepted it.
 ///
 /// With `arrivals`, the load starts while chunks are still arriving and
-/// waits for each in turn; closing the arrivals aborts it.
+/// waits for each in turn; closing the arrivals aborts it. Such a load is
+/// not timed out while the node fetches: the caller bounds the rest, from
+/// the last chunk on, with [`super::LOAD_TIMEOUT`].
 pub async fn load_images(
     engine: &Engine,
     manifest: Arc<Manifest>,
@@ -340,7 +342,6 @@ pub async fn load_images(
     arrivals: Option<Arc<Arrivals>>,
 ) -> Result<(), LoadError> {
     check_range("image", images.iter().copied(), manifest.images.len()).map_err(LoadError::Tar)?;
-    let arrivals = arrivals.unwrap_or_else(|| Arc::new(Arrivals::all(manifest.chunks.len())));
     upload(engine, manifest.clone(), images.clone(), layers, store, arrivals).await?;
     for &i in &images {
         let image = &manifest.images[i];
@@ -357,7 +358,8 @@ pub async fn load_images(
     Ok(())
 }
 
-/// Streams the archive into the engine. On a writer failure this returns
+/// Streams the archive into the engine, waiting for `arrivals` if the node
+/// still fetches. On a writer failure this returns
 /// before the body ends, dropping the request: the connection closes
 /// mid-body and dockerd abandons the load.
 async fn upload(
@@ -366,8 +368,10 @@ async fn upload(
     images: Vec<usize>,
     layers: BTreeSet<usize>,
     store: ChunkStore,
-    arrivals: Arc<Arrivals>,
+    arrivals: Option<Arc<Arrivals>>,
 ) -> Result<(), LoadError> {
+    let streaming = arrivals.is_some();
+    let arrivals = arrivals.unwrap_or_else(|| Arc::new(Arrivals::all(manifest.chunks.len())));
     let (tx, rx) = mpsc::channel(LOAD_QUEUE_FRAMES);
     let (done_tx, done_rx) = oneshot::channel();
     let cancel = CancellationToken::new();
@@ -387,7 +391,7 @@ async fn upload(
         let _ = done_tx.send(());
         Ok::<(), LoadTarError>(())
     });
-    let load = engine.load(body(rx, done_rx, cancel.clone()));
+    let load = engine.load(body(rx, done_rx, cancel.clone()), streaming);
     tokio::pin!(load);
     tokio::select! {
         written = &mut writer => {

@@ -17,7 +17,7 @@ pub mod load;
 pub mod progress;
 pub mod save;
 
-pub use engine::{split_reference, Engine, EngineError, Held, ResolvedImage};
+pub use engine::{split_reference, Engine, EngineError, Held, ResolvedImage, LOAD_TIMEOUT};
 pub use export::{export_to_manifest, ExportError};
 pub use load::{load_images, write_load_tar, LoadError, LoadTarError};
 pub use save::{parse_save, SaveError};

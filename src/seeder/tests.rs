@@ -23,6 +23,17 @@ fn peers_are_offered_disjoint_fresh_chunks() {
 }
 
 #[test]
+fn fresh_chunks_go_out_in_image_order_so_loads_can_stream() {
+    let now = Instant::now();
+    let mut s = seeder(10, 3);
+    // The peer already holds chunk 1 and does not want chunk 2.
+    let a = s.add_peer(1, &bits(10, [1]), &bits(10, (0..10).filter(|&i| i != 2)), now);
+    assert_eq!(a, vec![0, 3, 4]);
+    assert_eq!(s.add_peer(2, &bits(10, []), &bits(10, 0..10), now), vec![2, 5, 6]);
+    assert_eq!(s.on_have(1, 0, now), vec![7]);
+}
+
+#[test]
 fn each_chunk_is_offered_once_while_peers_progress() {
     let now = Instant::now();
     let mut s = seeder(12, 2);

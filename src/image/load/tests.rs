@@ -304,7 +304,7 @@ fn public_futures_are_send(engine: &Engine, manifest: Arc<Manifest>, store: Chun
     send(engine.resolve(&[]));
     send(engine.tag("", ""));
     send(engine.image_id(""));
-    send(engine.load(futures::stream::empty()));
+    send(engine.load(futures::stream::empty(), false));
     send(engine.export(&[]));
     send(super::super::export_to_manifest(
         engine,
