@@ -179,8 +179,14 @@ fn pack_in_parallel(
         for _ in 0..workers {
             let (work_rx, done_tx, failed) = (&work_rx, done_tx.clone(), &failed);
             scope.spawn(move || {
-                // The lock is held only to take the next job.
-                while let Ok((i, raw)) = work_rx.lock().expect("pack queue").recv() {
+                loop {
+                    // The lock is held only to take the next job: in a
+                    // `while let` its guard would live through the body, and
+                    // the workers would compress one at a time.
+                    let job = work_rx.lock().expect("pack queue").recv();
+                    let Ok((i, raw)) = job else {
+                        break;
+                    };
                     let stored = store_chunk(&raw, store, opts.zstd_level);
                     failed.fetch_or(stored.is_err(), Ordering::Relaxed);
                     if done_tx.send((i, stored)).is_err() {
