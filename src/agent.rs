@@ -1,6 +1,7 @@
 //! The agent: one per node. Accepts QUIC connections from the pusher and
 //! from peers, serves the chunks it holds, and runs each announced
-//! distribution: plan → fetch from the swarm → `docker load` → report.
+//! distribution: plan → fetch from the swarm, with `docker load` streaming
+//! the chunks in as they arrive → report.
 //!
 //! ```text
 //!  endpoint.accept ─► connection task (serve_connection)

@@ -7,8 +7,9 @@
 //!   and a [`Manifest`](crate::manifest::Manifest).
 //! - [`export`]: [`export_to_manifest`], the engine's export stream fed to
 //!   [`save`] on a blocking thread.
-//! - [`load`]: the minimal `docker load` archive from verified chunks, and
-//!   [`load_images`], which streams it into the engine and tags the result.
+//! - [`load`]: the minimal `docker load` archive from verified chunks (as
+//!   they arrive, while the node still fetches), and [`load_images`], which
+//!   streams it into the engine and tags the result.
 //! - [`progress`]: which `POST /images/load` progress messages are failures.
 
 pub mod engine;
