@@ -20,11 +20,15 @@ use std::time::{Duration, Instant};
 use crate::picker::PeerId;
 use crate::proto::Bitfield;
 
-/// How long a peer may go without a verified chunk before the seed offers
-/// it chunks others hold: long enough that a peer waiting its turn behind
-/// a slow link is not served twice, short enough that a peer cut off from
-/// the holders finishes.
-pub const STALL_AFTER: Duration = Duration::from_secs(20);
+/// How long a peer with nothing offered outstanding may go without a
+/// verified chunk before the seed offers it chunks others hold or were
+/// offered. Long enough that a peer waiting its turn behind busy holders is
+/// not served twice (in a running swarm a node verifies chunks every
+/// fraction of a second); short enough that when another node's link dies
+/// with chunks offered to it, the healthy nodes that need those chunks wait
+/// seconds, not the half minute until the dead node's connection times out.
+/// At worst the seed uploads a window of chunks twice per stalled peer.
+pub const STALL_AFTER: Duration = Duration::from_secs(8);
 
 struct SeedPeer {
     has: Vec<bool>,
