@@ -260,14 +260,13 @@ impl Node<'_> {
         }
         // The load streams from the start: dockerd unpacks the archive as
         // the chunks arrive, and only its import is left after the last.
-        let arrivals = swarm.arrivals();
         let streaming = image::load_images(
             engine,
             manifest.clone(),
             plan.images.clone(),
             plan.layers.clone(),
             ctx.store.clone(),
-            Some(arrivals.clone()),
+            Some(swarm.arrivals()),
         );
         tokio::pin!(streaming);
         let mut streamed = None;
@@ -284,11 +283,9 @@ impl Node<'_> {
         };
         let received = swarm.received().await;
         if let Err(reason) = fetched {
-            // Cuts the load short: nothing is tagged.
-            arrivals.close(&reason);
-            if streamed.is_none() {
-                let _ = streaming.await;
-            }
+            // Returning drops the load, which cuts its upload short: the
+            // engine registers nothing. Not awaited: an engine that stopped
+            // reading would keep this node from reporting its failure.
             return Outcome::Failed { reason, received };
         }
         let loading = Progress {
