@@ -359,9 +359,9 @@ pub async fn load_images(
 }
 
 /// Streams the archive into the engine, waiting for `arrivals` if the node
-/// still fetches. On a writer failure this returns
-/// before the body ends, dropping the request: the connection closes
-/// mid-body and dockerd abandons the load.
+/// still fetches. On a writer failure this returns before the body ends,
+/// dropping the request: the connection closes mid-body and dockerd
+/// abandons the load.
 async fn upload(
     engine: &Engine,
     manifest: Arc<Manifest>,
