@@ -10,6 +10,14 @@
 //! peer that has made no progress for [`STALL_AFTER`] and has nothing
 //! offered outstanding is offered whatever it still wants.
 //!
+//! Once every chunk has been offered and fewer than a window of offers are
+//! outstanding, the seed's uplink is about to idle while the swarm spreads
+//! the last chunks from their one or two holders: the end of every
+//! distribution. So from then on a peer's window is filled with the chunks
+//! it still wants that the fewest peers hold, up to an extra quarter of the
+//! chunk count over the whole distribution ([`EXTRA_SHARE`]), which bounds
+//! the seed's upload at about 1.25 times the image.
+//!
 //! Invariants: `pending(p)` ⊆ `want(p)` \ `has(p)`; `offered[i]` counts the
 //! peers with `i` in `pending` or that received `i` after it was offered;
 //! `holders[i]` counts the connected peers whose bitfield or HAVEs hold `i`.
@@ -30,6 +38,12 @@ use crate::proto::Bitfield;
 /// At worst the seed uploads a window of chunks twice per stalled peer.
 pub const STALL_AFTER: Duration = Duration::from_secs(8);
 
+/// Offers of chunks already offered once, allowed after the last fresh one,
+/// as a share of the chunk count: enough to keep the seed's uplink busy
+/// through the end of a distribution (the last chunks of a 16-node swarm),
+/// bounded so that the seed uploads each byte about once, not N times.
+const EXTRA_SHARE: usize = 4;
+
 struct SeedPeer {
     has: Vec<bool>,
     want: Vec<bool>,
@@ -43,6 +57,11 @@ pub struct Seeder {
     holders: Vec<u32>,
     peers: HashMap<PeerId, SeedPeer>,
     window: usize,
+    /// Offers left for chunks already offered (see [`EXTRA_SHARE`]).
+    extra_left: usize,
+    /// No peer wants a chunk that nobody holds or was offered. Only a peer
+    /// joining or leaving can make a chunk fresh again.
+    exhausted: bool,
 }
 
 impl Seeder {
@@ -56,6 +75,8 @@ impl Seeder {
             holders: vec![0; chunks],
             peers: HashMap::new(),
             window,
+            extra_left: chunks / EXTRA_SHARE,
+            exhausted: false,
         }
     }
 
@@ -75,6 +96,7 @@ impl Seeder {
             last_progress: now,
         };
         self.peers.insert(id, peer);
+        self.exhausted = false;
         self.top_up(id)
     }
 
@@ -106,6 +128,7 @@ impl Seeder {
         for i in peer.pending {
             self.offered[i as usize] -= 1;
         }
+        self.exhausted = false;
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         ids.into_iter()
             .map(|id| (id, self.top_up(id)))
@@ -131,14 +154,46 @@ impl Seeder {
             .collect()
     }
 
-    /// Fills the peer's window with fresh chunks it wants.
+    /// Fills the peer's window with fresh chunks it wants; once there are
+    /// none left anywhere and the seed's queue is running dry (fewer than a
+    /// window of offers outstanding across peers), with the wanted chunks
+    /// fewest peers hold, while the extra offers last.
     fn top_up(&mut self, id: PeerId) -> Vec<u32> {
+        let mut offers = self.offer_fresh(id);
+        let room = self
+            .peers
+            .get(&id)
+            .map_or(0, |p| self.window.saturating_sub(p.pending.len()));
+        let outstanding: usize = self.peers.values().map(|p| p.pending.len()).sum();
+        if room > 0 && self.extra_left > 0 && outstanding < self.window && self.fresh_exhausted() {
+            let extra = self.offer_rarest(id, room.min(self.extra_left));
+            self.extra_left -= extra.len();
+            offers.extend(extra);
+        }
+        offers
+    }
+
+    /// Whether no peer wants a chunk that nobody holds or was offered.
+    fn fresh_exhausted(&mut self) -> bool {
+        if !self.exhausted {
+            let fresh = |c: usize| self.offered[c] == 0 && self.holders[c] == 0;
+            self.exhausted = !self
+                .peers
+                .values()
+                .any(|p| (0..self.offered.len()).any(|c| p.want[c] && !p.has[c] && fresh(c)));
+        }
+        self.exhausted
+    }
+
+    /// Fills the peer's window with fresh chunks it wants, in image order.
+    fn offer_fresh(&mut self, id: PeerId) -> Vec<u32> {
+        let window = self.window;
         let Some(peer) = self.peers.get_mut(&id) else {
             return Vec::new();
         };
         let mut offers = Vec::new();
         for c in 0..self.offered.len() {
-            if peer.pending.len() >= self.window {
+            if peer.pending.len() >= window {
                 break;
             }
             let i = c as u32;
@@ -154,6 +209,16 @@ impl Seeder {
     /// Offers a stalled peer up to a window of anything it still wants,
     /// chunks nobody holds first.
     fn offer_wanted(&mut self, id: PeerId, now: Instant) -> Vec<u32> {
+        let offers = self.offer_rarest(id, self.window);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.last_progress = now;
+        }
+        offers
+    }
+
+    /// Offers a peer up to `limit` chunks it wants and was not offered yet,
+    /// those the fewest peers hold (then were offered to) first.
+    fn offer_rarest(&mut self, id: PeerId, limit: usize) -> Vec<u32> {
         let Some(peer) = self.peers.get_mut(&id) else {
             return Vec::new();
         };
@@ -161,12 +226,11 @@ impl Seeder {
             .filter(|&i| peer.want[i as usize] && !peer.has[i as usize] && !peer.pending.contains(&i))
             .collect();
         candidates.sort_by_key(|&i| (self.holders[i as usize], self.offered[i as usize]));
-        candidates.truncate(self.window);
+        candidates.truncate(limit);
         for &i in &candidates {
             self.offered[i as usize] += 1;
             peer.pending.insert(i);
         }
-        peer.last_progress = now;
         candidates
     }
 }

@@ -752,20 +752,34 @@ impl Swarm {
         ready.shuffle(&mut self.rng);
         for id in ready {
             while let Some(index) = self.picker.pick(id, &mut self.rng) {
-                let conn = self.peers[&id].conn.clone();
-                let shared = self.shared.clone();
-                self.fetches.spawn(async move {
-                    let result = tokio::time::timeout(FETCH_TIMEOUT, fetch(conn, shared, index)).await;
-                    let result = result.unwrap_or_else(|_| {
-                        Err(FetchError::Transfer {
-                            index,
-                            detail: format!("no answer in {FETCH_TIMEOUT:?}"),
-                        })
-                    });
-                    (id, index, result)
-                });
+                self.start_fetch(id, index);
             }
         }
+    }
+
+    /// Requests chunk `index` from peer `id` on a task of its own.
+    fn start_fetch(&mut self, id: PeerId, index: u32) {
+        let link = &self.peers[&id];
+        let (conn, peer) = (link.conn.clone(), link.name.clone());
+        let shared = self.shared.clone();
+        self.fetches.spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(FETCH_TIMEOUT, fetch(conn, shared, index)).await;
+            let result = result.unwrap_or_else(|_| {
+                Err(FetchError::Transfer {
+                    index,
+                    detail: format!("no answer in {FETCH_TIMEOUT:?}"),
+                })
+            });
+            // One line per request, for reading a swarm's timeline
+            // (RUST_LOG=p2pimg::swarm=trace).
+            let ms = started.elapsed().as_millis();
+            match &result {
+                Ok(_) => tracing::trace!(%peer, index, ms, "fetched"),
+                Err(e) => tracing::trace!(%peer, index, ms, "fetch failed: {e}"),
+            }
+            (id, index, result)
+        });
     }
 
     fn on_fetched(&mut self, id: PeerId, index: u32, result: Result<Fetched, FetchError>) {

@@ -34,23 +34,62 @@ fn fresh_chunks_go_out_in_image_order_so_loads_can_stream() {
 }
 
 #[test]
-fn each_chunk_is_offered_once_while_peers_progress() {
+fn each_chunk_is_offered_once_while_fresh_ones_last() {
     let now = Instant::now();
     let mut s = seeder(12, 2);
-    let mut offered = Vec::new();
+    let mut offered: Vec<u32> = Vec::new();
     let mut queue: Vec<(PeerId, u32)> = Vec::new();
     for id in 1..=3 {
         let offers = s.add_peer(id, &bits(12, []), &bits(12, 0..12), now);
+        offered.extend(&offers);
         queue.extend(offers.iter().map(|&i| (id, i)));
     }
-    // Each peer fetches what it was offered; offers follow until all 12 are out.
+    // Each peer fetches what it was offered; offers follow until all 12 are
+    // out, then extra ones, at most 12 / EXTRA_SHARE.
     while let Some((id, i)) = queue.pop() {
-        offered.push(i);
         let more = s.on_have(id, i, now);
+        offered.extend(&more);
         queue.extend(more.into_iter().map(|j| (id, j)));
     }
-    offered.sort();
-    assert_eq!(offered, (0..12).collect::<Vec<_>>(), "every chunk exactly once");
+    let mut first = offered[..12].to_vec();
+    first.sort();
+    assert_eq!(
+        first,
+        (0..12).collect::<Vec<_>>(),
+        "every chunk exactly once first"
+    );
+    assert!(offered.len() > 12, "the seed helps at the end");
+    assert!(offered.len() <= 12 + 12 / EXTRA_SHARE, "{} offers", offered.len());
+}
+
+#[test]
+fn at_the_end_the_seed_offers_what_fewest_hold() {
+    let now = Instant::now();
+    let (none, all) = (bits(4, []), bits(4, 0..4));
+    let mut s = seeder(4, 2);
+    assert_eq!(s.add_peer(1, &none, &all, now), [0, 1]);
+    assert_eq!(s.add_peer(2, &none, &all, now), [2, 3]);
+    assert!(s.on_have(2, 2, now).is_empty(), "three offers outstanding");
+    assert!(s.on_have(1, 0, now).is_empty(), "two offers outstanding");
+    // One offer left on its way, less than a window: the seed's uplink is
+    // about to idle. Peer 1 is offered what no peer holds (3) before what
+    // peer 2 holds (2), once: 4 / EXTRA_SHARE extra offers.
+    assert_eq!(s.on_have(1, 1, now), [3]);
+    assert!(s.on_have(2, 3, now).is_empty(), "no extra offers left");
+}
+
+#[test]
+fn no_extra_offers_while_the_seeds_queue_is_long() {
+    let now = Instant::now();
+    let (none, all) = (bits(20, []), bits(20, 0..20));
+    let mut s = seeder(20, 8);
+    assert_eq!(s.add_peer(1, &none, &all, now).len(), 8);
+    assert_eq!(s.add_peer(2, &none, &all, now).len(), 8);
+    // The last four fresh chunks.
+    assert_eq!(s.add_peer(3, &none, &all, now).len(), 4);
+    // 19 offers outstanding, more than a window: the seed has work enough
+    // without extras.
+    assert!(s.on_have(3, 16, now).is_empty());
 }
 
 #[test]
@@ -67,7 +106,8 @@ fn offers_only_what_a_peer_wants_and_lacks() {
 #[test]
 fn chunks_held_by_a_peer_are_not_offered() {
     let now = Instant::now();
-    let mut s = seeder(4, 10);
+    // A window of 2: room for the fresh chunks only.
+    let mut s = seeder(4, 2);
     s.add_peer(1, &bits(4, [0, 1]), &bits(4, []), now);
     let offers = s.add_peer(2, &bits(4, []), &bits(4, 0..4), now);
     let mut sorted = offers.clone();
