@@ -412,6 +412,9 @@ pub struct Swarm {
     all_dirty: bool,
     /// Peers dropped for misbehaving, by name, and since when.
     banned: HashMap<String, Instant>,
+    /// Chunks a request found stored while another of ours still fetched
+    /// them: that one's answer, when it comes, is counted as received.
+    credit_late: HashSet<u32>,
 }
 
 /// How a chunk request ended well.
@@ -491,6 +494,7 @@ impl Swarm {
             failed: false,
             dirty: HashSet::new(),
             all_dirty: false,
+            credit_late: HashSet::new(),
             banned: HashMap::new(),
         };
         let task = tokio::spawn(swarm.run());
@@ -795,12 +799,19 @@ impl Swarm {
                 }
                 self.on_chunk(id, index, bytes, true)
             }
-            // Stored meanwhile by this distribution's own endgame copy of the
-            // request, whose answer is still on its way here: that one counts.
-            Ok(Fetched::Stored(_)) if self.picker.requested_elsewhere(id, index) => {
-                self.picker.on_failed(id, index);
+            // Stored by another distribution on this node, or by this one's
+            // own endgame copy of the request, whose answer is still on its
+            // way here and counts as the chunk's when it comes. Either way
+            // the chunk is held now. (Putting it back in flight instead, for
+            // the copy to complete it, livelocked: two copies that both found
+            // the chunk stored each saw the other, asked again at once, as
+            // still fetching it; tests/concurrent.rs hung on it.)
+            Ok(Fetched::Stored(bytes)) => {
+                if self.picker.requested_elsewhere(id, index) {
+                    self.credit_late.insert(index);
+                }
+                self.on_chunk(id, index, bytes, false)
             }
-            Ok(Fetched::Stored(bytes)) => self.on_chunk(id, index, bytes, false),
             Err(FetchError::BadData { .. }) => {
                 crate::metrics::metrics().on_rejected();
                 self.picker.on_failed(id, index);
@@ -853,10 +864,32 @@ impl Swarm {
     /// distribution on this node put it there.
     fn on_chunk(&mut self, id: PeerId, index: u32, bytes: u64, from_peer: bool) {
         let Some(duplicates) = self.picker.on_received(id, index) else {
-            return; // a late endgame duplicate
+            // A late endgame duplicate: counted only if it is the answer that
+            // stored a chunk its twin found stored.
+            if self.credit_late.remove(&index) && from_peer {
+                self.count_received(id, bytes);
+            }
+            return;
         };
         self.dirty.extend(duplicates);
-        if let Some(link) = self.peers.get(&id).filter(|_| from_peer) {
+        if from_peer {
+            self.count_received(id, bytes);
+        }
+        self.arrivals.mark(index);
+        for link in self.peers.values() {
+            let _ = link.haves.send(index);
+        }
+        let complete = self.picker.is_complete();
+        self.progress.send_modify(|p| {
+            p.chunks += 1;
+            p.bytes += bytes;
+            p.complete = complete;
+        });
+    }
+
+    /// Counts a chunk of `bytes` received from peer `id`.
+    fn count_received(&mut self, id: PeerId, bytes: u64) {
+        if let Some(link) = self.peers.get(&id) {
             crate::metrics::metrics().on_received(&link.name, bytes);
             let e = self
                 .received
@@ -869,16 +902,6 @@ impl Swarm {
             e.chunks += 1;
             e.bytes += bytes;
         }
-        self.arrivals.mark(index);
-        for link in self.peers.values() {
-            let _ = link.haves.send(index);
-        }
-        let complete = self.picker.is_complete();
-        self.progress.send_modify(|p| {
-            p.chunks += 1;
-            p.bytes += bytes;
-            p.complete = complete;
-        });
     }
 }
 

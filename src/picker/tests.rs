@@ -150,7 +150,7 @@ fn a_peer_that_lacks_a_chunk_is_not_asked_again() {
 }
 
 #[test]
-fn an_endgame_copy_knows_its_twin_is_still_in_flight() {
+fn an_endgame_copy_that_finds_the_chunk_stored_completes_it() {
     let mut p = Picker::new(&[true], &[false], 8);
     p.add_peer(1, &bits(1, &[0]));
     p.add_peer(2, &bits(1, &[0]));
@@ -158,13 +158,14 @@ fn an_endgame_copy_knows_its_twin_is_still_in_flight() {
     assert!(!p.requested_elsewhere(1, 0), "only peer 1 asked so far");
     assert_eq!(p.pick(2, &mut rng()), Some(0), "endgame copy");
     assert!(p.requested_elsewhere(2, 0));
-    // Peer 2's copy found the chunk already stored by peer 1's answer, which
-    // the swarm has not processed yet: peer 2's request is dropped, and the
-    // chunk completes (and counts) with peer 1's answer.
-    p.on_failed(2, 0);
-    assert!(!p.is_complete());
-    assert_eq!(p.on_received(1, 0), Some(vec![]));
+    // Peer 1's answer stored the chunk, and peer 2's copy found it stored
+    // before the swarm processed that answer: the copy completes the chunk,
+    // and peer 1's answer, processed next, is a late duplicate.
+    assert_eq!(p.on_received(2, 0), Some(vec![1]));
     assert!(p.is_complete());
+    assert_eq!(p.on_received(1, 0), None);
+    assert_eq!((p.in_flight(1), p.in_flight(2)), (0, 0));
+    assert_eq!(p.pick(1, &mut rng()), None, "nothing left to ask");
 }
 
 #[test]
