@@ -10,10 +10,10 @@
 //! peer that has made no progress for [`STALL_AFTER`] and has nothing
 //! offered outstanding is offered whatever it still wants.
 //!
-//! Once every chunk has been offered and fewer than a window of offers are
-//! outstanding, the seed's uplink is about to idle while the swarm spreads
-//! the last chunks from their one or two holders: the end of every
-//! distribution. So from then on a peer's window is filled with the chunks
+//! Once every chunk has been offered and fewer offers are outstanding than
+//! there are peers (or than a window), the seed's uplink is about to idle
+//! while the swarm spreads the last chunks from their one or two holders:
+//! the end of every distribution. So from then on a peer's window is filled with the chunks
 //! it still wants that the fewest peers hold, up to an extra quarter of the
 //! chunk count over the whole distribution ([`EXTRA_SHARE`]), which bounds
 //! the seed's upload at about 1.25 times the image.
@@ -155,9 +155,13 @@ impl Seeder {
     }
 
     /// Fills the peer's window with fresh chunks it wants; once there are
-    /// none left anywhere and the seed's queue is running dry (fewer than a
-    /// window of offers outstanding across peers), with the wanted chunks
-    /// fewest peers hold, while the extra offers last.
+    /// none left anywhere and the seed's queue is running dry, with the
+    /// wanted chunks fewest peers hold, while the extra offers last.
+    ///
+    /// Running dry: fewer offers outstanding than peers (some peer has
+    /// nothing left to ask the seed for) and than a window. Earlier, the
+    /// extra chunks only delay the last fresh ones: starting at a window
+    /// outstanding cost N = 4 about 5% more seed upload and as much time.
     fn top_up(&mut self, id: PeerId) -> Vec<u32> {
         let mut offers = self.offer_fresh(id);
         let room = self
@@ -165,7 +169,8 @@ impl Seeder {
             .get(&id)
             .map_or(0, |p| self.window.saturating_sub(p.pending.len()));
         let outstanding: usize = self.peers.values().map(|p| p.pending.len()).sum();
-        if room > 0 && self.extra_left > 0 && outstanding < self.window && self.fresh_exhausted() {
+        let dry = outstanding < self.window.min(self.peers.len());
+        if room > 0 && self.extra_left > 0 && dry && self.fresh_exhausted() {
             let extra = self.offer_rarest(id, room.min(self.extra_left));
             self.extra_left -= extra.len();
             offers.extend(extra);

@@ -71,11 +71,33 @@ fn at_the_end_the_seed_offers_what_fewest_hold() {
     assert_eq!(s.add_peer(2, &none, &all, now), [2, 3]);
     assert!(s.on_have(2, 2, now).is_empty(), "three offers outstanding");
     assert!(s.on_have(1, 0, now).is_empty(), "two offers outstanding");
-    // One offer left on its way, less than a window: the seed's uplink is
+    // One offer left on its way, fewer than the peers: the seed's uplink is
     // about to idle. Peer 1 is offered what no peer holds (3) before what
     // peer 2 holds (2), once: 4 / EXTRA_SHARE extra offers.
     assert_eq!(s.on_have(1, 1, now), [3]);
     assert!(s.on_have(2, 3, now).is_empty(), "no extra offers left");
+}
+
+#[test]
+fn the_seeds_queue_runs_dry_with_fewer_offers_outstanding_than_peers() {
+    let now = Instant::now();
+    let (none, all) = (bits(4, []), bits(4, 0..4));
+    let mut s = seeder(4, 8);
+    assert_eq!(s.add_peer(1, &none, &all, now), [0, 1, 2, 3]);
+    assert!(
+        s.add_peer(2, &none, &all, now).is_empty(),
+        "nothing fresh, 4 outstanding"
+    );
+    assert!(s.on_have(1, 0, now).is_empty());
+    assert!(s.on_have(1, 1, now).is_empty());
+    assert!(s.on_have(2, 0, now).is_empty(), "two outstanding, one per peer");
+    assert!(
+        s.on_have(1, 2, now).is_empty(),
+        "peer 1 lacks nothing it was not offered"
+    );
+    // One outstanding for two peers: peer 2 is offered 3 (no holder) before
+    // 2 (held by peer 1), once (4 / EXTRA_SHARE).
+    assert_eq!(s.on_have(2, 1, now), [3]);
 }
 
 #[test]
