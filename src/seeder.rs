@@ -13,10 +13,10 @@
 //! Once every chunk has been offered and fewer offers are outstanding than
 //! there are peers (or than a window), the seed's uplink is about to idle
 //! while the swarm spreads the last chunks from their one or two holders:
-//! the end of every distribution. So from then on a peer's window is filled with the chunks
-//! it still wants that the fewest peers hold, up to an extra quarter of the
-//! chunk count over the whole distribution ([`EXTRA_SHARE`]), which bounds
-//! the seed's upload at about 1.25 times the image.
+//! the end of every distribution. So from then on a peer's window is filled
+//! with the chunks it still wants that the fewest peers hold, up to an extra
+//! quarter of the chunk count over the whole distribution ([`EXTRA_SHARE`]),
+//! which bounds the seed's upload at about 1.25 times the image.
 //!
 //! Invariants: `pending(p)` ⊆ `want(p)` \ `has(p)`; `offered[i]` counts the
 //! peers with `i` in `pending` or that received `i` after it was offered;
@@ -192,13 +192,12 @@ impl Seeder {
 
     /// Fills the peer's window with fresh chunks it wants, in image order.
     fn offer_fresh(&mut self, id: PeerId) -> Vec<u32> {
-        let window = self.window;
         let Some(peer) = self.peers.get_mut(&id) else {
             return Vec::new();
         };
         let mut offers = Vec::new();
         for c in 0..self.offered.len() {
-            if peer.pending.len() >= window {
+            if peer.pending.len() >= self.window {
                 break;
             }
             let i = c as u32;
