@@ -8,9 +8,12 @@
 //! - `availability[i]` is the number of known peers that hold chunk `i`.
 //!
 //! Requests go rarest-first (fewest holders), random among equals, at most
-//! `max_in_flight` per peer and `max_total` across peers. In the endgame (nothing left NEEDED) a chunk
-//! already in flight may be requested from a second peer, so one slow peer
-//! cannot hold up the end.
+//! `max_in_flight` per peer and `max_total` across peers. The seed is a
+//! peer of its own kind ([`Picker::add_seed`]): its own limit, outside the
+//! total, since requests to it wait their turn there rather than being
+//! refused. In the endgame (nothing left NEEDED) a chunk already in flight
+//! may be requested from a second peer, so one slow peer cannot hold up the
+//! end.
 
 use std::collections::HashMap;
 
@@ -37,6 +40,10 @@ enum State {
 struct Peer {
     has: Vec<bool>,
     in_flight: usize,
+    /// Most requests in flight to this peer.
+    limit: usize,
+    /// Whether its requests count against the total limit.
+    counted: bool,
 }
 
 /// Chunk states, availability and per-peer requests of one distribution.
@@ -82,12 +89,17 @@ impl Picker {
         self
     }
 
-    /// Requests in flight across all peers.
+    /// Requests in flight across all peers but the seed.
     pub fn total_in_flight(&self) -> usize {
-        self.peers.values().map(|p| p.in_flight).sum()
+        self.peers
+            .values()
+            .filter(|p| p.counted)
+            .map(|p| p.in_flight)
+            .sum()
     }
 
-    /// Whether requests in flight are at the limit across all peers.
+    /// Whether requests in flight are at the limit across all peers but the
+    /// seed.
     pub fn at_total_limit(&self) -> bool {
         self.total_in_flight() >= self.max_total
     }
@@ -137,11 +149,29 @@ impl Picker {
 
     /// A peer joined with the chunks of `bits` (validated by the caller).
     pub fn add_peer(&mut self, id: PeerId, bits: &Bitfield) {
+        self.insert_peer(id, bits, self.max_in_flight, true);
+    }
+
+    /// The seed joined: at most `limit` requests to it, not counted in the
+    /// total. It queues requests instead of refusing them, so they wait
+    /// there in turn with every other node's, and a node's other requests
+    /// go on meanwhile.
+    pub fn add_seed(&mut self, id: PeerId, bits: &Bitfield, limit: usize) {
+        self.insert_peer(id, bits, limit, false);
+    }
+
+    fn insert_peer(&mut self, id: PeerId, bits: &Bitfield, limit: usize, counted: bool) {
         let has: Vec<bool> = (0..self.state.len()).map(|i| bits.get(i)).collect();
         for (i, _) in has.iter().enumerate().filter(|(_, h)| **h) {
             self.availability[i] += 1;
         }
-        self.peers.insert(id, Peer { has, in_flight: 0 });
+        let peer = Peer {
+            has,
+            in_flight: 0,
+            limit,
+            counted,
+        };
+        self.peers.insert(id, peer);
     }
 
     /// A peer announced a new chunk. Returns false for an out-of-range index.
@@ -195,12 +225,16 @@ impl Picker {
             return None;
         }
         let peer = self.peers.get(&id)?;
-        if peer.in_flight >= self.max_in_flight || self.at_total_limit() {
+        if peer.in_flight >= peer.limit || (peer.counted && self.at_total_limit()) {
             return None;
         }
-        let i = self
-            .rarest(peer, State::Needed, rng)
-            .or_else(|| self.endgame_candidate(id, peer, rng))?;
+        // No endgame copies from the seed: its uplink is the swarm's
+        // scarcest, and it would send them ahead of chunks nobody else has.
+        let mut i = self.rarest(peer, State::Needed, rng);
+        if i.is_none() && peer.counted {
+            i = self.endgame_candidate(id, peer, rng);
+        }
+        let i = i?;
         self.state[i] = State::InFlight;
         self.requested_from.entry(i as u32).or_default().push(id);
         self.peers.get_mut(&id).expect("peer present").in_flight += 1;

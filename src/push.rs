@@ -222,7 +222,7 @@ pub async fn push(
             ..SwarmOptions::default()
         },
     );
-    let registry = Registry::with_upload_limit(opts.max_upload_mbit);
+    let registry = Registry::for_seed(opts.max_upload_mbit);
     let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
     let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;

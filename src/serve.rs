@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use crate::hash::Hash;
 use crate::proto::{close, read_frame, write_frame, ErrorCode, Message};
 use crate::ratelimit::RateLimit;
-use crate::swarm::{Holdings, Registry};
+use crate::swarm::{Holdings, Registry, SEED_IN_FLIGHT};
 
 /// Chunk answers on the wire at once, across all peers. A slot is held from
 /// reading the chunk until the requester has acknowledged every byte, so
@@ -62,6 +62,7 @@ pub async fn serve_connection<F, Fut>(
 {
     let on_other = Arc::new(on_other);
     let peer_slots = Arc::new(tokio::sync::Semaphore::new(SLOTS_PER_PEER));
+    let peer_admitted = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let stream = StreamCtx {
@@ -70,6 +71,7 @@ pub async fn serve_connection<F, Fut>(
             max_first,
             registry: registry.clone(),
             peer_slots: peer_slots.clone(),
+            peer_admitted: peer_admitted.clone(),
         };
         tasks.spawn(stream.handle(send, recv, on_other.clone()));
         while tasks.try_join_next().is_some() {}
@@ -85,6 +87,8 @@ struct StreamCtx {
     registry: Registry,
     /// This connection's share of the process's [`UPLOAD_SLOTS`].
     peer_slots: Arc<tokio::sync::Semaphore>,
+    /// This connection's requests admitted (waiting or answered).
+    peer_admitted: Arc<AtomicUsize>,
 }
 
 impl StreamCtx {
@@ -119,7 +123,8 @@ impl StreamCtx {
             },
             Message::Request { dist, index } => {
                 let uploads = self.registry.uploads();
-                let Some(_admitted) = uploads.admit(crate::net::speaks_current(&self.conn)) else {
+                let may_refuse = crate::net::speaks_current(&self.conn);
+                let Some(_admitted) = uploads.admit(may_refuse, &self.peer_admitted) else {
                     crate::metrics::metrics().on_busy_sent();
                     return refuse(send, ErrorCode::Busy, "too many answers waiting here").await;
                 };
@@ -138,12 +143,23 @@ impl StreamCtx {
 /// What bounds the chunk answers of one process, across its connections and
 /// distributions: upload slots, the queue before them, and the configured
 /// upload rate.
+///
+/// A node's queue is short and shared: a request past it is told `Busy` and
+/// asked elsewhere. The seed's is per node instead ([`Uploads::seed`]): the
+/// seed alone holds the chunks it offers, so a node told `Busy` could only
+/// ask it again later, and the nodes whose answer had just ended took every
+/// free place first (at N = 16, one node's first chunk from the seed came
+/// after 10.6 s). It queues about [`SEED_IN_FLIGHT`] requests per node, oldest
+/// first, so the nodes take turns.
 #[derive(Debug)]
 pub struct Uploads {
     slots: tokio::sync::Semaphore,
     /// Requests waiting for a slot or holding one.
     admitted: AtomicUsize,
     rate: Option<RateLimit>,
+    /// The seed's queue: requests admitted per connection, none refused
+    /// for the others'.
+    per_peer: Option<usize>,
 }
 
 impl Default for Uploads {
@@ -159,6 +175,19 @@ impl Uploads {
             slots: tokio::sync::Semaphore::new(UPLOAD_SLOTS),
             admitted: AtomicUsize::new(0),
             rate: mbit.map(RateLimit::mbit),
+            per_peer: None,
+        }
+    }
+
+    /// The seed's: every node's requests wait their turn, up to
+    /// [`SEED_IN_FLIGHT`] per node; answers paced to `mbit`, if set.
+    pub fn seed(mbit: Option<u64>) -> Uploads {
+        Uploads {
+            // One more than a node asks at once: a place is freed only once
+            // the answer is acknowledged, and by then the node, which has
+            // the chunk, may have asked again.
+            per_peer: Some(SEED_IN_FLIGHT + 1),
+            ..Uploads::new(mbit)
         }
     }
 
@@ -167,16 +196,20 @@ impl Uploads {
         self.rate.as_ref()
     }
 
-    /// Admits a request until the returned guard is dropped, unless the
-    /// queue is full and the requester understands `Busy` (`may_refuse`): a
-    /// version 1 peer waits its turn, as it always did.
-    pub fn admit(self: &Arc<Self>, may_refuse: bool) -> Option<Admission> {
+    /// Admits a request of the connection whose admitted requests `peer`
+    /// counts, until the returned guard is dropped, unless the queue is full
+    /// (the seed's: that connection's share of it) and the requester
+    /// understands `Busy` (`may_refuse`): a version 1 peer waits its turn,
+    /// as it always did.
+    pub fn admit(self: &Arc<Self>, may_refuse: bool, peer: &Arc<AtomicUsize>) -> Option<Admission> {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
-        if may_refuse && before >= UPLOAD_SLOTS + QUEUE_DEPTH {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admission(self.clone()))
+        let peer_before = peer.fetch_add(1, Ordering::AcqRel);
+        let full = match self.per_peer {
+            Some(limit) => peer_before >= limit,
+            None => before >= UPLOAD_SLOTS + QUEUE_DEPTH,
+        };
+        let admission = Admission(self.clone(), peer.clone());
+        (!(may_refuse && full)).then_some(admission)
     }
 
     /// Requests admitted now.
@@ -187,11 +220,12 @@ impl Uploads {
 
 /// One request admitted by [`Uploads::admit`], until dropped.
 #[derive(Debug)]
-pub struct Admission(Arc<Uploads>);
+pub struct Admission(Arc<Uploads>, Arc<AtomicUsize>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.1.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -261,19 +295,45 @@ pub async fn refuse(mut send: SendStream, code: ErrorCode, message: &str) {
 mod tests {
     use super::*;
 
+    fn peer() -> Arc<AtomicUsize> {
+        Arc::new(AtomicUsize::new(0))
+    }
+
     #[test]
     fn a_full_queue_refuses_current_peers_and_queues_old_ones() {
         let uploads = Arc::new(Uploads::default());
         let held: Vec<Admission> = (0..UPLOAD_SLOTS + QUEUE_DEPTH)
-            .map(|_| uploads.admit(true).expect("room"))
+            .map(|_| uploads.admit(true, &peer()).expect("room"))
             .collect();
-        assert!(uploads.admit(true).is_none(), "a current peer is told Busy");
+        assert!(
+            uploads.admit(true, &peer()).is_none(),
+            "a current peer is told Busy"
+        );
         assert_eq!(uploads.admitted(), UPLOAD_SLOTS + QUEUE_DEPTH);
-        let old = uploads.admit(false).expect("a version 1 peer waits its turn");
+        let old = uploads
+            .admit(false, &peer())
+            .expect("a version 1 peer waits its turn");
         assert_eq!(uploads.admitted(), UPLOAD_SLOTS + QUEUE_DEPTH + 1);
         drop(old);
         drop(held);
         assert_eq!(uploads.admitted(), 0);
-        assert!(uploads.admit(true).is_some());
+        assert!(uploads.admit(true, &peer()).is_some());
+    }
+
+    #[test]
+    fn the_seed_queues_every_nodes_requests_up_to_its_share() {
+        let uploads = Arc::new(Uploads::seed(None));
+        let nodes: Vec<Arc<AtomicUsize>> = (0..16).map(|_| peer()).collect();
+        // Sixteen nodes, each with its share waiting: nobody told Busy.
+        let held: Vec<Admission> = nodes
+            .iter()
+            .flat_map(|n| (0..=SEED_IN_FLIGHT).map(|_| uploads.admit(true, n).expect("its share")))
+            .collect();
+        assert_eq!(uploads.admitted(), 16 * (SEED_IN_FLIGHT + 1));
+        assert!(uploads.admit(true, &nodes[3]).is_none(), "past its share: Busy");
+        assert_eq!(nodes[3].load(Ordering::Acquire), SEED_IN_FLIGHT + 1);
+        drop(held);
+        assert_eq!(uploads.admitted(), 0);
+        assert!(nodes.iter().all(|n| n.load(Ordering::Acquire) == 0));
     }
 }

@@ -54,6 +54,15 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// 60) a request for a rare chunk waited seconds behind the others at its
 /// only holder, and the last chunks trickled in.
 pub const DEFAULT_MAX_TOTAL_IN_FLIGHT: usize = 8;
+/// Requests in flight to the seed, outside [`DEFAULT_MAX_TOTAL_IN_FLIGHT`]:
+/// the seed admits as many per node and queues them, oldest first, so each
+/// node keeps its place in the seed's round (the seed alone holds the chunks
+/// it offers, so asking elsewhere is no option). With `Busy` instead, the
+/// nodes whose answer had just ended took every free place again: at N = 16
+/// one node received its first chunk from the seed after 0.2 s, another
+/// after 10.6 s. Three keep the seed's two answers per node going while the
+/// next request is on its way.
+pub const SEED_IN_FLIGHT: usize = 3;
 /// Longest wait for one chunk before asking someone else: 8 requests of
 /// 1 MiB over a 2 Mbit/s link take about 35 s.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -169,6 +178,12 @@ impl Registry {
     /// A registry whose serving uploads at most `mbit` Mbit/s.
     pub fn with_upload_limit(mbit: Option<u64>) -> Registry {
         Registry(Arc::default(), Arc::new(Uploads::new(mbit)))
+    }
+
+    /// The seed's registry: requests queue per node ([`Uploads::seed`]),
+    /// serving uploads at most `mbit` Mbit/s.
+    pub fn for_seed(mbit: Option<u64>) -> Registry {
+        Registry(Arc::default(), Arc::new(Uploads::seed(mbit)))
     }
 
     /// What bounds this process's chunk answers.
@@ -293,6 +308,7 @@ enum Cmd {
         send: SendStream,
         recv: RecvStream,
         their: Option<Holdings>,
+        seed: bool,
     },
     Hello {
         id: PeerId,
@@ -337,6 +353,17 @@ impl SwarmHandle {
         (send, recv): (SendStream, RecvStream),
         their: Option<Holdings>,
     ) {
+        self.add_link(name, conn, (send, recv), their, false).await
+    }
+
+    async fn add_link(
+        &self,
+        name: String,
+        conn: Connection,
+        (send, recv): (SendStream, RecvStream),
+        their: Option<Holdings>,
+        seed: bool,
+    ) {
         let _ = self
             .tx
             .send(Cmd::AddPeer {
@@ -345,6 +372,7 @@ impl SwarmHandle {
                 send,
                 recv,
                 their,
+                seed,
             })
             .await;
     }
@@ -352,7 +380,15 @@ impl SwarmHandle {
     /// Opens a swarm stream to a peer on `conn` and adds it.
     pub async fn connect_peer(&self, name: String, conn: Connection) -> Result<(), quinn::ConnectionError> {
         let streams = conn.open_bi().await?;
-        self.add_peer(name, conn, streams, None).await;
+        self.add_link(name, conn, streams, None, false).await;
+        Ok(())
+    }
+
+    /// Opens a swarm stream to the seed (the pusher) on `conn` and adds it:
+    /// up to [`SEED_IN_FLIGHT`] requests to it, besides those to peers.
+    pub async fn connect_seed(&self, name: String, conn: Connection) -> Result<(), quinn::ConnectionError> {
+        let streams = conn.open_bi().await?;
+        self.add_link(name, conn, streams, None, true).await;
         Ok(())
     }
 
@@ -387,6 +423,8 @@ struct PeerLink {
     busy_until: Option<tokio::time::Instant>,
     /// `Busy` answers in a row, for the backoff.
     busy_strikes: u32,
+    /// The seed: requests to it wait their turn there ([`SEED_IN_FLIGHT`]).
+    seed: bool,
 }
 
 /// The actor: owns the picker, the peer links and the fetch tasks.
@@ -546,7 +584,8 @@ impl Swarm {
                 send,
                 recv,
                 their,
-            } => self.on_add_peer(name, conn, send, recv, their),
+                seed,
+            } => self.on_add_peer(name, conn, (send, recv), their, seed),
             Cmd::Hello { id, their } => self.on_hello(id, their),
             Cmd::Have { id, index } => self.on_have(id, index),
             Cmd::Gone { id } => self.forget_peer(id),
@@ -560,9 +599,9 @@ impl Swarm {
         &mut self,
         name: String,
         conn: Connection,
-        send: SendStream,
-        recv: RecvStream,
+        (send, recv): (SendStream, RecvStream),
         their: Option<Holdings>,
+        seed: bool,
     ) {
         if self.is_banned(&name) {
             tracing::debug!(peer = %name, "refused a swarm stream from a dropped peer");
@@ -601,6 +640,7 @@ impl Swarm {
                 task,
                 busy_until: None,
                 busy_strikes: 0,
+                seed,
             },
         );
     }
@@ -610,7 +650,10 @@ impl Swarm {
             return;
         };
         link.ready = true;
-        self.picker.add_peer(id, &their.have);
+        match link.seed {
+            true => self.picker.add_seed(id, &their.have, SEED_IN_FLIGHT),
+            false => self.picker.add_peer(id, &their.have),
+        }
         self.dirty.insert(id);
         if let Some(seeder) = &mut self.seeder {
             let offers = seeder.add_peer(id, &their.have, &their.want, Instant::now());

@@ -245,7 +245,7 @@ impl Node<'_> {
                 };
             }
         };
-        if let Err(e) = swarm.connect_peer(pusher.name.clone(), conn.clone()).await {
+        if let Err(e) = swarm.connect_seed(pusher.name.clone(), conn.clone()).await {
             let reason = format!("cannot open a swarm stream to the pusher: {e}");
             return Outcome::Failed {
                 reason,

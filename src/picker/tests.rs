@@ -185,3 +185,33 @@ fn the_total_limit_caps_requests_across_peers() {
     assert_eq!(p.total_in_flight(), 2);
     assert!(p.pick(3, &mut rng()).is_some(), "a freed slot is any peer's");
 }
+
+#[test]
+fn the_seed_has_its_own_limit_outside_the_total() {
+    let mut p = Picker::new(&[true; 8], &[false; 8], 4).with_total_limit(2);
+    p.add_peer(1, &bits(8, &[0, 1, 2, 3]));
+    p.add_seed(9, &bits(8, &[4, 5, 6, 7]), 3);
+    assert!(p.pick(1, &mut rng()).is_some());
+    assert!(p.pick(1, &mut rng()).is_some());
+    assert_eq!(p.pick(1, &mut rng()), None, "the total limit holds for peers");
+    // Requests to the seed wait there in turn: three, whatever the others.
+    for _ in 0..3 {
+        assert!(p.pick(9, &mut rng()).is_some());
+    }
+    assert_eq!(p.pick(9, &mut rng()), None, "the seed's own limit");
+    assert_eq!((p.total_in_flight(), p.in_flight(9)), (2, 3));
+}
+
+#[test]
+fn no_endgame_copy_is_asked_of_the_seed() {
+    let mut p = Picker::new(&[true; 2], &[false; 2], 4);
+    p.add_peer(1, &bits(2, &[0, 1]));
+    p.add_seed(9, &bits(2, &[0, 1]), 3);
+    assert!(p.pick(1, &mut rng()).is_some());
+    assert!(p.pick(1, &mut rng()).is_some());
+    // Nothing left NEEDED: the endgame, where a peer may be asked for a
+    // chunk in flight elsewhere; the seed is not.
+    assert_eq!(p.pick(9, &mut rng()), None);
+    p.add_peer(2, &bits(2, &[0, 1]));
+    assert!(p.pick(2, &mut rng()).is_some(), "another peer is");
+}
