@@ -560,7 +560,7 @@ impl Swarm {
                     if let Ok((id, index, result)) = done {
                         self.on_fetched(id, index, result);
                     }
-                    if self.fetches.is_empty() {
+                    if self.idle() {
                         self.shorten_pauses();
                     }
                 }
@@ -718,6 +718,14 @@ impl Swarm {
         self.peers.values().filter_map(|l| l.busy_until).min()
     }
 
+    /// Whether no request to a peer is in flight. Requests waiting their
+    /// turn at the seed do not count: they wait seconds by design, and a node
+    /// always has some there, so counting them kept every pause after `Busy`
+    /// at its long cap and the node idle in the first seconds of a push.
+    fn idle(&self) -> bool {
+        self.picker.total_in_flight() == 0
+    }
+
     /// Nothing is in flight any more: pauses after `Busy` end within
     /// [`IDLE_BACKOFF_MAX`], so an idle node does not wait out a long one.
     fn shorten_pauses(&mut self) {
@@ -743,7 +751,7 @@ impl Swarm {
     /// A peer answered `Busy`: leave it alone for a while, longer each time
     /// in a row, with jitter so its requesters do not come back all at once.
     fn back_off(&mut self, id: PeerId) {
-        let cap = match self.fetches.is_empty() {
+        let cap = match self.idle() {
             true => IDLE_BACKOFF_MAX,
             false => BUSY_BACKOFF_MAX,
         };
