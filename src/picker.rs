@@ -228,13 +228,9 @@ impl Picker {
         if peer.in_flight >= peer.limit || (peer.counted && self.at_total_limit()) {
             return None;
         }
-        // No endgame copies from the seed: its uplink is the swarm's
-        // scarcest, and it would send them ahead of chunks nobody else has.
-        let mut i = self.rarest(peer, State::Needed, rng);
-        if i.is_none() && peer.counted {
-            i = self.endgame_candidate(id, peer, rng);
-        }
-        let i = i?;
+        let i = self
+            .rarest(peer, State::Needed, rng)
+            .or_else(|| self.endgame_candidate(id, peer, rng))?;
         self.state[i] = State::InFlight;
         self.requested_from.entry(i as u32).or_default().push(id);
         self.peers.get_mut(&id).expect("peer present").in_flight += 1;

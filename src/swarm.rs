@@ -55,7 +55,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// only holder, and the last chunks trickled in.
 pub const DEFAULT_MAX_TOTAL_IN_FLIGHT: usize = 8;
 /// Requests in flight to the seed, outside [`DEFAULT_MAX_TOTAL_IN_FLIGHT`]:
-/// the seed admits as many per node and queues them, oldest first, so each
+/// the seed lets one more per node wait, oldest first, so each
 /// node keeps its place in the seed's round (the seed alone holds the chunks
 /// it offers, so asking elsewhere is no option). With `Busy` instead, the
 /// nodes whose answer had just ended took every free place again: at N = 16

@@ -201,17 +201,3 @@ fn the_seed_has_its_own_limit_outside_the_total() {
     assert_eq!(p.pick(9, &mut rng()), None, "the seed's own limit");
     assert_eq!((p.total_in_flight(), p.in_flight(9)), (2, 3));
 }
-
-#[test]
-fn no_endgame_copy_is_asked_of_the_seed() {
-    let mut p = Picker::new(&[true; 2], &[false; 2], 4);
-    p.add_peer(1, &bits(2, &[0, 1]));
-    p.add_seed(9, &bits(2, &[0, 1]), 3);
-    assert!(p.pick(1, &mut rng()).is_some());
-    assert!(p.pick(1, &mut rng()).is_some());
-    // Nothing left NEEDED: the endgame, where a peer may be asked for a
-    // chunk in flight elsewhere; the seed is not.
-    assert_eq!(p.pick(9, &mut rng()), None);
-    p.add_peer(2, &bits(2, &[0, 1]));
-    assert!(p.pick(2, &mut rng()).is_some(), "another peer is");
-}
