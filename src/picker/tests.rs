@@ -201,3 +201,18 @@ fn the_seed_has_its_own_limit_outside_the_total() {
     assert_eq!(p.pick(9, &mut rng()), None, "the seed's own limit");
     assert_eq!((p.total_in_flight(), p.in_flight(9)), (2, 3));
 }
+
+#[test]
+fn endgame_copies_from_the_seed_go_one_at_a_time() {
+    let mut p = Picker::new(&[true; 3], &[false; 3], 4);
+    p.add_peer(1, &bits(3, &[0, 1, 2]));
+    p.add_seed(9, &bits(3, &[0, 1, 2]), 3);
+    for _ in 0..3 {
+        assert!(p.pick(1, &mut rng()).is_some());
+    }
+    // Everything is in flight at peer 1: the seed may be asked for a copy,
+    // one at a time (a stalled peer's chunks still come, in turn).
+    assert!(p.pick(9, &mut rng()).is_some());
+    assert_eq!(p.pick(9, &mut rng()), None);
+    assert_eq!(p.in_flight(9), 1);
+}
