@@ -14,7 +14,8 @@
 //! there are peers (or than a window), the seed's uplink is about to idle
 //! while the swarm spreads the last chunks from their one or two holders:
 //! the end of every distribution. So from then on a peer's window is filled
-//! with the chunks it still wants that the fewest peers hold, up to an extra
+//! with the chunks it still wants that no peer or only one holds
+//! ([`EXTRA_MAX_HOLDERS`]), fewest holders first, up to an extra
 //! quarter of the chunk count over the whole distribution ([`EXTRA_SHARE`]),
 //! which bounds the seed's upload at about 1.25 times the image.
 //!

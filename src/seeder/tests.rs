@@ -171,3 +171,19 @@ fn out_of_range_have_is_ignored() {
     assert!(s.on_have(1, 99, Instant::now()).is_empty());
     assert!(s.on_have(42, 0, Instant::now()).is_empty());
 }
+
+#[test]
+fn extra_offers_skip_chunks_several_peers_hold() {
+    let now = Instant::now();
+    let (none, all) = (bits(4, []), bits(4, 0..4));
+    let mut s = seeder(4, 8);
+    // Peers 1 and 2 hold chunk 0, peer 2 also chunk 1, and want nothing
+    // more; peer 3 lags and lacks everything.
+    s.add_peer(1, &bits(4, [0]), &bits(4, [0]), now);
+    s.add_peer(2, &bits(4, [0, 1]), &bits(4, [0, 1]), now);
+    // The fresh chunks, then, with every chunk offered and fewer offers
+    // outstanding than peers, an extra one: the chunk one peer holds (1),
+    // not the one two hold (0), which peer 3 fetches from them.
+    assert_eq!(s.add_peer(3, &none, &all, now), [2, 3, 1]);
+    assert!(s.on_have(3, 2, now).is_empty(), "nothing else one peer holds");
+}
