@@ -97,6 +97,11 @@ check_config() {
     for v in $METHODS; do
         [[ "$v" == p2pimg || "$v" == scp || "$v" == registry ]] || die "METHODS: p2pimg, scp, registry"
     done
+}
+
+# check_bin_files: after the packages are installed, since the default is dockerd's binary.
+check_bin_files() {
+    local v
     for v in $BIN_FILES; do [[ -f "$v" ]] || die "BIN_FILES: no file $v"; done
 }
 
@@ -512,6 +517,7 @@ main() {
     trap on_exit EXIT
     trap 'exit 130' INT TERM
     bench_install_deps
+    check_bin_files
     log "removing leftovers of an earlier run, if any"
     bench_cleanup
     cg_enter
