@@ -30,6 +30,9 @@
 #   TEXT_MB=40         MiB of log-like text in one layer (compresses about 4x)
 #   RANDOM_MB=100      MiB of /dev/urandom in one layer (incompressible)
 #   PUSH_ARGS=         extra arguments for `p2pimg push`, e.g. "--zstd-level 1"
+#   DISK_IOPS=         if set, each agent's chunk store is on an emulated disk of that many
+#                      operations per second (150 is a hard disk), DISK_MBPS=150 MB/s
+#                      (qemu-storage-daemon's throttle filter; installs qemu-utils)
 #   SCP_PARALLEL=10    copies at once in the scp fan-out
 #   SUBNET=10.77.0     the emulated hosts' /24
 #   TIMEOUT=1800       seconds one push, copy or pull may take
@@ -58,6 +61,8 @@ BIN_FILES=${BIN_FILES-/usr/sbin/dockerd}
 TEXT_MB=${TEXT_MB:-40}
 RANDOM_MB=${RANDOM_MB:-100}
 PUSH_ARGS=${PUSH_ARGS:-}
+DISK_IOPS=${DISK_IOPS:-}
+DISK_MBPS=${DISK_MBPS:-150}
 SCP_PARALLEL=${SCP_PARALLEL:-10}
 SUBNET=${SUBNET:-10.77.0}
 TIMEOUT=${TIMEOUT:-1800}
@@ -89,9 +94,10 @@ check_config() {
     for n in $NS; do
         if ! [[ "$n" =~ ^[0-9]+$ ]] || ((n < 1 || n > 250)); then die "NS: node counts are 1..250, got '$n'"; fi
     done
-    for v in "$RATE" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL" "$TIMEOUT" "$QUIET_WAIT"; do
-        [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT, QUIET_WAIT are whole numbers"
+    for v in "$RATE" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL" "$TIMEOUT" "$QUIET_WAIT" "$DISK_MBPS"; do
+        [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT, QUIET_WAIT, DISK_MBPS are whole numbers"
     done
+    [[ -z "$DISK_IOPS" || "$DISK_IOPS" =~ ^[1-9][0-9]*$ ]] || die "DISK_IOPS is a whole number of operations per second"
     [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET is the first three octets, like 10.77.0"
     [[ "$BASE" == debian || "$BASE" == busybox ]] || die "BASE is debian or busybox"
     for v in $METHODS; do
@@ -534,6 +540,10 @@ main() {
     build_image
     SEED_ID=$(image_id 0 "$IMAGE")
     agents_prepare "$nmax"
+    if [[ -n "$DISK_IOPS" ]]; then
+        log "putting the agents' chunk stores on disks of $DISK_IOPS operations/s, $DISK_MBPS MB/s"
+        for ((i = 1; i <= nmax; i++)); do disk_up "$i"; done
+    fi
     has_method scp && sshd_start
     {
         printf '\n== p2pimg benchmark, %s ==\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -541,6 +551,7 @@ main() {
             "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)" "$(uname -r)" \
             "$(dk 0 version --format '{{.Server.Version}}')"
         printf 'p2pimg: %s (git %s)   push args: %s\n' "$("$BIN" --version)" "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" "${PUSH_ARGS:-none}"
+        [[ -n "$DISK_IOPS" ]] && printf 'agent chunk stores: emulated disks of %s operations/s, %s MB/s\n' "$DISK_IOPS" "$DISK_MBPS"
         printf 'config: NS="%s" RATE=%s RATES="%s" METHODS="%s" BASE=%s BIN_FILES="%s" TEXT_MB=%s RANDOM_MB=%s SCP_PARALLEL=%s\n' \
             "$NS" "$RATE" "$RATES" "$METHODS" "$BASE" "$BIN_FILES" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL"
         printf 'image %s (%s), %s MB as docker reports it; layers:\n' "$IMAGE" "${SEED_ID:7:12}" \
@@ -563,7 +574,7 @@ main() {
     ((SINGLE)) && has_method p2pimg && run_single | tee "$R/runs/single.txt"
     {
         printf '\n==================== summary ====================\n'
-        printf '%s\n' "config: NS=\"$NS\" RATE=$RATE RATES=\"$RATES\" BASE=$BASE BIN_FILES=\"$BIN_FILES\" TEXT_MB=$TEXT_MB RANDOM_MB=$RANDOM_MB PUSH_ARGS=\"$PUSH_ARGS\""
+        printf '%s\n' "config: NS=\"$NS\" RATE=$RATE RATES=\"$RATES\" BASE=$BASE BIN_FILES=\"$BIN_FILES\" TEXT_MB=$TEXT_MB RANDOM_MB=$RANDOM_MB PUSH_ARGS=\"$PUSH_ARGS\" DISK_IOPS=\"$DISK_IOPS\""
         for n in $NS; do cat "$R/runs/block-$n.txt"; done
         [[ -f "$R/runs/single.txt" ]] && cat "$R/runs/single.txt"
         print_legend

@@ -66,6 +66,10 @@ bench_install_deps() {
         pkg=${entry%%:*} file=${entry#*:}
         [[ -e "$file" ]] || need+=("$pkg")
     done
+    if [[ -n "${DISK_IOPS:-}" ]]; then
+        [[ -e /usr/bin/qemu-storage-daemon ]] || need+=(qemu-utils)
+        [[ -e /sbin/mkfs.ext4 ]] || need+=(e2fsprogs)
+    fi
     ((${#need[@]} == 0)) && return 0
     log "installing missing packages: ${need[*]}"
     [[ $(id -u) -eq 0 ]] || die "need root to install ${need[*]}"
@@ -140,12 +144,57 @@ bench_cleanup() {
     if [[ -d "$R" ]]; then
         awk -v d="$R/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r |
             while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
+        disks_cleanup
         rm -rf "$R"
     fi
     for ns in "${spaces[@]}"; do
         ip netns del "$ns" 2>/dev/null || true
     done
     cg_leave
+}
+
+# ---------------------------------------------------------------- slow disks (DISK_IOPS)
+
+# disk_up I: puts agent I's chunk store on a disk of its own that does DISK_IOPS operations
+# per second (reads, writes and flushes alike) and DISK_MBPS MB/s, like a hard disk or a
+# small cloud volume: a 4 GB file behind qemu-storage-daemon's throttle filter, exported
+# through FUSE, attached to a loop device, ext4, mounted on hI/state. Only the store is on
+# it; the node's dockerd keeps its data on the machine's disk.
+disk_up() {
+    local i=$1 d k loop
+    d=$R/disk$i
+    mkdir -p "$d" "$(host_dir "$i")/state"
+    truncate -s 4G "$d/disk.raw"
+    : >"$d/export.img"
+    qemu-storage-daemon \
+        --object "throttle-group,id=tg$i,x-iops-total=$DISK_IOPS,x-bps-total=$((DISK_MBPS * 1048576))" \
+        --blockdev "driver=file,node-name=file$i,filename=$d/disk.raw" \
+        --blockdev "driver=throttle,node-name=slow$i,throttle-group=tg$i,file=file$i" \
+        --export "type=fuse,id=exp$i,node-name=slow$i,mountpoint=$d/export.img,writable=on" \
+        </dev/null >"$d/qsd.log" 2>&1 &
+    for ((k = 0; k < 100; k++)); do
+        [[ "$(stat -c %s "$d/export.img" 2>/dev/null)" == 4294967296 ]] && break
+        sleep 0.1
+    done
+    [[ "$(stat -c %s "$d/export.img")" == 4294967296 ]] ||
+        { cat "$d/qsd.log" >&2; die "qemu-storage-daemon did not export $d/export.img"; }
+    loop=$(losetup -f --show "$d/export.img") || die "no free loop device for the slow disk"
+    printf '%s\n' "$loop" >"$d/loop"
+    mkfs.ext4 -q -F "$loop" || die "mkfs.ext4 $loop failed"
+    mount "$loop" "$(host_dir "$i")/state" || die "cannot mount $loop"
+}
+
+# disks_cleanup: detaches the slow disks' loop devices and stops their daemons (after the
+# mounts are gone).
+disks_cleanup() {
+    local f pid
+    for f in "$R"/disk*/loop; do
+        [[ -f "$f" ]] && losetup -d "$(cat "$f")" 2>/dev/null
+    done
+    for pid in $(pgrep -f qemu-storage-daemon 2>/dev/null); do
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$R/" && kill -TERM "$pid" 2>/dev/null
+    done
+    return 0
 }
 
 # ---------------------------------------------------------------- network
@@ -493,8 +542,9 @@ agents_restart() {
     for ((i = 1; i <= n; i++)); do agent_stop "$i"; done
     for ((i = 1; i <= n; i++)); do
         d=$(host_dir "$i")
-        rm -rf "$d/state"
+        # Emptied, not removed: with DISK_IOPS it is a mount point.
         mkdir -p "$d/state"
+        find "$d/state" -mindepth 1 -delete
         : >"$d/agent.log"
         : >"$d/agent.out"
         setsid nsenter --net="/var/run/netns/$(host_ns "$i")" "$BIN" agent --config "$d/agent.toml" \
