@@ -96,7 +96,7 @@ impl Scratch {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let dir = parent.join(format!(".p2pimg-bundle-{}", std::process::id()));
-        let store = ChunkStore::open_scratch(&dir)?;
+        let store = ChunkStore::open(&dir)?;
         Ok(Scratch { dir, store })
     }
 }

@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn parallel_packing_keeps_the_layer_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open_scratch(dir.path()).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
         // 300 distinct chunks, so workers finish out of order.
         let data: Vec<u8> = (0..300 * 512u32)
             .flat_map(|i| (i / 512 * 31 + i).to_le_bytes())
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn a_store_failure_stops_packing_with_its_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open_scratch(dir.path()).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
         std::fs::remove_dir_all(dir.path().join("tmp")).unwrap();
         let data = vec![7u8; 64 * 1024];
         let opts = PackOptions {

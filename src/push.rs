@@ -206,8 +206,7 @@ pub async fn push(
             (dir.clone(), TempDir(Some(dir)))
         }
     };
-    // The seed's copy can always be exported again: no fsync.
-    let store = ChunkStore::open_scratch(&state_dir)?;
+    let store = ChunkStore::open(&state_dir)?;
     let manifest = load_source(&opts.source, &store, &events).await?;
     let manifest = with_tags(manifest, &opts.tags)?;
     let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));

@@ -87,7 +87,7 @@ impl Records {
             chunks,
         };
         let bytes = postcard::to_allocvec(&file).expect("a record always encodes");
-        self.store.write_atomic(&self.path(id), &bytes)
+        self.store.write_durable(&self.path(id), &bytes)
     }
 
     /// Deletes the record of `id`.

@@ -9,6 +9,17 @@ fn opts(retain: Duration, budget: Option<u64>) -> RetentionOptions {
 
 /// Stores one chunk of `n` incompressible bytes per tag; returns their hashes.
 fn put(store: &ChunkStore, tags: &[u8], n: usize) -> Vec<Hash> {
+    chunks(tags, n)
+        .into_iter()
+        .map(|(hash, z)| {
+            store.put(&hash, &z).unwrap();
+            hash
+        })
+        .collect()
+}
+
+/// One compressed chunk of `n` incompressible bytes per tag, with its hash.
+fn chunks(tags: &[u8], n: usize) -> Vec<(Hash, Vec<u8>)> {
     tags.iter()
         .map(|&t| {
             let mut x = u64::from(t) + 1;
@@ -21,8 +32,7 @@ fn put(store: &ChunkStore, tags: &[u8], n: usize) -> Vec<Hash> {
                 })
                 .collect();
             let (entry, z) = encode_chunk(&raw, 1);
-            store.put(&entry.hash, &z).unwrap();
-            entry.hash
+            (entry.hash, z)
         })
         .collect()
 }
@@ -36,11 +46,15 @@ async fn ended_distribution_goes_but_chunks_a_live_one_shares_stay() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
     let (keeper, thread) = Keeper::spawn(store.clone(), opts(Duration::ZERO, None)).unwrap();
-    let [a, b, c] = put(&store, &[1, 2, 3], 4000)[..] else {
-        unreachable!()
-    };
+    let made = chunks(&[1, 2, 3], 4000);
+    let [a, b, c] = [made[0].0, made[1].0, made[2].0];
+    // Recorded before they are stored, as an agent does: with no retention,
+    // a chunk no record names may go at any sweep.
     let first = keeper.begin(id(1), [a, b]).await.unwrap();
     let second = keeper.begin(id(2), [b, c]).await.unwrap();
+    for (hash, z) in &made {
+        store.put(hash, z).unwrap();
+    }
     drop(first);
     // A reply means every earlier message, and its sweep, was handled.
     keeper.make_room(0).await.unwrap();
