@@ -2,7 +2,7 @@
 //! hash, written atomically (temp file, then rename).
 //!
 //! A chunk file exists only if its content was verified before it was
-//! written: the rename is the record that says "have". Nothing is fsynced.
+//! written: the rename is the record that says "have". No chunk is fsynced.
 //! Durability would buy nothing here: what the store holds is a cache of
 //! content addressed by hash, and after a restart every chunk is verified
 //! again before it is counted as held ([`crate::plan`] reads each one back
