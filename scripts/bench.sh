@@ -20,7 +20,7 @@
 # `docker save | docker load` between the same two engines.
 #
 # Environment (defaults shown):
-#   NS="4 8 16"        node counts to run
+#   NS="4 8 16"        node counts to run; NS= (empty) runs none, only the one-node line
 #   RATE=100           Mbit/s of every host's uplink; RATES="16:50 8:100" overrides per N
 #   METHODS="p2pimg scp registry"   which methods to run
 #   SINGLE=1           run the N=1 unshaped line (0: skip)
@@ -49,7 +49,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-NS=${NS:-4 8 16}
+NS=${NS-4 8 16}
 RATE=${RATE:-100}
 RATES=${RATES:-}
 METHODS=${METHODS:-p2pimg scp registry}
@@ -98,6 +98,7 @@ check_config() {
         [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT, QUIET_WAIT, DISK_MBPS are whole numbers"
     done
     [[ -z "$DISK_IOPS" || "$DISK_IOPS" =~ ^[1-9][0-9]*$ ]] || die "DISK_IOPS is a whole number of operations per second"
+    [[ -n "${NS// /}" || "$SINGLE" == 1 ]] || die "nothing to run: NS is empty and SINGLE=0"
     [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET is the first three octets, like 10.77.0"
     [[ "$BASE" == debian || "$BASE" == busybox ]] || die "BASE is debian or busybox"
     for v in $METHODS; do

@@ -10,7 +10,7 @@
 //! or short is deleted and fetched again, never served as good. And it cost
 //! a lot: two fsyncs per chunk (file and directory) made a one-node push of
 //! a 339 MB image take 20.5 s instead of 7.5 s with the store on a disk of
-//! 150 operations per second (`DISK_IOPS=150 NS=" " scripts/bench.sh`).
+//! 150 operations per second (`DISK_IOPS=150 NS= scripts/bench.sh`).
 //!
 //! The store is shared by every distribution on a node. Two distributions
 //! that need the same chunk (images sharing a layer, pushed at once) fetch
