@@ -28,7 +28,9 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let chunks = first.node("n1")["plan"]["need_chunks"].as_u64().unwrap();
     assert!(chunks >= 3, "test image should have several chunks, has {chunks}");
 
-    // While the agent is down: the image leaves the engine, one chunk file is damaged.
+    // While the agent is down: the image leaves the engine, one chunk file is
+    // damaged and another is emptied, as a power loss can leave a chunk the
+    // store wrote without fsync.
     cluster.stop_agent(0);
     let engine = &cluster.nodes[0].engine;
     engine.docker_ok(["rmi", "app:1"]);
@@ -40,6 +42,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x5a;
     fs::write(damaged, bytes).unwrap();
+    fs::File::create(&files[1]).unwrap();
     // This time the agent also serves metrics.
     let config = cluster.nodes[0].config.clone();
     let text = fs::read_to_string(&config).unwrap() + "metrics_listen = \"127.0.0.1:0\"\n";
@@ -58,16 +61,16 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let plan = &second.node("n1")["plan"];
     assert_eq!(
         plan["stored_chunks"].as_u64(),
-        Some(chunks - 1),
+        Some(chunks - 2),
         "kept chunks re-verified: {plan}"
     );
     assert_eq!(
         plan["need_chunks"].as_u64(),
-        Some(1),
-        "only the damaged chunk is fetched: {plan}"
+        Some(2),
+        "only the damaged and the empty chunk are fetched: {plan}"
     );
     let received = second.node("n1")["received"][0]["chunks"].as_u64();
-    assert_eq!(received, Some(1), "{}", second.stdout);
+    assert_eq!(received, Some(2), "{}", second.stdout);
     assert_eq!(
         cluster.nodes[0].engine.image_id("app:1").as_deref(),
         Some(image.id.as_str())
@@ -77,7 +80,7 @@ fn restarted_agent_fetches_only_missing_and_damaged_chunks() {
     let text = cluster.nodes[0].agent.metrics();
     for line in [
         "p2pimg_received_bytes_total{peer=\"pusher\"}",
-        "p2pimg_chunks_verified_total 1",
+        "p2pimg_chunks_verified_total 2",
         "p2pimg_loads_total{result=\"ok\"} 1",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
