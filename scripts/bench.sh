@@ -24,6 +24,8 @@
 #   RATE=100           Mbit/s of every host's uplink; RATES="16:50 8:100" overrides per N
 #   METHODS="p2pimg scp registry"   which methods to run
 #   SINGLE=1           run the N=1 unshaped line (0: skip)
+#   REPEAT=1           p2pimg runs per N: the table shows the run with the median transfer,
+#                      and the notes list every run's (the ratio moves by about ±0.05)
 #   BASE=debian        debian (debootstrap --variant=minbase SUITE) or busybox (tiny)
 #   SUITE=bookworm MIRROR=http://deb.debian.org/debian
 #   BIN_FILES=/usr/sbin/dockerd   real binaries copied into one layer (empty: none)
@@ -54,6 +56,7 @@ RATE=${RATE:-100}
 RATES=${RATES:-}
 METHODS=${METHODS:-p2pimg scp registry}
 SINGLE=${SINGLE:-1}
+REPEAT=${REPEAT:-1}
 BASE=${BASE:-debian}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
@@ -97,6 +100,7 @@ check_config() {
     for v in "$RATE" "$TEXT_MB" "$RANDOM_MB" "$SCP_PARALLEL" "$TIMEOUT" "$QUIET_WAIT" "$DISK_MBPS"; do
         [[ "$v" =~ ^[0-9]+$ ]] || die "RATE, TEXT_MB, RANDOM_MB, SCP_PARALLEL, TIMEOUT, QUIET_WAIT, DISK_MBPS are whole numbers"
     done
+    [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "REPEAT is a whole number of runs, 1 or more"
     [[ -z "$DISK_IOPS" || "$DISK_IOPS" =~ ^[1-9][0-9]*$ ]] || die "DISK_IOPS is a whole number of operations per second"
     [[ -n "${NS// /}" || "$SINGLE" == 1 ]] || die "nothing to run: NS is empty and SINGLE=0"
     [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET is the first three octets, like 10.77.0"
@@ -257,12 +261,13 @@ parse_push() {
 
 run_p2pimg() {
     local n=$1
-    local out=$R/runs/$n-p2pimg rc tx0 tx1 t0 t1 f stats i
+    local out=$R/runs/$n-p2pimg rc tx0 tx1 t0 t1 f stats i file samples
+    samples=$out$RUN_TAG.samples
     log "N=$n p2pimg: restarting $n agents cold"
     agents_restart "$n"
     nodes_toml "$n" "$R/runs/nodes-$n.toml"
     tx0=$(host_tx 0)
-    sampler_start "$out.samples" $((n + 1))
+    sampler_start "$samples" $((n + 1))
     log "N=$n p2pimg: push $IMAGE to $n nodes"
     t0=$(now)
     rc=0
@@ -293,17 +298,19 @@ run_p2pimg() {
     # Transfer only if every node got every byte (else the slowest node is missing from it).
     if [[ "${f[4]}" != - && "${f[0]}" != - && "${f[5]}" == "$n" ]]; then
         RES[$n|p2pimg|xfer]=$(calc "${f[4]} - ${f[0]}")
-        RES[$n|p2pimg|cpu_xfer]=$(cpu_busy "$out.samples" "$(calc "$t0 + ${f[0]}")" "$(calc "$t0 + ${f[4]}")" | cut -d' ' -f1)
+        RES[$n|p2pimg|cpu_xfer]=$(cpu_busy "$samples" "$(calc "$t0 + ${f[0]}")" "$(calc "$t0 + ${f[4]}")" | cut -d' ' -f1)
     else
         RES[$n|p2pimg|xfer]=-
         RES[$n|p2pimg|cpu_xfer]=-
     fi
     if [[ "${f[8]}" != - ]]; then RES[$n|p2pimg|e2e]=${f[8]}; else RES[$n|p2pimg|e2e]=-; fi
-    read -r "RES[$n|p2pimg|cpu_all]" "RES[$n|p2pimg|cpu_bg]" <<<"$(cpu_busy "$out.samples" "$t0" "$t1")"
-    RES[$n|p2pimg|net_xfer]=$(net_done "$out.samples" "$t0" "$n")
+    read -r "RES[$n|p2pimg|cpu_all]" "RES[$n|p2pimg|cpu_bg]" <<<"$(cpu_busy "$samples" "$t0" "$t1")"
+    RES[$n|p2pimg|net_xfer]=$(net_done "$samples" "$t0" "$n")
     RES[$n|p2pimg|verify]=$(verify_nodes "$n" "$IMAGE" "$SEED_ID")
-    for ((i = 1; i <= n; i++)); do cp "$(host_dir "$i")/agent.log" "$LOGS/$n-p2pimg-n$i.agent.log"; done
-    cp "$out.json" "$out.err" "$LOGS/" 2>/dev/null || true
+    for ((i = 1; i <= n; i++)); do cp "$(host_dir "$i")/agent.log" "$LOGS/$n-p2pimg$RUN_TAG-n$i.agent.log"; done
+    for file in "$out.json" "$out.err"; do
+        [[ -f "$file" ]] && cp "$file" "$LOGS/$(basename "$file" | sed "s/-p2pimg\./-p2pimg$RUN_TAG./")"
+    done
     if ((rc != 0)); then
         log "N=$n p2pimg: push exited $rc: $(tail -n 3 "$out.err")"
         [[ "${f[13]}" != - ]] && log "N=$n p2pimg: first failure: ${f[13]}"
@@ -311,6 +318,35 @@ run_p2pimg() {
     log "N=$n p2pimg: exit $rc, last node loading at $(fmt_s "${f[4]}") s (export $(fmt_s "${f[1]}") s), report $(fmt_s "${f[8]}") s, seed sent $(fmt_mb $((tx1 - tx0))) MB, ${RES[$n|p2pimg|verify]}"
     for ((i = 1; i <= n; i++)); do agent_stop "$i"; done
     clean_nodes "$n"
+}
+
+# run_p2pimg_repeated N: REPEAT runs of run_p2pimg N; RES keeps the run with the median
+# transfer (the lower middle one of an even count) and, in RES[N|p2pimg|runs], every run's
+# transfer in seconds. Logs of run R > 1 are named N-p2pimg-rR.*.
+RUN_TAG=""
+run_p2pimg_repeated() {
+    local n=$1 r key xfers=() order median
+    local -A kept=()
+    for ((r = 1; r <= REPEAT; r++)); do
+        RUN_TAG=""
+        ((r > 1)) && RUN_TAG="-r$r"
+        ((REPEAT > 1)) && log "N=$n p2pimg: run $r of $REPEAT"
+        wait_quiet
+        run_p2pimg "$n"
+        xfers+=("${RES[$n|p2pimg|xfer]}")
+        for key in "${!RES[@]}"; do
+            [[ "$key" == "$n|p2pimg|"* ]] && kept["$r|${key#"$n|p2pimg|"}"]=${RES[$key]}
+        done
+    done
+    RUN_TAG=""
+    # A failed run ('-') sorts last, so it is the median only if most runs failed.
+    order=$(for r in "${!xfers[@]}"; do printf '%s %d\n' "${xfers[$r]/#-/999999}" $((r + 1)); done | sort -n | cut -d' ' -f2)
+    median=$(sed -n "$(((REPEAT + 1) / 2))p" <<<"$order")
+    for key in "${!kept[@]}"; do
+        [[ "$key" == "$median|"* ]] && RES["$n|p2pimg|${key#"$median|"}"]=${kept[$key]}
+    done
+    RES[$n|p2pimg|runs]="${xfers[*]}"
+    RES[$n|p2pimg|median_run]=$median
 }
 
 # scp_job N I SEM OUT: copy to node I (holding one of SEM's tokens), then load.
@@ -442,6 +478,11 @@ print_block() {
                 note+=" agent RSS mean $(fmt_mb "${RES[$n|p2pimg|rss_mean]:--}") MB (MB each: ${RES[$n|p2pimg|rss_each]:--});"
                 note+=" report: nodes got $(fmt_mb "${RES[$n|p2pimg|report_seed]:--}") MB from the seed, $(fmt_mb "${RES[$n|p2pimg|received]:--}") MB from peers;"
                 note+=" exit ${RES[$n|p2pimg|rc]:--}, ${RES[$n|p2pimg|loaded]:--}/$n loaded; ${RES[$n|p2pimg|verify]:--}"
+                if ((REPEAT > 1)); then
+                    local x runs=""
+                    for x in ${RES[$n|p2pimg|runs]}; do runs+=" $(fmt_x "$(ratio "$x" "$bc")")"; done
+                    note+="; $REPEAT runs, transfer x bound:$runs (the row is run ${RES[$n|p2pimg|median_run]}, the median)"
+                fi
                 [[ "${RES[$n|p2pimg|first_failure]:--}" != - ]] && note+="; first failure: ${RES[$n|p2pimg|first_failure]}"
                 ;;
             scp)
@@ -567,7 +608,7 @@ main() {
         measure_save "$n"
         wait_quiet
         measure_load "$n"
-        if has_method p2pimg; then wait_quiet; run_p2pimg "$n"; fi
+        if has_method p2pimg; then run_p2pimg_repeated "$n"; fi
         if has_method scp; then wait_quiet; run_scp "$n"; fi
         if has_method registry; then wait_quiet; run_registry "$n"; fi
         print_block "$n" | tee "$R/runs/block-$n.txt"
@@ -575,7 +616,7 @@ main() {
     ((SINGLE)) && has_method p2pimg && run_single | tee "$R/runs/single.txt"
     {
         printf '\n==================== summary ====================\n'
-        printf '%s\n' "config: NS=\"$NS\" RATE=$RATE RATES=\"$RATES\" BASE=$BASE BIN_FILES=\"$BIN_FILES\" TEXT_MB=$TEXT_MB RANDOM_MB=$RANDOM_MB PUSH_ARGS=\"$PUSH_ARGS\" DISK_IOPS=\"$DISK_IOPS\""
+        printf '%s\n' "config: NS=\"$NS\" RATE=$RATE RATES=\"$RATES\" BASE=$BASE BIN_FILES=\"$BIN_FILES\" TEXT_MB=$TEXT_MB RANDOM_MB=$RANDOM_MB PUSH_ARGS=\"$PUSH_ARGS\" DISK_IOPS=\"$DISK_IOPS\" REPEAT=$REPEAT"
         for n in $NS; do cat "$R/runs/block-$n.txt"; done
         [[ -f "$R/runs/single.txt" ]] && cat "$R/runs/single.txt"
         print_legend
