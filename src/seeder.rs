@@ -241,7 +241,7 @@ impl Seeder {
             .filter(|&i| peer.want[i as usize] && !peer.has[i as usize] && !peer.pending.contains(&i))
             .filter(|&i| holders[i as usize] <= max_holders)
             .collect();
-        candidates.sort_by_key(|&i| (self.holders[i as usize], self.offered[i as usize]));
+        candidates.sort_by_key(|&i| (holders[i as usize], self.offered[i as usize]));
         candidates.truncate(limit);
         for &i in &candidates {
             self.offered[i as usize] += 1;
