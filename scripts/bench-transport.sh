@@ -27,6 +27,7 @@
 #   SIZE_MB=200        MB per transfer
 #   IN_FLIGHT=4        QUIC requests in flight (the swarm's per-peer default)
 #   TIMEOUT=120        seconds one transfer may take
+#   MTU=1500           the veth pair's MTU (9000: jumbo frames)
 #   TRANSPORT=path     use this build of the example instead of `cargo build --release`
 #
 # Needs root, iproute2 and iptables. Cleans up on exit (and after a crashed earlier run): the
@@ -38,6 +39,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RATES=${RATES:-100 1000}
 LOSSES=${LOSSES:-0 0.01}
 METHODS=${METHODS:-tcp-cubic tcp-bbr quic-cubic quic-newreno quic-bbr}
+MTU=${MTU:-1500}
 SIZE_MB=${SIZE_MB:-200}
 IN_FLIGHT=${IN_FLIGHT:-4}
 TIMEOUT=${TIMEOUT:-120}
@@ -74,7 +76,7 @@ link_up() {
     for i in 0 1; do
         ip -n "$(host_ns "$i")" link set lo up
         ip -n "$(host_ns "$i")" addr add "$(host_addr "$i")/24" dev eth0
-        ip -n "$(host_ns "$i")" link set eth0 up
+        ip -n "$(host_ns "$i")" link set eth0 mtu "$MTU" up
     done
 }
 
