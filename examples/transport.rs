@@ -4,7 +4,7 @@
 //!
 //! The QUIC modes use what the agents use: [`net::endpoint_with`] (mutual TLS against a cluster
 //! CA made by `identity::init_cluster`, as `p2pimg init` does) with [`net::transport_config`],
-//! and the frame code of [`p2pimg::proto`]. The client fetches the way the swarm does: one
+//! and the frame code of [`p2pimg::wire`]. The client fetches the way the swarm does: one
 //! bidirectional stream per chunk carrying a `Request`, answered with one `Message::Chunk` of
 //! 1 MiB, `--in-flight` requests at once; the server answers at most `--slots` at a time, each
 //! holding its slot until the client has acknowledged every byte (as `serve.rs` does). The TCP
@@ -29,12 +29,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use p2pimg::hash::Hash;
-use p2pimg::identity::{self, Identity, Role};
+use p2pimg::content::hash::Hash;
+use p2pimg::content::pack::DEFAULT_CHUNK_SIZE;
 use p2pimg::net;
-use p2pimg::pack::DEFAULT_CHUNK_SIZE;
-use p2pimg::proto::{self, read_frame, write_frame, Message};
+use p2pimg::net::identity::{self, Identity, Role};
 use p2pimg::swarm::{CONTROL_PRIORITY, DEFAULT_MAX_IN_FLIGHT};
+use p2pimg::wire::{self, read_frame, write_frame, Message};
 use quinn::congestion::{BbrConfig, ControllerFactory, CubicConfig, NewRenoConfig};
 use rand::RngCore;
 use tokio::io::AsyncWriteExt;
@@ -207,7 +207,7 @@ async fn answer(
     data: Arc<Vec<u8>>,
     slots: Arc<Semaphore>,
 ) {
-    let Ok(Message::Request { .. }) = read_frame(&mut recv, proto::MAX_FIRST_FRAME).await else {
+    let Ok(Message::Request { .. }) = read_frame(&mut recv, wire::MAX_FIRST_FRAME).await else {
         return;
     };
     let Ok(_slot) = slots.acquire().await else {
@@ -259,7 +259,7 @@ async fn fetch(conn: quinn::Connection, dist: Hash, index: u32) -> anyhow::Resul
     let _ = send.set_priority(CONTROL_PRIORITY);
     write_frame(&mut send, &Message::Request { dist, index }).await?;
     let _ = send.finish();
-    chunk_len(read_frame(&mut recv, proto::MAX_FRAME).await?)
+    chunk_len(read_frame(&mut recv, wire::MAX_FRAME).await?)
 }
 
 /// The size of a `Chunk` answer's data; anything else is an error.
@@ -301,7 +301,7 @@ async fn tcp_client(server: SocketAddr, chunks: u32) -> anyhow::Result<()> {
     stream.write_u32(chunks).await?;
     let mut bytes = 0;
     for _ in 0..chunks {
-        bytes += chunk_len(read_frame(&mut stream, proto::MAX_FRAME).await?)?;
+        bytes += chunk_len(read_frame(&mut stream, wire::MAX_FRAME).await?)?;
     }
     meter.report(bytes);
     Ok(())

@@ -1,52 +1,48 @@
-//! p2pimg: peer-to-peer distribution of Docker images over a QUIC swarm.
+//! p2pimg: peer-to-peer distribution of container images over a QUIC swarm.
 //!
-//! Crate map:
-//! - [`bundle`]: bundle files: a manifest and its chunks in one self-verifying file.
-//! - [`config`]: the node inventory (nodes.toml) and the agent's options (agent.toml).
-//! - [`identity`]: the cluster CA, node and pusher certificates, roles.
-//! - [`net`]: the QUIC endpoint with mutual TLS; peer identities.
-//! - [`proto`]: wire messages, framing and limits (spec: `proto/PROTOCOL.md`).
-//! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
-//! - [`manifest`]: images, layers, chunks; content ID and validation.
-//! - [`pack`]: layer tar → zstd chunks; chunk verification.
-//! - [`store`]: verified chunks on disk, crash-safe.
-//! - [`retention`]: which stored chunks to delete and when; the records of distributions.
-//! - [`disk`]: free space and mount point of the file system holding a path.
-//! - [`image`]: the Docker Engine: export and parse `docker save`, build the minimal tar, load, tag.
-//! - [`plan`]: what a node already holds, what it must fetch and load.
-//! - [`picker`]: which chunk to request from which peer (rarest-first, no I/O).
-//! - [`seeder`]: what the seed offers to whom, so it uploads each chunk about once (no I/O).
-//! - [`swarm`]: one distribution's peer links, HAVE exchange, fetching and serving.
-//! - [`arrivals`]: which chunks are in, for a load that streams while the swarm fetches.
-//! - [`serve`]: dispatching the streams a peer opens: swarm links, chunk requests, control.
-//! - [`metrics`]: agent counters in the Prometheus text format, over HTTP.
-//! - [`agent`]: the node's daemon: accepts the pusher and peers, runs distributions.
-//! - [`push`]: the seed: export, announce, seed, follow every node, report.
-//! - [`ratelimit`]: paces uploads to a configured rate.
-//! - [`status`]: which nodes hold which images, asked of their agents.
-//! - [`report`]: what people see of a push: the live fleet view, plain lines, the final table.
+//! The crate is cut into layers. Each uses only the layers listed above it,
+//! and data flows down the list in a push:
+//!
+//! ```text
+//!   engine export ─► content: pack ─► store ─► wire: announce ─► swarm ─► engine load
+//!      (seed)          (chunks, manifest)         (pusher→agents)  (agents)   (each node)
+//! ```
+//!
+//! - [`ops`]: metrics counters (a handle, passed in) and sizes for people.
+//! - [`content`]: hash, manifest, chunk packing and verification, the chunk
+//!   store, arrivals, retention, disk space, the bundle file.
+//! - [`wire`]: the messages agents and pushers exchange, their framing and
+//!   limits (spec: `proto/PROTOCOL.md`).
+//! - [`net`]: the QUIC endpoint with mutual TLS; the cluster's identities.
+//! - [`engine`]: the node's container engine: export and parse `docker save`,
+//!   the minimal load archive, load, tag.
+//! - [`swarm`]: one distribution among peers: the I/O-free policy
+//!   ([`swarm::policy`]: picker, seeder) and the tokio side (links, fetch,
+//!   serve, rate limit).
+//! - [`config`]: the node inventory (nodes.toml) and the agent's options
+//!   (agent.toml).
+//! - [`agent`]: the node's daemon: plans what to fetch, runs distributions,
+//!   loads the images.
+//! - [`push`]: the seed: export, announce, seed, follow every node; `status`;
+//!   bundle creation.
+//! - [`cli`]: the command line and what people see of a push.
+
+pub mod ops;
+
+pub mod content;
+
+pub mod wire;
+
+pub mod net;
+
+pub mod engine;
+
+pub mod swarm;
+
+pub mod config;
 
 pub mod agent;
-pub mod arrivals;
-pub mod bundle;
-pub mod config;
-pub mod disk;
-pub mod hash;
-pub mod identity;
-pub mod image;
-pub mod manifest;
-pub mod metrics;
-pub mod net;
-pub mod pack;
-pub mod picker;
-pub mod plan;
-pub mod proto;
+
 pub mod push;
-pub mod ratelimit;
-pub mod report;
-pub mod retention;
-pub mod seeder;
-pub mod serve;
-pub mod status;
-pub mod store;
-pub mod swarm;
+
+pub mod cli;

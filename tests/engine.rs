@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{build_test_image, Dockerd, TestImage, HELLO_PATH};
-use p2pimg::arrivals::Arrivals;
-use p2pimg::image::{
+use p2pimg::content::arrivals::Arrivals;
+use p2pimg::content::manifest::Manifest;
+use p2pimg::content::pack::PackOptions;
+use p2pimg::content::store::{ChunkStore, StoreError};
+use p2pimg::engine::{
     export_to_manifest, load_images, Engine, EngineError, ExportError, LoadError, LoadTarError,
 };
-use p2pimg::manifest::Manifest;
-use p2pimg::pack::PackOptions;
-use p2pimg::store::{ChunkStore, StoreError};
 
 /// Limit for one whole test: two daemons, an image build, an export and a load take
 /// 10–30 s on an idle 2-core machine; parallel tests can triple that.

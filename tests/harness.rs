@@ -193,5 +193,8 @@ fn small_parsers() {
     let addr = parse_listening("listening on 127.0.0.2:7701 (n1)").expect("parsed");
     assert_eq!(addr.to_string(), "127.0.0.2:7701");
     assert_eq!(parse_listening("listening soon"), None);
-    assert_eq!(p2pimg::disk::unescape_octal(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
+    assert_eq!(
+        p2pimg::content::disk::unescape_octal(r"/tmp/a\040b\134c"),
+        r"/tmp/a b\c"
+    );
 }

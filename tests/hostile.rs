@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{build_test_image, Cluster};
-use p2pimg::identity::{self, Identity, Role};
-use p2pimg::manifest::Manifest;
+use p2pimg::content::manifest::Manifest;
 use p2pimg::net;
-use p2pimg::proto::{self, read_frame, write_frame, Bitfield, Message, Outcome, Plan};
+use p2pimg::net::identity::{self, Identity, Role};
+use p2pimg::wire::{self, read_frame, write_frame, Bitfield, Message, Outcome, Plan};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Mutex;
 
@@ -90,7 +90,7 @@ impl BadPeer {
 
 async fn serve(conn: Connection, state: Arc<BadState>) {
     while let Ok((send, mut recv)) = conn.accept_bi().await {
-        let Ok(first) = read_frame(&mut recv, proto::MAX_ANNOUNCE_FRAME).await else {
+        let Ok(first) = read_frame(&mut recv, wire::MAX_ANNOUNCE_FRAME).await else {
             continue;
         };
         let (conn, state) = (conn.clone(), state.clone());
@@ -127,16 +127,16 @@ async fn lie_to_pusher(mut send: SendStream, mut recv: RecvStream, images: usize
         stored_chunks: 0,
     };
     let _ = write_frame(&mut send, &Message::Plan(plan)).await;
-    let _ = read_frame(&mut recv, proto::MAX_FRAME).await; // Start
+    let _ = read_frame(&mut recv, wire::MAX_FRAME).await; // Start
     let _ = write_frame(&mut send, &Message::Done(Outcome::Loaded { received: vec![] })).await;
-    while read_frame(&mut recv, proto::MAX_FRAME).await.is_ok() {}
+    while read_frame(&mut recv, wire::MAX_FRAME).await.is_ok() {}
 }
 
 /// Says it holds every chunk, then reads HAVEs forever.
 async fn claim_everything(
     mut send: SendStream,
     mut recv: RecvStream,
-    dist: p2pimg::hash::Hash,
+    dist: p2pimg::content::hash::Hash,
     chunks: usize,
 ) {
     let mut all = Bitfield::new(chunks);
@@ -147,7 +147,7 @@ async fn claim_everything(
         want: Bitfield::new(chunks),
     };
     let _ = write_frame(&mut send, &hello).await;
-    while read_frame(&mut recv, proto::MAX_LINK_FRAME).await.is_ok() {}
+    while read_frame(&mut recv, wire::MAX_LINK_FRAME).await.is_ok() {}
 }
 
 async fn misbehave(mut send: SendStream, state: &BadState) {
@@ -188,7 +188,7 @@ async fn misbehave(mut send: SendStream, state: &BadState) {
 }
 
 /// Opens many request streams to the honest node and never reads them.
-async fn flood(conn: Connection, dist: p2pimg::hash::Hash, chunks: usize) {
+async fn flood(conn: Connection, dist: p2pimg::content::hash::Hash, chunks: usize) {
     let mut held = Vec::new();
     for i in 0..2000u32 {
         let Ok((mut send, recv)) = conn.open_bi().await else {

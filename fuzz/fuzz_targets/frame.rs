@@ -1,4 +1,4 @@
-//! Fuzzes the frame decoder: `proto::read_frame` over an in-memory stream
+//! Fuzzes the frame decoder: `wire::read_frame` over an in-memory stream
 //! that hands out its bytes in small pieces and sometimes is not ready,
 //! as a QUIC stream does, under each of the protocol's real frame limits.
 //!
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pimg::proto::{self, FrameError, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME, MAX_FRAME, MAX_LINK_FRAME};
+use p2pimg::wire::{self, FrameError, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME, MAX_FRAME, MAX_LINK_FRAME};
 use p2pimg_fuzz::Trickle;
 
 /// The limits the library applies to the streams it reads.
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     p2pimg_fuzz::block_on(async {
         for _ in 0..MAX_FRAMES_PER_INPUT {
             let before = reader.consumed();
-            let result = proto::read_frame(&mut reader, limit).await;
+            let result = wire::read_frame(&mut reader, limit).await;
             let used = reader.consumed() - before;
             if !check(result, used, limit) {
                 break;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// Checks one `read_frame` result against the bytes it consumed; false once
 /// the stream is done (any error ends a real link).
-fn check(result: Result<proto::Message, FrameError>, used: usize, limit: u32) -> bool {
+fn check(result: Result<wire::Message, FrameError>, used: usize, limit: u32) -> bool {
     match result {
         Ok(msg) => {
             // A frame is a 4-byte prefix and a body within the limit.
@@ -47,13 +47,13 @@ fn check(result: Result<proto::Message, FrameError>, used: usize, limit: u32) ->
             );
             // What was accepted re-encodes to a frame that fits the same
             // limit and decodes to the same message.
-            let frame = proto::encode(&msg);
+            let frame = wire::encode(&msg);
             assert!(
                 frame.len() <= used,
                 "re-encoding grew from {used} to {}",
                 frame.len()
             );
-            let back = p2pimg_fuzz::block_on(proto::read_frame(&mut &frame[..], limit))
+            let back = p2pimg_fuzz::block_on(wire::read_frame(&mut &frame[..], limit))
                 .expect("a re-encoded frame decodes");
             assert_eq!(back, msg);
             true

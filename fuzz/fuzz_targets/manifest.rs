@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use p2pimg::manifest::Manifest;
+use p2pimg::content::manifest::Manifest;
 use p2pimg_fuzz::checks::validated_manifest;
 use p2pimg_fuzz::manifest_gen::ManifestSpec;
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pimg::proto::{self, Message};
+use p2pimg::wire::{self, Message};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(msg) = postcard::from_bytes::<Message>(data) else {
@@ -19,14 +19,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back, msg);
     assert_eq!(postcard::to_allocvec(&back).unwrap(), encoded);
 
-    let frame = proto::encode(&msg);
+    let frame = wire::encode(&msg);
     assert_eq!(frame[4..], encoded[..]);
     assert_eq!(
         u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize,
         encoded.len()
     );
     let limit = u32::try_from(encoded.len()).unwrap();
-    let framed = p2pimg_fuzz::block_on(proto::read_frame(&mut &frame[..], limit))
+    let framed = p2pimg_fuzz::block_on(wire::read_frame(&mut &frame[..], limit))
         .expect("a frame of a decoded message reads back");
     assert_eq!(framed, msg);
 

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use p2pimg::image::parse_save;
+use p2pimg::engine::parse_save;
 use p2pimg_fuzz::{checks, scratch};
 
 fuzz_target!(|data: &[u8]| {

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use p2pimg::image::parse_save;
+use p2pimg::engine::parse_save;
 use p2pimg_fuzz::save_gen::SaveSpec;
 use p2pimg_fuzz::{checks, scratch};
 

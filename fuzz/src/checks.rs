@@ -3,9 +3,9 @@
 //! manifest `parse_save` returns names only chunks that are in the store
 //! and reassemble to the layers it claims.
 
-use p2pimg::manifest::{config_diff_ids, sha256_digest, Manifest};
-use p2pimg::proto::{self, Message, MAX_ANNOUNCE_FRAME};
-use p2pimg::store::ChunkStore;
+use p2pimg::content::manifest::{config_diff_ids, sha256_digest, Manifest};
+use p2pimg::wire::{self, Message, MAX_ANNOUNCE_FRAME};
+use p2pimg::content::store::ChunkStore;
 use sha2::{Digest, Sha256};
 
 use crate::save_gen::ExpectedImage;
@@ -61,9 +61,9 @@ fn identified(m: &Manifest) {
     assert_eq!(&back, m);
     assert_eq!(back.id(), id);
     let msg = Message::Announce { manifest: m.clone() };
-    let frame = proto::encode(&msg);
+    let frame = wire::encode(&msg);
     if frame.len() - 4 <= MAX_ANNOUNCE_FRAME as usize {
-        let read = crate::block_on(proto::read_frame(&mut &frame[..], MAX_ANNOUNCE_FRAME))
+        let read = crate::block_on(wire::read_frame(&mut &frame[..], MAX_ANNOUNCE_FRAME))
             .expect("an announce frame within the limit reads back");
         assert_eq!(read, msg);
     }

@@ -5,8 +5,8 @@
 //! how the fuzzer reaches the code that runs on valid ones.
 
 use arbitrary::Arbitrary;
-use p2pimg::hash::Hash;
-use p2pimg::manifest::{sha256_digest, ChunkEntry, ImageEntry, LayerEntry, Manifest, MAX_CHUNK_SIZE};
+use p2pimg::content::hash::Hash;
+use p2pimg::content::manifest::{sha256_digest, ChunkEntry, ImageEntry, LayerEntry, Manifest, MAX_CHUNK_SIZE};
 
 /// Caps that keep one run fast while crossing the library's own limits
 /// where tweaks repeat things (`MAX_IMAGES`, `MAX_LAYERS`, `MAX_REFS`).

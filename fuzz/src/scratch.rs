@@ -5,8 +5,8 @@
 
 use std::cell::RefCell;
 
-use p2pimg::pack::PackOptions;
-use p2pimg::store::ChunkStore;
+use p2pimg::content::pack::PackOptions;
+use p2pimg::content::store::ChunkStore;
 use tempfile::TempDir;
 
 /// Runs sharing one store: chunks pile up between resets, a few MB at most.
@@ -18,8 +18,8 @@ const RUNS_PER_STORE: u32 = 2000;
 pub const CHUNK_SIZES: [u32; 4] = [
     4 << 10,
     64 << 10,
-    p2pimg::pack::DEFAULT_CHUNK_SIZE,
-    p2pimg::manifest::MAX_CHUNK_SIZE,
+    p2pimg::content::pack::DEFAULT_CHUNK_SIZE,
+    p2pimg::content::manifest::MAX_CHUNK_SIZE,
 ];
 
 struct Scratch {
@@ -44,7 +44,7 @@ pub fn with_store<T>(f: impl FnOnce(&ChunkStore) -> T) -> T {
                 .prefix("p2pimg-fuzz-store")
                 .tempdir()
                 .expect("temp dir");
-            let store = ChunkStore::open_scratch(dir.path()).expect("scratch store opens");
+            let store = ChunkStore::open(dir.path()).expect("scratch store opens");
             *slot = Some(Scratch {
                 _dir: dir,
                 store,

@@ -3,9 +3,9 @@
 //! seed generator (`examples/gen_seeds.rs`) writes them out; the tests
 //! check the generators against the library with them.
 
-use p2pimg::hash::Hash;
-use p2pimg::manifest::Manifest;
-use p2pimg::proto::{Bitfield, ErrorCode, Message, Outcome, PeerBytes, PeerInfo, Plan, Progress};
+use p2pimg::content::hash::Hash;
+use p2pimg::content::manifest::Manifest;
+use p2pimg::wire::{Bitfield, ErrorCode, Message, Outcome, PeerBytes, PeerInfo, Plan, Progress};
 
 use crate::manifest_gen::{ImageGen, ManifestSpec};
 use crate::save_gen::{Compression, ImageSpec, LayerSpec, LinkKind, SaveSpec};

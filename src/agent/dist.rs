@@ -15,14 +15,14 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
 
 use super::{waits, AgentCtx};
-use crate::hash::Hash;
-use crate::image::{self, Engine};
-use crate::manifest::Manifest;
+use crate::agent::plan::{self, NodePlan};
+use crate::content::hash::Hash;
+use crate::content::manifest::Manifest;
+use crate::content::retention::Lease;
+use crate::engine::{self, Engine};
 use crate::net::{self, PeerIdentity};
-use crate::plan::{self, NodePlan};
-use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
-use crate::retention::Lease;
 use crate::swarm::{DistShared, Swarm, SwarmHandle};
+use crate::wire::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
 
 /// Least time between two progress reports to the pusher: often enough for
 /// a live view, rare enough to cost nothing next to the chunks.
@@ -98,7 +98,7 @@ impl Control {
 
     /// Waits until the pusher says `Finish` or goes away.
     async fn wait_finish(&mut self) {
-        while let Ok(msg) = read_frame(&mut self.recv, proto::MAX_FRAME).await {
+        while let Ok(msg) = read_frame(&mut self.recv, wire::MAX_FRAME).await {
             if msg == Message::Finish {
                 break;
             }
@@ -231,7 +231,7 @@ impl Node<'_> {
                 },
             };
         };
-        let peers = match read_frame(&mut control.recv, proto::MAX_FRAME).await {
+        let peers = match read_frame(&mut control.recv, wire::MAX_FRAME).await {
             Ok(Message::Start { peers }) => peers,
             other => {
                 let got = match other {
@@ -260,7 +260,7 @@ impl Node<'_> {
         }
         // The load streams from the start: dockerd unpacks the archive as
         // the chunks arrive, and only its import is left after the last.
-        let streaming = image::load_images(
+        let streaming = engine::load_images(
             engine,
             manifest.clone(),
             plan.images.clone(),
@@ -296,10 +296,10 @@ impl Node<'_> {
         let fetched_at = std::time::Instant::now();
         let first = match streamed {
             Some(loaded) => loaded,
-            None => match tokio::time::timeout(image::LOAD_TIMEOUT, streaming).await {
+            None => match tokio::time::timeout(engine::LOAD_TIMEOUT, streaming).await {
                 Ok(loaded) => loaded,
                 Err(_) => {
-                    let secs = image::LOAD_TIMEOUT.as_secs();
+                    let secs = engine::LOAD_TIMEOUT.as_secs();
                     let reason = format!(
                         "the Docker Engine at {} did not finish loading within {secs}s of the last \
                          chunk; nothing was tagged (check dockerd's log)",
@@ -309,7 +309,7 @@ impl Node<'_> {
                 }
             },
         };
-        crate::metrics::metrics().on_load(first.is_ok(), fetched_at.elapsed());
+        crate::ops::metrics::metrics().on_load(first.is_ok(), fetched_at.elapsed());
         match load_again(ctx, &manifest, &plan, control, loading, first).await {
             Ok(()) => Outcome::Loaded { received },
             Err(reason) => Outcome::Failed { reason, received },
@@ -330,7 +330,7 @@ async fn load_again(
     plan: &NodePlan,
     control: &mut Control,
     loading: Progress,
-    first: Result<(), image::LoadError>,
+    first: Result<(), engine::LoadError>,
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + ctx.engine_wait;
     let mut pause = ENGINE_RETRY_FIRST;
@@ -364,8 +364,8 @@ async fn load_again(
         control.send(&Message::Progress(loading.clone())).await;
         let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
         let started = std::time::Instant::now();
-        loaded = image::load_images(&engine, manifest.clone(), images, layers, store, None).await;
-        crate::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
+        loaded = engine::load_images(&engine, manifest.clone(), images, layers, store, None).await;
+        crate::ops::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
     }
 }
 
@@ -450,7 +450,7 @@ async fn tag_all(engine: &Engine, manifest: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
-fn log_outcome(id: &crate::hash::Hash, outcome: &Outcome) {
+fn log_outcome(id: &crate::content::hash::Hash, outcome: &Outcome) {
     match outcome {
         Outcome::Skipped => tracing::info!(dist = %id.short(), "skipped: images already present"),
         Outcome::Loaded { .. } => tracing::info!(dist = %id.short(), "loaded"),

@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use crate::image::Engine;
-use crate::manifest::Manifest;
-use crate::plan::NodePlan;
-use crate::report::human;
-use crate::retention::Keeper;
+use crate::agent::plan::NodePlan;
+use crate::content::manifest::Manifest;
+use crate::content::retention::Keeper;
+use crate::engine::Engine;
+use crate::ops::human;
 
 /// `docker load` (the legacy loader of Docker 20.10 to 24) first unpacks
 /// the whole archive into a temp directory under the data root, then
@@ -51,7 +51,7 @@ async fn check_engine(engine: &Engine, needed: u64) -> Result<(), String> {
     let Some(root) = root else { return Ok(()) };
     let space = match tokio::task::spawn_blocking({
         let root = root.clone();
-        move || crate::disk::space(&root)
+        move || crate::content::disk::space(&root)
     })
     .await
     {

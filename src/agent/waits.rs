@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::proto::reason_text;
 use crate::swarm::SwarmProgress;
+use crate::wire::reason_text;
 
 /// A node that has received no new chunk for this long is said to be
 /// waiting, and why: shorter, and the ordinary gaps between chunks (a
@@ -69,7 +69,7 @@ fn chunks(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::MAX_REASON_LEN;
+    use crate::wire::MAX_REASON_LEN;
 
     fn swarm(in_flight: usize, peers: usize, missing: usize) -> SwarmProgress {
         SwarmProgress {

@@ -11,9 +11,9 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{NodeReport, NodeStatus, PushEvent};
 use crate::config::NodeEntry;
 use crate::net;
-use crate::proto::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
-use crate::serve::{refuse, serve_connection};
+use crate::swarm::serve::{refuse, serve_connection};
 use crate::swarm::Registry;
+use crate::wire::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
 
 /// Longest wait for a node's plan: it inspects every image in its engine
 /// and re-verifies the chunks it kept from an earlier run, about 10 GB a
@@ -105,7 +105,7 @@ impl Session {
         let _serving = AbortOnDropHandle::new(tokio::spawn(serve_connection(
             conn.clone(),
             peer.name,
-            proto::MAX_FIRST_FRAME,
+            wire::MAX_FIRST_FRAME,
             self.registry.clone(),
             |_, send, _| {
                 refuse(
@@ -176,13 +176,13 @@ impl Session {
         let _ = send.finish();
         // Let the agent see Finish and close its side before the endpoint
         // closes, so it ends the distribution cleanly.
-        let _ = tokio::time::timeout(FINISH_GRACE, read_frame(&mut recv, proto::MAX_FRAME)).await;
+        let _ = tokio::time::timeout(FINISH_GRACE, read_frame(&mut recv, wire::MAX_FRAME)).await;
         Ok(())
     }
 
     /// Reads the node's plan; true when it has something to fetch.
     async fn await_plan(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<bool, String> {
-        let msg = tokio::time::timeout(PLAN_TIMEOUT, read_frame(recv, proto::MAX_FRAME))
+        let msg = tokio::time::timeout(PLAN_TIMEOUT, read_frame(recv, wire::MAX_FRAME))
             .await
             .map_err(|_| format!("no plan within {PLAN_TIMEOUT:?}"))?;
         match msg.map_err(|e| format!("connection lost before planning: {e}"))? {
@@ -227,7 +227,7 @@ impl Session {
         let mut last = Progress::default();
         let mut stalled_at = tokio::time::Instant::now() + STALL_TIMEOUT;
         loop {
-            let next = read_frame(recv, proto::MAX_FRAME);
+            let next = read_frame(recv, wire::MAX_FRAME);
             let msg = if last.loading {
                 next.await
             } else {

@@ -160,7 +160,7 @@ pub fn kill_all_referring_to(dir: &Path) {
 
 /// Detaches every mount point at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
-    let mut points: Vec<PathBuf> = p2pimg::disk::mount_points()
+    let mut points: Vec<PathBuf> = p2pimg::content::disk::mount_points()
         .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();

@@ -62,7 +62,7 @@ fn lying_config(config: &[u8], how: u8) -> Vec<u8> {
         match how % 4 {
             0 => ids.reverse(),
             1 => drop(ids.pop()),
-            2 => ids.push(serde_json::json!(p2pimg::manifest::sha256_digest(
+            2 => ids.push(serde_json::json!(p2pimg::content::manifest::sha256_digest(
                 b"no such layer"
             ))),
             _ => ids.push(serde_json::json!("not a digest")),

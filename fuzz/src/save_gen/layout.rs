@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 
-use p2pimg::manifest::sha256_digest;
+use p2pimg::content::manifest::sha256_digest;
 use serde_json::json;
 
 use super::tar_writer::{Entry, Kind};

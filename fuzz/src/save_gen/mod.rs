@@ -14,7 +14,7 @@ mod layout;
 pub mod tar_writer;
 
 use arbitrary::Arbitrary;
-use p2pimg::manifest::sha256_digest;
+use p2pimg::content::manifest::sha256_digest;
 
 pub use layout::{Built, ExpectedImage};
 use tar_writer::Entry;

@@ -1,0 +1,222 @@
+//! Each mode of the command line, run from its parsed arguments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::CommandFactory;
+use tracing_subscriber::fmt::MakeWriter;
+
+use super::report::{self, PushView};
+use super::{BundleCommand, CertCommand, Cli, Command, LogFormat, PushArgs, StatusArgs};
+use crate::config::AgentOptions;
+use crate::net::identity::{self, Role};
+use crate::push::{self, PushOptions, Source};
+use crate::swarm::UploadMeter;
+
+pub(super) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init { dir } => init(dir),
+        Command::Cert(CertCommand::Issue {
+            name,
+            dir,
+            role,
+            days,
+        }) => issue(name, dir, role, days),
+        Command::Agent { config } => agent(cli.log_format, config),
+        Command::Push(args) => push_images(cli.log_format, args),
+        Command::Bundle(cmd) => bundle(cli.log_format, cmd),
+        Command::Status(args) => status(cli.log_format, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "p2pimg", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let report = identity::init_cluster(&dir)?;
+    for file in &report.files {
+        println!("wrote {}", file.display());
+    }
+    println!(
+        "next: `p2pimg cert issue NODE --dir {}` for each node",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn issue(name: String, dir: PathBuf, role: Role, days: u32) -> anyhow::Result<ExitCode> {
+    let files = identity::issue(&dir, &name, role, days)?;
+    println!("wrote {} and {}", files.cert.display(), files.key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to `writer` (stderr, or above push's live view), at `default`
+/// level unless RUST_LOG says otherwise.
+fn logging<W>(format: LogFormat, default: &str, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
+    logging(log, "info", std::io::stderr);
+    let opts = AgentOptions::load(&config)?;
+    runtime()?.block_on(async {
+        let agent = crate::agent::Agent::start(&opts)?;
+        let stop = shutdown_signal()?;
+        println!("listening on {}", agent.local_addr()?);
+        if let Some(addr) = opts.metrics_listen {
+            let listener = crate::ops::metrics::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen in agent.toml)"))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(crate::ops::metrics::serve(listener, opts.state_dir.clone()));
+        }
+        tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
+        let requested = agent.run(stop).await;
+        Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}
+
+/// Installs the SIGTERM and SIGINT handlers now, so a stop requested as
+/// soon as the agent says it listens is a clean one, and returns the
+/// future that resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
+    let nodes = args.targets.nodes()?;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let seed_meter = UploadMeter::default();
+    let view = PushView::new(args.json, args.progress.into(), &names, &seed_meter);
+    logging(log, "warn", view.log_writer());
+    let source = match args.bundle {
+        Some(file) => Source::Bundle(file),
+        None => Source::Engine {
+            docker_host: args.docker_host,
+            images: args.images,
+            pack: args.pack.options(),
+        },
+    };
+    let opts = PushOptions {
+        source,
+        nodes,
+        cluster_dir: args.targets.cluster_dir,
+        identity: args.targets.identity,
+        state_dir: args.state_dir,
+        tags: args.tags,
+        timeout: args.timeout.map(std::time::Duration::from_secs),
+        max_upload_mbit: args.max_upload_mbit,
+        seed_meter,
+    };
+    runtime()?.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shown = tokio::spawn(view.follow(rx));
+        let report = push::push(opts, tx).await;
+        // On an error the view is dropped, and so cleared, before main prints it.
+        let view = shown.await.context("the progress display failed")?;
+        let report = report?;
+        view.finish(&report);
+        Ok(if report.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
+    logging(log, "warn", std::io::stderr);
+    match cmd {
+        BundleCommand::Create {
+            images,
+            from_tar,
+            output,
+            docker_host,
+            pack,
+        } => {
+            let pack = pack.options();
+            let made = runtime()?.block_on(async {
+                match from_tar {
+                    Some(tar) => crate::push::bundle::create_from_tar(&tar, &pack, &output).await,
+                    None => {
+                        crate::push::bundle::create_from_engine(&docker_host, &images, &pack, &output).await
+                    }
+                }
+            })?;
+            print!("{}", report::bundle_listing(&output, &made.manifest, made.bytes));
+        }
+        BundleCommand::Verify { file } => {
+            let bundle = crate::content::bundle::Bundle::open(&file)?;
+            bundle.verify(|_, _| {})?;
+            let chunks = bundle.manifest().chunks.len();
+            println!(
+                "{}: {chunks} chunks verified, manifest {}",
+                file.display(),
+                bundle.manifest().id()
+            );
+        }
+        BundleCommand::Ls { file } => {
+            let bundle = crate::content::bundle::Bundle::open(&file)?;
+            let bytes = std::fs::metadata(&file)?.len();
+            print!("{}", report::bundle_listing(&file, bundle.manifest(), bytes));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    logging(log, "warn", std::io::stderr);
+    let nodes = args.targets.nodes()?;
+    let t = &args.targets;
+    let answers = runtime()?.block_on(crate::push::status::status(
+        &nodes,
+        &t.cluster_dir,
+        &t.identity,
+        &args.images,
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&answers)?);
+    } else {
+        print!("{}", report::status_table(&args.images, &answers));
+    }
+    let all_answered = answers.iter().all(|a| a.ids.is_ok());
+    Ok(if all_answered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,255 @@
+//! The command line: clap's definitions of every mode and flag, the modes
+//! themselves ([`commands`]), and what people see of a push ([`report`]).
+//! `main.rs` only calls [`main`].
+
+mod commands;
+pub mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Inventory, NodeEntry};
+use crate::content::pack::{PackOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
+use crate::net::identity::{self, Role};
+use report::ProgressMode;
+
+/// Peer-to-peer distribution of Docker images: push images from one machine
+/// to every node of a cluster over a QUIC swarm, without a registry.
+#[derive(Parser)]
+#[command(name = "p2pimg", version, propagate_version = true)]
+struct Cli {
+    /// Log lines as `text` or as `json` objects (for log collectors).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a cluster identity: a CA (ca.crt, ca.key) and a pusher certificate.
+    Init {
+        /// Directory to write the identity to (created; keys are 0600).
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+    },
+    /// Issue certificates signed by the cluster CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Run the agent of a node: serve and fetch chunks, load images into the local Docker Engine.
+    Agent {
+        /// The agent's configuration file (name, listen, state_dir, docker_host, ca, cert, key).
+        #[arg(long, default_value = "/etc/p2pimg/agent.toml")]
+        config: PathBuf,
+    },
+    /// Push images from this machine's Docker Engine to the nodes; exits 0 only when every node holds them.
+    Push(PushArgs),
+    /// Bundle files for air-gapped seeds: create, verify, list.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Show which nodes hold which images (image IDs), transferring nothing.
+    Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `p2pimg man > /usr/local/share/man/man1/p2pimg.1`.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key.
+    Issue {
+        /// The node's name, as in nodes.toml and agent.toml.
+        name: String,
+        /// The cluster directory made by `p2pimg init`.
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+        /// `node` identities serve and fetch; only `pusher` identities may announce a push.
+        #[arg(long, default_value = "node")]
+        role: Role,
+        /// Validity in days.
+        #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
+        days: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// Images to push, as the seed's engine names them (app:1.4, or an image ID).
+    #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
+    images: Vec<String>,
+    /// Seed every image of this bundle file instead (no Docker Engine needed).
+    #[arg(long, value_name = "FILE")]
+    bundle: Option<PathBuf>,
+    #[command(flatten)]
+    targets: Targets,
+    /// Also tag the image as NEW on every node (repeatable; a push of one image only).
+    #[arg(long = "tag", value_name = "NEW")]
+    tags: Vec<String>,
+    /// Give up after this many seconds; nodes not done by then are reported failed.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Most the seed uploads, in Mbit/s (agents have `max_upload_mbit` in agent.toml).
+    #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u64).range(1..))]
+    max_upload_mbit: Option<u64>,
+    /// The seed's Docker Engine.
+    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+    docker_host: String,
+    /// Where the seed keeps chunks while pushing (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pack: PackArgs,
+    /// Print events and the final report as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How progress is shown while the push runs.
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "json")]
+    progress: Progress,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Progress {
+    /// The live view when stdout is a terminal, plain lines otherwise.
+    Auto,
+    /// A line per node with a bar, redrawn in place, even where no terminal was detected.
+    Live,
+    /// A line per event.
+    Plain,
+}
+
+impl From<Progress> for ProgressMode {
+    fn from(p: Progress) -> ProgressMode {
+        match p {
+            Progress::Auto => ProgressMode::Auto,
+            Progress::Live => ProgressMode::Live,
+            Progress::Plain => ProgressMode::Plain,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Image references to look for on each node.
+    #[arg(required = true)]
+    images: Vec<String>,
+    #[command(flatten)]
+    targets: Targets,
+    /// Print the answers as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which nodes, and as whom.
+#[derive(clap::Args)]
+struct Targets {
+    /// The node inventory.
+    #[arg(long, default_value = "nodes.toml")]
+    nodes: PathBuf,
+    /// Only these nodes (repeatable); default: every node of the inventory.
+    #[arg(long = "node", value_name = "NAME")]
+    only: Vec<String>,
+    /// Only nodes whose labels match, e.g. role=worker,zone=a.
+    #[arg(long, value_name = "KEY=VALUE,…")]
+    select: Option<String>,
+    /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
+    #[arg(long, default_value = "./cluster")]
+    cluster_dir: PathBuf,
+    /// Which identity in the cluster directory to act as.
+    #[arg(long, default_value = identity::PUSHER_NAME)]
+    identity: String,
+}
+
+impl Targets {
+    fn nodes(&self) -> anyhow::Result<Vec<NodeEntry>> {
+        Ok(Inventory::load(&self.nodes)?.select(&self.only, self.select.as_deref())?)
+    }
+}
+
+/// How images are cut into chunks.
+#[derive(clap::Args)]
+struct PackArgs {
+    /// Uncompressed chunk size in KiB (64 to 8192).
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE >> 10, value_parser = clap::value_parser!(u32).range(64..=8192))]
+    chunk_size_kib: u32,
+    /// zstd level for chunks (1 fastest .. 19 smallest).
+    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: i32,
+}
+
+impl PackArgs {
+    fn options(&self) -> PackOptions {
+        PackOptions {
+            chunk_size: self.chunk_size_kib << 10,
+            zstd_level: self.zstd_level,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Pack images into one self-verifying file, for seeding where no engine is.
+    Create {
+        /// Images to pack, as the engine names them.
+        #[arg(required_unless_present = "from_tar", conflicts_with = "from_tar")]
+        images: Vec<String>,
+        /// Read an existing `docker save` archive instead of asking an engine.
+        #[arg(long, value_name = "TAR")]
+        from_tar: Option<PathBuf>,
+        /// The bundle file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The Docker Engine to export from.
+        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
+        docker_host: String,
+        #[command(flatten)]
+        pack: PackArgs,
+    },
+    /// Check every chunk of a bundle against its hash.
+    Verify {
+        /// The bundle file.
+        file: PathBuf,
+    },
+    /// List a bundle's images, layers and sizes.
+    Ls {
+        /// The bundle file.
+        file: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the mode, and turns an error into one
+/// line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pimg: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message already quotes.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg = format!("{msg}: {cause}");
+        }
+    }
+    msg
+}

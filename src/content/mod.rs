@@ -1,0 +1,24 @@
+//! What an image becomes and how a node keeps it: content-addressed chunks
+//! on disk, described by a manifest.
+//!
+//! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
+//! - [`manifest`]: images, layers, chunks; the content ID and validation.
+//! - [`pack`]: a layer's tar → zstd chunks; a chunk's encoding and
+//!   verification.
+//! - [`store`]: verified chunks on disk.
+//! - [`arrivals`]: which chunks are in, for a load that streams while the
+//!   swarm still fetches.
+//! - [`retention`]: which stored chunks to delete and when; the records of
+//!   distributions.
+//! - [`disk`]: free space and mount point of the file system holding a path.
+//! - [`bundle`]: the bundle file: a manifest and its chunks in one
+//!   self-verifying file.
+
+pub mod arrivals;
+pub mod bundle;
+pub mod disk;
+pub mod hash;
+pub mod manifest;
+pub mod pack;
+pub mod retention;
+pub mod store;

@@ -1,0 +1,421 @@
+//! `push`: export images from the seed's engine, announce them to the
+//! nodes, seed the swarm, follow every node to its end and report.
+//!
+//! ```text
+//!  push ─► export (engine → chunks in the seed store) ─► manifest
+//!       ─► per node: a task on its control stream: Announce → Plan ─┐
+//!          all plans in ─► Start(peers) to every node that fetches  │ events ─► caller
+//!          Progress… Done ◄──────────────────────────────────────────┘
+//!       ─► every node done ─► Finish to all, close the endpoint
+//!  the seed's Swarm actor serves chunks on the same connections
+//! ```
+
+pub mod bundle;
+mod session;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::config::NodeEntry;
+use crate::content::manifest::Manifest;
+use crate::content::pack::PackOptions;
+use crate::content::store::ChunkStore;
+use crate::engine::{self, Engine};
+use crate::net::identity::Identity;
+use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
+use crate::wire::{PeerBytes, PeerInfo, Plan, Progress};
+
+/// Where the pushed images come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Exported from a Docker Engine.
+    Engine {
+        /// The seed's Docker Engine.
+        docker_host: String,
+        /// Image references on it.
+        images: Vec<String>,
+        /// How layers are cut and compressed.
+        pack: PackOptions,
+    },
+    /// Every image of a bundle file; no engine needed.
+    Bundle(PathBuf),
+}
+
+/// How long Start waits for the last plans after the first one came in:
+/// reachable nodes plan within about a second; a node that is down takes
+/// the 10 s connect timeout to fail and should not hold the others up.
+const START_GRACE: Duration = Duration::from_secs(3);
+
+/// What to push where.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Where the images come from.
+    pub source: Source,
+    /// Target nodes.
+    pub nodes: Vec<NodeEntry>,
+    /// Directory with ca.crt and the pusher's certificate and key.
+    pub cluster_dir: PathBuf,
+    /// Name of the identity in `cluster_dir` to push as.
+    pub identity: String,
+    /// Where the seed keeps chunks; a temporary directory when `None`.
+    pub state_dir: Option<PathBuf>,
+    /// Extra tags applied on every node (a push of one image only).
+    pub tags: Vec<String>,
+    /// Time limit for the whole push; nodes not done by then fail.
+    pub timeout: Option<Duration>,
+    /// Most the seed uploads, in Mbit/s; unlimited if unset.
+    pub max_upload_mbit: Option<u64>,
+    /// Counts what the seed uploads while the push runs (the report has
+    /// the per-node figures at the end).
+    pub seed_meter: UploadMeter,
+}
+
+/// Why a push could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The pusher identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::net::identity::IdentityError),
+    /// The seed's engine could not export the images.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The bundle could not be read or is damaged.
+    #[error(transparent)]
+    Bundle(#[from] crate::content::bundle::BundleError),
+    /// `--tag` was given with more or fewer than one image, or is invalid.
+    #[error("--tag: {0}")]
+    Tag(String),
+    /// Exporting or packing failed.
+    #[error("export failed: {0}")]
+    Export(String),
+    /// The seed's chunk store is unusable.
+    #[error("seed state directory: {0}")]
+    Store(#[from] crate::content::store::StoreError),
+    /// The QUIC endpoint could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
+/// Something that happened during a push, for a progress display.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PushEvent {
+    /// The images are exported and packed.
+    Exported {
+        images: usize,
+        layers: usize,
+        chunks: usize,
+        bytes: u64,
+        compressed: u64,
+        secs: f64,
+    },
+    /// A node answered the announce with its plan.
+    Planned { node: String, plan: Plan },
+    /// A node reported progress; `progress.reason` says what it waits for
+    /// while it cannot move on.
+    Progress { node: String, progress: Progress },
+    /// The pusher waits on a node before it can announce to it (it does not
+    /// answer and is dialed again), and why. A `Planned` event ends it.
+    Waiting { node: String, reason: String },
+    /// A node finished.
+    Finished { node: String, status: NodeStatus },
+}
+
+/// How a node ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// The images were loaded.
+    Loaded,
+    /// The node already held every image.
+    Skipped,
+    /// The node failed, and why.
+    Failed(String),
+}
+
+/// The result for one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// How it ended.
+    pub status: NodeStatus,
+    /// What it planned to fetch, if it got that far.
+    pub plan: Option<Plan>,
+    /// Verified chunks it received, per sending peer.
+    pub received: Vec<PeerBytes>,
+}
+
+/// The result of a push.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    /// Manifest ID (hex).
+    pub manifest: String,
+    /// Pushed images as (reference, image ID).
+    pub images: Vec<(String, String)>,
+    /// Compressed size of all chunks.
+    pub compressed_bytes: u64,
+    /// Per node results, in inventory order.
+    pub nodes: Vec<NodeReport>,
+    /// The pusher's identity name, as nodes name the seed in `received`.
+    pub pusher: String,
+    /// Bytes the seed uploaded, per receiving node.
+    pub seed_uploaded: Vec<PeerBytes>,
+    /// Seconds from start to the last node done.
+    pub secs: f64,
+}
+
+impl PushReport {
+    /// True when every node has every image.
+    pub fn success(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| matches!(n.status, NodeStatus::Loaded | NodeStatus::Skipped))
+    }
+}
+
+/// Removes a temporary seed directory when the push ends.
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Runs a push to the end; node failures are in the report, not errors.
+pub async fn push(
+    opts: PushOptions,
+    events: mpsc::UnboundedSender<PushEvent>,
+) -> Result<PushReport, PushError> {
+    let start = Instant::now();
+    let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
+    let (state_dir, _cleanup) = match &opts.state_dir {
+        Some(dir) => (dir.clone(), TempDir(None)),
+        None => {
+            let dir = std::env::temp_dir().join(format!("p2pimg-seed-{}", std::process::id()));
+            (dir.clone(), TempDir(Some(dir)))
+        }
+    };
+    let store = ChunkStore::open(&state_dir)?;
+    let manifest = load_source(&opts.source, &store, &events).await?;
+    let manifest = with_tags(manifest, &opts.tags)?;
+    let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
+    let shared = DistShared::with_meter(manifest.clone(), store, opts.seed_meter.clone());
+    let chunks = manifest.chunks.len();
+    let (seed, _task) = Swarm::spawn(
+        shared.clone(),
+        &vec![false; chunks],
+        &vec![true; chunks],
+        SwarmOptions {
+            seeding: true,
+            ..SwarmOptions::default()
+        },
+    );
+    let registry = Registry::for_seed(opts.max_upload_mbit);
+    let registered = registry.register(seed);
+    let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
+    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;
+    drop(registered);
+    endpoint.close(quinn::VarInt::from_u32(crate::wire::close::DONE), b"push done");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(PushReport {
+        manifest: shared.id.to_hex(),
+        images: manifest
+            .images
+            .iter()
+            .flat_map(|i| i.refs.iter().map(|r| (r.clone(), i.id.clone())))
+            .collect(),
+        compressed_bytes: manifest.compressed_size(),
+        nodes,
+        pusher: identity.name.clone(),
+        seed_uploaded: shared.served(),
+        secs: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Fills the seed's store from the source and returns the manifest.
+async fn load_source(
+    source: &Source,
+    store: &ChunkStore,
+    events: &mpsc::UnboundedSender<PushEvent>,
+) -> Result<Arc<Manifest>, PushError> {
+    let t = Instant::now();
+    let manifest = match source {
+        Source::Engine {
+            docker_host,
+            images,
+            pack,
+        } => export(docker_host, images, pack, store).await?,
+        Source::Bundle(path) => {
+            let (path, store) = (path.clone(), store.clone());
+            tokio::task::spawn_blocking(move || -> Result<Manifest, PushError> {
+                let bundle = crate::content::bundle::Bundle::open(&path)?;
+                bundle.import(&store)?;
+                Ok(bundle.manifest().clone())
+            })
+            .await
+            .map_err(|e| PushError::Export(e.to_string()))??
+        }
+    };
+    let _ = events.send(PushEvent::Exported {
+        images: manifest.images.len(),
+        layers: manifest.layers.len(),
+        chunks: manifest.chunks.len(),
+        bytes: manifest.layers.iter().map(|l| l.size).sum(),
+        compressed: manifest.compressed_size(),
+        secs: t.elapsed().as_secs_f64(),
+    });
+    Ok(Arc::new(manifest))
+}
+
+/// Adds `tags` to the manifest's only image, so every node applies them.
+fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, PushError> {
+    if tags.is_empty() {
+        return Ok(manifest);
+    }
+    if manifest.images.len() != 1 {
+        let n = manifest.images.len();
+        return Err(PushError::Tag(format!(
+            "tags apply to a push of exactly one image; this one has {n}"
+        )));
+    }
+    let mut m = (*manifest).clone();
+    for tag in tags {
+        crate::content::manifest::check_reference(tag).map_err(|e| PushError::Tag(e.to_string()))?;
+        if !m.images[0].refs.contains(tag) {
+            m.images[0].refs.push(tag.clone());
+        }
+    }
+    m.validate().map_err(|e| PushError::Tag(e.to_string()))?;
+    Ok(Arc::new(m))
+}
+
+/// Exports `images` from the engine at `docker_host` into `store`,
+/// failing early, with the image's name, if one is missing.
+pub async fn export(
+    docker_host: &str,
+    images: &[String],
+    pack: &PackOptions,
+    store: &ChunkStore,
+) -> Result<Manifest, PushError> {
+    let engine = Engine::connect(docker_host).await?;
+    engine.resolve(images).await?;
+    engine::export_to_manifest(&engine, images, store, pack)
+        .await
+        .map_err(|e| PushError::Export(e.to_string()))
+}
+
+/// Sends Start once every node has planned, or [`START_GRACE`] after the
+/// first plan, whichever comes first: an unreachable node does not hold the
+/// others up. A node that plans later starts at once, and the peer list
+/// grows for whoever starts after it. Returns when every node is done.
+async fn coordinate(
+    nodes: &[NodeEntry],
+    mut planned_rx: mpsc::UnboundedReceiver<(String, bool)>,
+    mut done_rx: mpsc::UnboundedReceiver<()>,
+    start_tx: &watch::Sender<Option<Vec<PeerInfo>>>,
+) {
+    let peers_of = |fetching: &[String]| -> Vec<PeerInfo> {
+        let chosen = nodes.iter().filter(|n| fetching.contains(&n.name));
+        chosen
+            .map(|n| PeerInfo {
+                name: n.name.clone(),
+                addr: n.addr,
+            })
+            .collect()
+    };
+    let (mut planned, mut done) = (0, 0);
+    let mut fetching = Vec::new();
+    let mut grace: Option<tokio::time::Instant> = None;
+    let mut started = false;
+    while done < nodes.len() {
+        let grace_over = grace.is_some_and(|g| tokio::time::Instant::now() >= g);
+        if !started && (planned == nodes.len() || grace_over) {
+            start_tx.send_replace(Some(peers_of(&fetching)));
+            started = true;
+        }
+        let wake = grace.unwrap_or_else(|| tokio::time::Instant::now() + START_GRACE);
+        tokio::select! {
+            Some((name, fetches)) = planned_rx.recv() => {
+                planned += 1;
+                if fetches {
+                    fetching.push(name);
+                }
+                grace.get_or_insert_with(|| tokio::time::Instant::now() + START_GRACE);
+                if started {
+                    start_tx.send_replace(Some(peers_of(&fetching)));
+                }
+            }
+            received = done_rx.recv() => match received {
+                Some(()) => done += 1,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(wake), if !started => {}
+        }
+    }
+}
+
+/// Binds the pusher's endpoint in the address family of the nodes.
+pub(crate) fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
+    match nodes.first().map(|n| n.addr) {
+        Some(SocketAddr::V6(_)) => "[::]:0".parse().expect("valid address"),
+        _ => "0.0.0.0:0".parse().expect("valid address"),
+    }
+}
+
+/// Runs one session per node; Start goes out once every node has planned
+/// (or failed), Finish once every node is done.
+async fn run_sessions(
+    endpoint: &quinn::Endpoint,
+    registry: &Registry,
+    nodes: &[NodeEntry],
+    manifest: &Arc<Manifest>,
+    events: &mpsc::UnboundedSender<PushEvent>,
+    deadline: Option<tokio::time::Instant>,
+) -> Vec<NodeReport> {
+    let (planned_tx, planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
+    let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<()>();
+    let announce = Arc::new(crate::wire::encode(&crate::wire::Message::Announce {
+        manifest: (**manifest).clone(),
+    }));
+    let mut tasks = JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let session = session::Session {
+            endpoint: endpoint.clone(),
+            registry: registry.clone(),
+            node: node.clone(),
+            announce: announce.clone(),
+            events: events.clone(),
+            planned: planned_tx.clone(),
+            start: start_rx.clone(),
+            finish: finish_rx.clone(),
+            done: done_tx.clone(),
+            deadline,
+        };
+        tasks.spawn(async move { (i, session.run().await) });
+    }
+    // Only the sessions hold senders now: if one dies, the receivers see it.
+    drop((planned_tx, done_tx));
+    coordinate(nodes, planned_rx, done_rx, &start_tx).await;
+    let _ = finish_tx.send(true);
+    let mut reports: Vec<(usize, NodeReport)> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        reports.extend(r.ok());
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}

@@ -1,0 +1,101 @@
+//! `status`: which nodes hold which images, asked of each agent's engine;
+//! nothing is transferred.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::config::NodeEntry;
+use crate::net;
+use crate::net::identity::Identity;
+use crate::wire::{self, read_frame, write_frame, Message};
+
+/// Longest wait for one node's answer, connection included.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one node said.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeImages {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Per asked reference, the image ID in its engine (`None`: absent);
+    /// or why the node could not be asked.
+    pub ids: Result<Vec<Option<String>>, String>,
+}
+
+/// Why status could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The pusher identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] crate::net::identity::IdentityError),
+    /// The QUIC endpoint could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+}
+
+/// Asks every node, concurrently, which image each of `refs` names there.
+pub async fn status(
+    nodes: &[NodeEntry],
+    cluster_dir: &Path,
+    identity: &str,
+    refs: &[String],
+) -> Result<Vec<NodeImages>, StatusError> {
+    let identity = Identity::load_from_dir(cluster_dir, identity)?;
+    let endpoint = net::endpoint(&identity, crate::push::bind_addr(nodes))?;
+    let mut asks = JoinSet::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (endpoint, node, refs) = (endpoint.clone(), node.clone(), refs.to_vec());
+        asks.spawn(async move {
+            let ids = tokio::time::timeout(ANSWER_TIMEOUT, ask(&endpoint, &node, refs))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {}s", ANSWER_TIMEOUT.as_secs())));
+            (
+                i,
+                NodeImages {
+                    name: node.name,
+                    addr: node.addr,
+                    ids,
+                },
+            )
+        });
+    }
+    let mut answers: Vec<(usize, NodeImages)> = Vec::new();
+    while let Some(answer) = asks.join_next().await {
+        answers.extend(answer.ok());
+    }
+    endpoint.close(quinn::VarInt::from_u32(wire::close::DONE), b"status done");
+    answers.sort_by_key(|(i, _)| *i);
+    Ok(answers.into_iter().map(|(_, a)| a).collect())
+}
+
+async fn ask(
+    endpoint: &quinn::Endpoint,
+    node: &NodeEntry,
+    refs: Vec<String>,
+) -> Result<Vec<Option<String>>, String> {
+    let (conn, _) = net::connect(endpoint, node.addr, Some(&node.name))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("connection lost: {e}"))?;
+    write_frame(&mut send, &Message::Query { refs })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame(&mut recv, wire::MAX_FRAME)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Message::Status { ids } => Ok(ids),
+        Message::Error { message, .. } => Err(message),
+        other => Err(format!("protocol error: answered with {}", other.kind())),
+    }
+}
