@@ -96,8 +96,8 @@ fn summarize(manifest: &Manifest, present: Vec<bool>, need: &[bool], have: &[boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::chunk::encode_chunk;
     use crate::content::manifest::chain_ids;
-    use crate::content::pack::encode_chunk;
 
     fn setup() -> (Manifest, tempfile::TempDir, ChunkStore) {
         let m = crate::content::manifest::tests::sample();

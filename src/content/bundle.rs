@@ -18,8 +18,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::content::chunk::{decode_chunk, ChunkError};
 use crate::content::manifest::{Manifest, ManifestError, MAX_ENCODED_LEN};
-use crate::content::pack::{decode_chunk, ChunkError};
 use crate::content::store::{ChunkStore, StoreError};
 
 /// First bytes of every bundle; the last byte is the format version.

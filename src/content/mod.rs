@@ -3,8 +3,8 @@
 //!
 //! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
 //! - [`manifest`]: images, layers, chunks; the content ID and validation.
-//! - [`pack`]: a layer's tar → zstd chunks; a chunk's encoding and
-//!   verification.
+//! - [`chunk`]: one chunk's zstd encoding and its verification.
+//! - [`pack`]: a layer's tar → stored chunks, on worker threads.
 //! - [`store`]: verified chunks on disk.
 //! - [`arrivals`]: which chunks are in, for a load that streams while the
 //!   swarm still fetches.
@@ -16,6 +16,7 @@
 
 pub mod arrivals;
 pub mod bundle;
+pub mod chunk;
 pub mod disk;
 pub mod hash;
 pub mod manifest;

@@ -28,9 +28,9 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
+use crate::content::chunk::{decode_chunk, ChunkError};
 use crate::content::hash::Hash;
 use crate::content::manifest::ChunkEntry;
-use crate::content::pack::{decode_chunk, ChunkError};
 
 /// Chunk files under a state directory.
 #[derive(Clone, Debug)]
@@ -351,7 +351,7 @@ fn io_err(path: &Path, source: io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::pack::encode_chunk;
+    use crate::content::chunk::encode_chunk;
 
     #[test]
     fn put_read_verify() {

@@ -1,7 +1,7 @@
 //! Tests of the keeper thread on a real store.
 
 use super::*;
-use crate::content::pack::encode_chunk;
+use crate::content::chunk::encode_chunk;
 
 fn opts(retain: Duration, budget: Option<u64>) -> RetentionOptions {
     RetentionOptions { retain, budget }
