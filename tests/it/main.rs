@@ -1,4 +1,4 @@
-//! The integration tests, in one binary (as ripgrep's `tests/integration` does): each
+//! The integration tests, in one binary (as ripgrep keeps its own): each
 //! module was once a `tests/*.rs` file of its own, and the harness in [`common`] is
 //! compiled once for all of them. Test names carry the module: `cargo test --release
 //! --test it push::` runs the push tests only.
