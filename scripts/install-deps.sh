@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages p2pimg's tests and demo need, only those missing, and says
 # what it installs: docker.io (the engine each simulated node runs), busybox-static (test
-# images), iproute2 (network namespaces). Needs root or sudo. Used by scripts/test.sh and
-# scripts/demo.sh; safe to run again.
+# images), iproute2 (network namespaces), bsdutils (`script`, a pseudo-terminal). Needs
+# root or sudo. Used by scripts/test.sh and scripts/demo.sh; safe to run again.
 set -euo pipefail
 
 # Debian packages the tests need, as "package:file-it-provides".
@@ -13,6 +13,7 @@ REQUIRED=(
     "tar:/bin/tar"                     # the harness tars generated root filesystems
     "util-linux:/usr/bin/setsid"       # scripts/cluster.sh detaches daemons with it
     "mount:/bin/umount"                # scripts/lib.sh detaches a dead daemon's mounts
+    "bsdutils:/usr/bin/script"         # util-linux `script`: the pseudo-terminal in tests/it/view.rs
 )
 
 # While packages install, this policy keeps their init scripts from starting services

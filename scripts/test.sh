@@ -2,7 +2,8 @@
 # The test command: installs what a fresh Debian 12 machine lacks for the tests (real
 # dockerd daemons, a static busybox for test images, iproute2 for network namespaces),
 # then runs `cargo test --release --all-targets` from the repository root. Extra
-# arguments go to cargo test, e.g. `scripts/test.sh --test harness`.
+# arguments go to cargo test, e.g. `scripts/test.sh --test it harness::` (the integration
+# tests are one binary, `it`, with a module per area).
 #
 # Idempotent: installs only what is missing and says what it installs. Needs root (or
 # sudo) for apt-get and for the private dockerd daemons the tests start. Works with no

@@ -1,6 +1,7 @@
 //! Harness for the integration tests: real Docker Engines, registry-free images, real
-//! agent processes. Each `tests/*.rs` file says `mod common;`. It uses std, tempfile and
-//! serde_json only, never the p2pimg library: it drives the program from the outside.
+//! agent processes. `tests/it/main.rs` declares it once for every test module. It uses
+//! std, tempfile and serde_json only, never the p2pimg library: it drives the program
+//! from the outside.
 //!
 //! - [`process`]: `run_with_timeout`, signals, finding and killing leftover processes.
 //! - [`dockerd`]: [`Dockerd`], a private dockerd per simulated node, under
@@ -14,9 +15,6 @@
 //!
 //! Everything that fails panics with a message naming what failed and showing the
 //! daemon's or agent's log: this is a test harness.
-
-// Each test binary uses a different part of the harness.
-#![allow(dead_code, unused_imports)]
 
 pub mod agent;
 pub mod cluster;

@@ -1,14 +1,12 @@
 //! User mistakes, through the built binary: each gives one clear line on
 //! stderr and a non-zero exit, never a panic or a backtrace.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{run_ok, run_with_timeout, AgentConfig, Cluster};
+use crate::common::{self, run_ok, run_with_timeout, AgentConfig, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

@@ -108,11 +108,6 @@ impl Net {
         Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], last)
     }
 
-    /// Host `i`'s namespace name.
-    pub fn ns(&self, i: usize) -> &str {
-        &self.hosts[i]
-    }
-
     /// A command that runs `program` inside host `i`'s namespace. nsenter, not `ip netns
     /// exec`: it execs the program (so the child's pid is the program's) and leaves /sys
     /// alone.

@@ -3,12 +3,10 @@
 //! Every push completes, and each node fetches every distinct chunk once: the chunks
 //! it received over both pushes, per the push reports, are as many as its store holds.
 
-mod common;
-
 use std::path::Path;
 use std::thread;
 
-use common::{build_test_image_with, Cluster, Dockerd, ImageOptions, Push, TestImage};
+use crate::common::{build_test_image_with, Cluster, Dockerd, ImageOptions, Push, TestImage};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

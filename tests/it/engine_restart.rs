@@ -7,13 +7,11 @@
 //! it from the chunks it kept. While n2 and n4 wait for their engines, the push's
 //! progress events say so.
 
-mod common;
-
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push};
+use crate::common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

@@ -3,11 +3,9 @@
 //! connection per other node plus the pusher's. The full 16-node, 5-image run is
 //! `scripts/load.sh`, too heavy for a 2-core CI machine.
 
-mod common;
-
 use std::path::Path;
 
-use common::{build_test_image, Cluster, ClusterOptions};
+use crate::common::{build_test_image, Cluster, ClusterOptions};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

@@ -1,12 +1,10 @@
 //! Resume: an agent restarted on the same state directory re-verifies the
 //! chunks it kept and fetches only what is missing or damaged.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::{build_test_image, Cluster};
+use crate::common::{build_test_image, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

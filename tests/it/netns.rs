@@ -1,6 +1,6 @@
 //! Nodes unreachable or cut off, and slow, lossy links (issue #5, scenarios 3 and 7).
 //! The pusher and each agent run on hosts of their own (network namespaces on a
-//! bridge, [`common::Net`]); links are cut by taking a host's bridge port down.
+//! bridge, [`crate::common::Net`]); links are cut by taking a host's bridge port down.
 //!
 //! - A node unreachable when the push starts, and one cut off mid-transfer, whose links
 //!   come back within the timeout (30 s): both complete.
@@ -9,13 +9,11 @@
 //! - One node's uplink rate-limited and 5 % of its incoming packets dropped: it
 //!   finishes, and so does everyone else.
 
-mod common;
-
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push, TestImage};
+use crate::common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push, TestImage};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

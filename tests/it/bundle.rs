@@ -1,13 +1,11 @@
 //! Air-gapped seeding: a bundle made from one engine (or from a `docker save`
 //! archive) is pushed from a seed with no Docker Engine to 3 nodes.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use common::{build_test_image, run_ok, run_with_timeout, Cluster, HELLO_PATH};
+use crate::common::{build_test_image, run_ok, run_with_timeout, Cluster, HELLO_PATH};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

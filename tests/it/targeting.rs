@@ -1,14 +1,12 @@
 //! Choosing targets and shaping a push: a label selector, extra tags applied
 //! on arrival, and a time limit that fails what is not done.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::Path;
 
-use common::{build_test_image, Cluster};
+use crate::common::{self, build_test_image, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

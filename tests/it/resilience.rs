@@ -1,14 +1,12 @@
 //! Resilience: the seed leaves mid-distribution once every chunk has a copy
 //! among the agents, and the agents finish among themselves.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{build_test_image_with, Cluster, ImageOptions};
+use crate::common::{build_test_image_with, Cluster, ImageOptions};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

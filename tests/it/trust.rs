@@ -2,12 +2,10 @@
 //! the handshake, a node identity of this cluster cannot announce a push, and
 //! an identity on an agent's deny list is refused.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{build_test_image, run_ok, Cluster};
+use crate::common::{build_test_image, run_ok, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

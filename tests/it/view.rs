@@ -3,13 +3,11 @@
 //! terminal; the live fleet view, cleared and followed by the same table,
 //! when asked for (`--progress live`) or on a pseudo-terminal (`script`).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::cluster::PUSH_TIMEOUT_SECS;
-use common::{build_test_image, run_with_timeout, Cluster};
+use crate::common::cluster::PUSH_TIMEOUT_SECS;
+use crate::common::{build_test_image, run_with_timeout, Cluster};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
@@ -108,10 +106,10 @@ fn push_shows_plain_lines_off_a_terminal_and_the_live_view_on_one() {
     assert!(stderr.contains("--json"), "{stderr}");
 
     // A real pseudo-terminal with the default `--progress auto`: the view is
-    // chosen by itself. util-linux `script` provides the terminal.
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipping the pseudo-terminal check: `script` (util-linux) is not installed");
-        return;
+    // chosen by itself. util-linux `script` provides the terminal; without it this
+    // check fails rather than passing untested (scripts/test.sh installs it).
+    if let Err(e) = Command::new("script").arg("--version").output() {
+        panic!("cannot run `script` (util-linux; Debian's bsdutils) for the pseudo-terminal check: {e}");
     }
     build_test_image(&cluster.seed, "tty:1");
     let push = cluster.push_command(&["tty:1"], &[]);

@@ -80,17 +80,6 @@ impl Default for ImageOptions {
 }
 
 impl ImageOptions {
-    /// About `total` bytes in all: half random in the base, a tenth text in the base, the
-    /// rest random in the COPY layer. For benchmarks.
-    pub fn with_total(total: usize) -> Self {
-        ImageOptions {
-            base_random_bytes: total / 2,
-            base_text_bytes: total / 10,
-            layer_random_bytes: total - total / 2 - total / 10,
-            ..Self::default()
-        }
-    }
-
     /// The same options with a fixed seed.
     pub fn seeded(self, seed: u64) -> Self {
         ImageOptions {
@@ -121,8 +110,6 @@ pub struct TestImage {
     pub id: String,
     /// Content of [`HELLO_PATH`] in the final image.
     pub hello: String,
-    /// Seed the content was generated from.
-    pub seed: u64,
 }
 
 /// Builds a small test image tagged `tag` on `d` (see [`build_test_image_with`]).
@@ -166,7 +153,6 @@ pub fn build_test_image_with(d: &Dockerd, tag: &str, opts: &ImageOptions) -> Tes
         base,
         tag: tag.to_string(),
         hello,
-        seed,
     }
 }
 

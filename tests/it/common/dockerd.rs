@@ -136,11 +136,6 @@ impl Dockerd {
         self.wait_ready();
     }
 
-    /// True while the daemon process runs (between a start and a stop or kill).
-    pub fn is_running(&self) -> bool {
-        self.running
-    }
-
     /// Starts `n` daemons named `<prefix>1` … `<prefix>n` in parallel (about 0.1 s each on
     /// an idle machine, so 8 start in well under a second).
     pub fn start_many(prefix: &str, n: usize) -> Vec<Dockerd> {
@@ -174,11 +169,6 @@ impl Dockerd {
     /// `docker_host`.
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
-    }
-
-    /// The daemon's unix socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// The daemon's private directory (data, exec-root, log). Scratch space for a test

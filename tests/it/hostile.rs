@@ -3,8 +3,6 @@
 //! honest agent stays up, drops it (or routes around it), fetches its chunks
 //! elsewhere and loads the right image.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{build_test_image, Cluster};
+use crate::common::{build_test_image, Cluster};
 use p2pimg::content::manifest::Manifest;
 use p2pimg::net;
 use p2pimg::net::identity::{self, Identity, Role};

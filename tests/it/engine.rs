@@ -2,14 +2,12 @@
 //! load it elsewhere from verified chunks (whole, or only the layers a node lacks), and
 //! prove a damaged chunk loads nothing and tags nothing.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{build_test_image, Dockerd, TestImage, HELLO_PATH};
+use crate::common::{build_test_image, Dockerd, TestImage, HELLO_PATH};
 use p2pimg::content::arrivals::Arrivals;
 use p2pimg::content::manifest::Manifest;
 use p2pimg::content::pack::PackOptions;

@@ -1,8 +1,6 @@
-//! Proves the test harness in `tests/common`: private daemons side by side, a
+//! Proves the test harness in `tests/it/common`: private daemons side by side, a
 //! registry-free image that runs, an image moved between daemons with the same ID, and
 //! the agent and timeout helpers (against a stand-in agent script).
-
-mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -12,11 +10,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::agent::{parse_listening, toml_string};
-use common::image::base_tag;
-use common::{
-    build_test_image, build_test_image_with, run_with_timeout, Agent, AgentConfig, Dockerd, ImageOptions,
-    HELLO_PATH,
+use crate::common::agent::{parse_listening, toml_string};
+use crate::common::image::base_tag;
+use crate::common::{
+    self, build_test_image, build_test_image_with, run_with_timeout, Agent, AgentConfig, Dockerd,
+    ImageOptions, HELLO_PATH,
 };
 
 /// Starts two daemons at once (as parallel tests do).

@@ -3,11 +3,9 @@
 //! everywhere and runs; nodes exchange chunks among themselves; a node holding
 //! the base fetches only the rest; pushing again sends nothing.
 
-mod common;
-
 use std::path::Path;
 
-use common::{build_test_image_with, Cluster, ImageOptions, HELLO_PATH};
+use crate::common::{build_test_image_with, Cluster, ImageOptions, HELLO_PATH};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

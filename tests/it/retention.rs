@@ -2,8 +2,6 @@
 //! after it ended, while every chunk a live distribution holds stays: its own, and those
 //! it shares with a finished one.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_test_image, build_test_image_with, chunk_files, Cluster, ImageOptions, Push};
+use crate::common::{build_test_image, build_test_image_with, chunk_files, Cluster, ImageOptions, Push};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))

@@ -2,16 +2,14 @@
 //! root, is on a small file system fails with a message naming that disk and the space
 //! needed, loads nothing, keeps running; once space is freed, the same push completes.
 
-mod common;
-
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::dockerd::mount_tmpfs;
-use common::process::check;
-use common::{build_test_image, run_with_timeout, Cluster, ClusterOptions, DockerdOptions, Push};
+use crate::common::dockerd::mount_tmpfs;
+use crate::common::process::check;
+use crate::common::{build_test_image, run_with_timeout, Cluster, ClusterOptions, DockerdOptions, Push};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
