@@ -116,6 +116,8 @@ pub enum ConfigError {
     },
 }
 
+const _: () = crate::ops::assert_error_is_send_sync::<ConfigError>();
+
 /// " line N" when the line is known.
 fn at_line(line: Option<usize>) -> String {
     line.map(|n| format!(" line {n}")).unwrap_or_default()

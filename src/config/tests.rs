@@ -178,12 +178,6 @@ fn agent_identity_must_match_name() {
 }
 
 #[test]
-fn errors_are_send_sync_for_anyhow_and_clap() {
-    fn check<T: std::error::Error + Send + Sync + 'static>() {}
-    check::<ConfigError>();
-}
-
-#[test]
 fn select_by_name_and_labels() {
     let inv = inventory(include_str!("../../nodes.example.toml")).unwrap();
     let names = |nodes: Vec<NodeEntry>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();

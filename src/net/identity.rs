@@ -112,6 +112,8 @@ pub enum IdentityError {
     },
 }
 
+const _: () = crate::ops::assert_error_is_send_sync::<IdentityError>();
+
 /// What a certificate is allowed to do in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {

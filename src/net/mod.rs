@@ -110,6 +110,8 @@ pub enum NetError {
     },
 }
 
+const _: () = crate::ops::assert_error_is_send_sync::<NetError>();
+
 /// Who is at the other end of a connection, from its verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {

@@ -4,6 +4,11 @@
 
 pub mod metrics;
 
+/// Compiles only for an error that `anyhow` (and so the command line) can
+/// carry across threads: `const _: () = assert_error_is_send_sync::<E>();`
+/// beside an error type fails the build, not a test, when it stops being so.
+pub(crate) const fn assert_error_is_send_sync<E: std::error::Error + Send + Sync + 'static>() {}
+
 /// Bytes for people: 1.5 MB, 820 kB, 12 B (decimal units, as `docker images`).
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

@@ -143,9 +143,3 @@ async fn unexpected_peer_name_is_an_error() {
     let expected = format!("node at {addr} presented certificate for n1, expected n3");
     assert!(err.to_string().starts_with(&expected), "{err}");
 }
-
-#[test]
-fn errors_are_send_sync_for_anyhow_and_clap() {
-    fn check<T: std::error::Error + Send + Sync + 'static>() {}
-    check::<NetError>();
-}

@@ -120,9 +120,3 @@ fn role_round_trips() {
     }
     assert!("admin".parse::<Role>().is_err());
 }
-
-#[test]
-fn errors_are_send_sync_for_anyhow_and_clap() {
-    fn check<T: std::error::Error + Send + Sync + 'static>() {}
-    check::<IdentityError>();
-}
