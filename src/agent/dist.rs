@@ -127,7 +127,11 @@ pub(super) async fn run(
         return control.wait_finish().await;
     }
     let manifest = Arc::new(manifest);
-    let shared = DistShared::new(manifest.clone(), ctx.store.clone());
+    let shared = DistShared::new(
+        manifest.clone(),
+        ctx.store.clone(),
+        ctx.registry.metrics().clone(),
+    );
     let id = shared.id;
     tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), "announced");
     // Connections dialed to peers are served until the distribution ends,
@@ -309,7 +313,9 @@ impl Node<'_> {
                 }
             },
         };
-        crate::ops::metrics::metrics().on_load(first.is_ok(), fetched_at.elapsed());
+        ctx.registry
+            .metrics()
+            .on_load(first.is_ok(), fetched_at.elapsed());
         match load_again(ctx, &manifest, &plan, control, loading, first).await {
             Ok(()) => Outcome::Loaded { received },
             Err(reason) => Outcome::Failed { reason, received },
@@ -365,7 +371,7 @@ async fn load_again(
         let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
         let started = std::time::Instant::now();
         loaded = engine::load_images(&engine, manifest.clone(), images, layers, store, None).await;
-        crate::ops::metrics::metrics().on_load(loaded.is_ok(), started.elapsed());
+        ctx.registry.metrics().on_load(loaded.is_ok(), started.elapsed());
     }
 }
 

@@ -38,6 +38,7 @@ use crate::content::retention::{Keeper, RetentionOptions};
 use crate::content::store::ChunkStore;
 use crate::net::identity::Role;
 use crate::net::{self, PeerIdentity};
+use crate::ops::metrics::Metrics;
 use crate::swarm::serve::{refuse, serve_connection};
 use crate::swarm::{Registry, SwarmOptions};
 use crate::wire::{close, ErrorCode, Message, MAX_ANNOUNCE_FRAME, MAX_FIRST_FRAME};
@@ -102,11 +103,12 @@ impl Agent {
             return Err(AgentError::NotANode { cert });
         }
         let store = ChunkStore::open(&opts.state_dir)?;
+        let metrics = Metrics::default();
         let retention = RetentionOptions {
             retain: opts.retain,
             budget: opts.store_budget,
         };
-        let (keeper, keeper_thread) = Keeper::spawn(store.clone(), retention)?;
+        let (keeper, keeper_thread) = Keeper::spawn(store.clone(), retention, metrics.clone())?;
         let endpoint = net::endpoint(&identity, opts.listen)?;
         let ctx = AgentCtx {
             name: opts.name.clone(),
@@ -114,7 +116,7 @@ impl Agent {
             engine_wait: opts.engine_wait,
             store,
             keeper,
-            registry: Registry::with_upload_limit(opts.max_upload_mbit),
+            registry: Registry::with_upload_limit(opts.max_upload_mbit, metrics),
             endpoint,
             swarm: SwarmOptions::default(),
             deny: opts.deny.iter().cloned().collect(),
@@ -126,6 +128,11 @@ impl Agent {
             ctx: Arc::new(ctx),
             keeper: keeper_thread,
         })
+    }
+
+    /// The agent's counters, for the metrics endpoint.
+    pub fn metrics(&self) -> Metrics {
+        self.ctx.registry.metrics().clone()
     }
 
     /// The address the endpoint is bound to.
@@ -189,7 +196,7 @@ async fn handle_incoming(ctx: Arc<AgentCtx>, incoming: quinn::Incoming) {
 /// may start a distribution, which dials peers and serves those connections.
 pub(crate) fn serve(ctx: Arc<AgentCtx>, conn: Connection, peer: PeerIdentity) -> BoxFuture<'static, ()> {
     Box::pin(async move {
-        let _open = crate::ops::metrics::metrics().on_connection();
+        let _open = ctx.registry.metrics().on_connection();
         tracing::debug!(peer = %peer.name, remote = %conn.remote_address(), "connected");
         let registry = ctx.registry.clone();
         let name = peer.name.clone();

@@ -94,7 +94,7 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr} (metrics_listen in agent.toml)"))?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);
-            tokio::spawn(crate::ops::metrics::serve(listener, opts.state_dir.clone()));
+            tokio::spawn(crate::ops::metrics::serve(listener, opts.state_dir.clone(), agent.metrics()));
         }
         tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
         let requested = agent.run(stop).await;

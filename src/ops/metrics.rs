@@ -2,23 +2,35 @@
 //! an address of the operator's choosing (off by default; bind it to
 //! localhost unless a scraper elsewhere needs it).
 //!
-//! The counters are process-wide: every part of the agent adds to them
-//! through [`metrics()`], and a scrape renders them.
+//! The counters are a cheap [`Metrics`] handle: the agent makes one and
+//! hands it to what counts (the swarm registry, each distribution, the
+//! retention keeper); a scrape renders them. A pusher's swarm counts into
+//! a handle nobody renders.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Counters of one process.
+/// A handle to the counters of one process; clones count into the same.
+#[derive(Clone, Default)]
+pub struct Metrics(Arc<Counters>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The counters behind a [`Metrics`] handle.
 #[derive(Default)]
-pub struct Metrics {
+struct Counters {
     received: Mutex<BTreeMap<String, u64>>,
     sent: Mutex<BTreeMap<String, u64>>,
     verified: AtomicU64,
@@ -37,51 +49,47 @@ pub struct Metrics {
 
 /// One open QUIC connection, counted from creation until dropped.
 #[derive(Debug)]
-pub struct OpenConnection(());
+pub struct OpenConnection(Metrics);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        metrics().connections.fetch_sub(1, Ordering::Relaxed);
+        self.0 .0.connections.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// The process's metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
 }
 
 impl Metrics {
     /// A verified chunk of `bytes` arrived from `peer`.
     pub fn on_received(&self, peer: &str, bytes: u64) {
         *self
+            .0
             .received
             .lock()
             .expect("metrics lock")
             .entry(peer.into())
             .or_default() += bytes;
-        self.verified.fetch_add(1, Ordering::Relaxed);
+        self.0.verified.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A chunk from a peer failed verification.
     pub fn on_rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.0.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A chunk request was answered `Busy` here: this node's upload queue
     /// was full.
     pub fn on_busy_sent(&self) {
-        self.busy_sent.fetch_add(1, Ordering::Relaxed);
+        self.0.busy_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A peer answered one of this node's chunk requests `Busy`.
     pub fn on_busy_received(&self) {
-        self.busy_received.fetch_add(1, Ordering::Relaxed);
+        self.0.busy_received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `bytes` of a chunk were sent to `peer`.
     pub fn on_sent(&self, peer: &str, bytes: u64) {
         *self
+            .0
             .sent
             .lock()
             .expect("metrics lock")
@@ -90,30 +98,34 @@ impl Metrics {
     }
 
     /// A connection (to the pusher or a peer, either side opened it) is
-    /// served until the returned guard drops. Only the process-wide
-    /// [`metrics()`] counts connections.
-    pub fn on_connection(&'static self) -> OpenConnection {
-        let open = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        self.connections_peak.fetch_max(open, Ordering::Relaxed);
-        OpenConnection(())
+    /// served until the returned guard drops.
+    pub fn on_connection(&self) -> OpenConnection {
+        let open = self.0.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.0.connections_peak.fetch_max(open, Ordering::Relaxed);
+        OpenConnection(self.clone())
     }
 
     /// A `docker load` finished, well or not, `took` after the node's last
     /// chunk arrived (the load streams while it fetches; a load tried again
     /// counts from its own start).
     pub fn on_load(&self, ok: bool, took: Duration) {
-        let count = if ok { &self.loads_ok } else { &self.loads_failed };
+        let count = if ok {
+            &self.0.loads_ok
+        } else {
+            &self.0.loads_failed
+        };
         count.fetch_add(1, Ordering::Relaxed);
-        self.load_micros
+        self.0
+            .load_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Retention removed `dists` distribution records and `chunks` chunk
     /// files, freeing `bytes`.
     pub fn on_evicted(&self, dists: u64, chunks: u64, bytes: u64) {
-        self.evicted_dists.fetch_add(dists, Ordering::Relaxed);
-        self.evicted_chunks.fetch_add(chunks, Ordering::Relaxed);
-        self.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.0.evicted_dists.fetch_add(dists, Ordering::Relaxed);
+        self.0.evicted_chunks.fetch_add(chunks, Ordering::Relaxed);
+        self.0.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of every counter, and of the size
@@ -124,49 +136,49 @@ impl Metrics {
             &mut out,
             "p2pimg_received_bytes_total",
             "Verified chunk bytes received",
-            &self.received,
+            &self.0.received,
         );
         per_peer(
             &mut out,
             "p2pimg_sent_bytes_total",
             "Chunk bytes sent",
-            &self.sent,
+            &self.0.sent,
         );
         let counters = [
             (
                 "p2pimg_chunks_verified_total",
                 "Chunks received and verified",
-                &self.verified,
+                &self.0.verified,
             ),
             (
                 "p2pimg_chunks_rejected_total",
                 "Chunks that failed verification",
-                &self.rejected,
+                &self.0.rejected,
             ),
             (
                 "p2pimg_busy_answers_sent_total",
                 "Chunk requests answered Busy because this node's upload queue was full",
-                &self.busy_sent,
+                &self.0.busy_sent,
             ),
             (
                 "p2pimg_busy_answers_received_total",
                 "Chunk requests of this node that a peer answered Busy (the peer is asked again later)",
-                &self.busy_received,
+                &self.0.busy_received,
             ),
             (
                 "p2pimg_store_evicted_distributions_total",
                 "Finished distributions forgotten by retention",
-                &self.evicted_dists,
+                &self.0.evicted_dists,
             ),
             (
                 "p2pimg_store_evicted_chunks_total",
                 "Chunk files deleted by retention",
-                &self.evicted_chunks,
+                &self.0.evicted_chunks,
             ),
             (
                 "p2pimg_store_evicted_bytes_total",
                 "Bytes freed by retention",
-                &self.evicted_bytes,
+                &self.0.evicted_bytes,
             ),
         ];
         for (name, help, value) in counters {
@@ -176,7 +188,7 @@ impl Metrics {
                 load(value)
             );
         }
-        let (ok, failed) = (load(&self.loads_ok), load(&self.loads_failed));
+        let (ok, failed) = (load(&self.0.loads_ok), load(&self.0.loads_failed));
         let _ = writeln!(
             out,
             "# HELP p2pimg_loads_total docker load runs, by result.\n# TYPE p2pimg_loads_total counter"
@@ -185,9 +197,9 @@ impl Metrics {
             out,
             "p2pimg_loads_total{{result=\"ok\"}} {ok}\np2pimg_loads_total{{result=\"failed\"}} {failed}"
         );
-        let secs = load(&self.load_micros) as f64 / 1e6;
+        let secs = load(&self.0.load_micros) as f64 / 1e6;
         let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time docker load took after the last chunk arrived.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
-        let (open, peak) = (load(&self.connections), load(&self.connections_peak));
+        let (open, peak) = (load(&self.0.connections), load(&self.0.connections_peak));
         let _ = writeln!(out, "# HELP p2pimg_connections Open QUIC connections to the pusher and peers.\n# TYPE p2pimg_connections gauge\np2pimg_connections {open}");
         let _ = writeln!(out, "# HELP p2pimg_connections_peak Most QUIC connections open at once since the start.\n# TYPE p2pimg_connections_peak gauge\np2pimg_connections_peak {peak}");
         let size = dir_size(&store_dir.join("chunks"));
@@ -231,14 +243,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Answers every HTTP request on `listener` with the metrics, until dropped.
-pub async fn serve(listener: TcpListener, store_dir: PathBuf) {
+pub async fn serve(listener: TcpListener, store_dir: PathBuf, metrics: Metrics) {
     while let Ok((mut stream, _)) = listener.accept().await {
-        let store_dir = store_dir.clone();
+        let (store_dir, metrics) = (store_dir.clone(), metrics.clone());
         tokio::spawn(async move {
             // Read the request head (ignored beyond its arrival), then answer.
             let mut buf = [0u8; 1024];
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf)).await;
-            let body = tokio::task::spawn_blocking(move || metrics().render(&store_dir))
+            let body = tokio::task::spawn_blocking(move || metrics.render(&store_dir))
                 .await
                 .unwrap_or_default();
             let head = format!(

@@ -436,7 +436,7 @@ impl Swarm {
                 self.on_chunk(id, index, bytes, false)
             }
             Err(FetchError::BadData { .. }) => {
-                crate::ops::metrics::metrics().on_rejected();
+                self.shared.metrics.on_rejected();
                 self.picker.on_failed(id, index);
                 self.drop_peer(id, close::BAD_DATA, "sent a chunk that failed verification");
             }
@@ -453,7 +453,7 @@ impl Swarm {
                 code: ErrorCode::Busy,
                 ..
             }) => {
-                crate::ops::metrics::metrics().on_busy_received();
+                self.shared.metrics.on_busy_received();
                 self.picker.on_failed(id, index);
                 self.back_off(id);
             }
@@ -513,7 +513,7 @@ impl Swarm {
     /// Counts a chunk of `bytes` received from peer `id`.
     fn count_received(&mut self, id: PeerId, bytes: u64) {
         if let Some(link) = self.peers.get(&id) {
-            crate::ops::metrics::metrics().on_received(&link.name, bytes);
+            self.shared.metrics.on_received(&link.name, bytes);
             let e = self
                 .received
                 .entry(link.name.clone())

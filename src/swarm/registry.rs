@@ -9,6 +9,7 @@ use super::*;
 use crate::content::hash::Hash;
 use crate::content::manifest::Manifest;
 use crate::content::store::ChunkStore;
+use crate::ops::metrics::Metrics;
 use crate::swarm::Uploads;
 use crate::wire::{Bitfield, PeerBytes};
 
@@ -23,15 +24,24 @@ pub struct DistShared {
     pub store: ChunkStore,
     served: Mutex<HashMap<String, PeerBytes>>,
     meter: UploadMeter,
+    /// The process's counters.
+    pub metrics: Metrics,
 }
 
 impl DistShared {
-    /// Shared state for a validated manifest.
-    pub fn new(manifest: Arc<Manifest>, store: ChunkStore) -> Arc<Self> {
-        Self::with_meter(manifest, store, UploadMeter::default())
+    /// Shared state for a validated manifest, counting into `metrics`.
+    pub fn new(manifest: Arc<Manifest>, store: ChunkStore, metrics: Metrics) -> Arc<Self> {
+        Arc::new(DistShared {
+            id: manifest.id(),
+            manifest,
+            store,
+            served: Mutex::default(),
+            meter: UploadMeter::default(),
+            metrics,
+        })
     }
 
-    /// Shared state whose served bytes also add up in `meter`.
+    /// The seed's shared state: its served bytes also add up in `meter`.
     pub fn with_meter(manifest: Arc<Manifest>, store: ChunkStore, meter: UploadMeter) -> Arc<Self> {
         Arc::new(DistShared {
             id: manifest.id(),
@@ -39,6 +49,7 @@ impl DistShared {
             store,
             served: Mutex::default(),
             meter,
+            metrics: Metrics::default(),
         })
     }
 
@@ -83,18 +94,24 @@ impl UploadMeter {
 /// The distributions this process takes part in, by manifest ID, and the
 /// limits on what it uploads serving them.
 #[derive(Clone, Debug, Default)]
-pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>, Arc<Uploads>);
+pub struct Registry(Arc<Mutex<HashMap<Hash, SwarmHandle>>>, Arc<Uploads>, Metrics);
 
 impl Registry {
-    /// A registry whose serving uploads at most `mbit` Mbit/s.
-    pub fn with_upload_limit(mbit: Option<u64>) -> Registry {
-        Registry(Arc::default(), Arc::new(Uploads::new(mbit)))
+    /// A registry whose serving uploads at most `mbit` Mbit/s, counting
+    /// into `metrics`.
+    pub fn with_upload_limit(mbit: Option<u64>, metrics: Metrics) -> Registry {
+        Registry(Arc::default(), Arc::new(Uploads::new(mbit)), metrics)
     }
 
     /// The seed's registry: requests queue per node ([`Uploads::seed`]),
     /// serving uploads at most `mbit` Mbit/s.
     pub fn for_seed(mbit: Option<u64>) -> Registry {
-        Registry(Arc::default(), Arc::new(Uploads::seed(mbit)))
+        Registry(Arc::default(), Arc::new(Uploads::seed(mbit)), Metrics::default())
+    }
+
+    /// The process's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.2
     }
 
     /// What bounds this process's chunk answers.

@@ -107,7 +107,7 @@ impl StreamCtx {
                 let uploads = self.registry.uploads();
                 let may_refuse = crate::net::speaks_current(&self.conn);
                 let Some(_admitted) = uploads.admit(may_refuse, &self.peer_admitted) else {
-                    crate::ops::metrics::metrics().on_busy_sent();
+                    self.registry.metrics().on_busy_sent();
                     return refuse(send, ErrorCode::Busy, "too many answers waiting here").await;
                 };
                 // The connection's slot first, so a peer waiting for its own
@@ -156,7 +156,7 @@ async fn serve_request(registry: Registry, peer: String, mut send: SendStream, d
             let _ = tokio::time::timeout(SEND_TIMEOUT, async {
                 if write_frame(&mut send, &Message::Chunk { data }).await.is_ok() {
                     shared.count_served(&peer, len);
-                    crate::ops::metrics::metrics().on_sent(&peer, len);
+                    shared.metrics.on_sent(&peer, len);
                     let _ = send.finish();
                     // Resolves once every byte is acknowledged, or the
                     // requester, having read its frame, drops the stream.

@@ -29,6 +29,7 @@ use super::{must_free, select, Known, RetentionOptions};
 use crate::content::hash::Hash;
 use crate::content::store::{ChunkStore, StoreError, StoredChunk};
 use crate::ops::human;
+use crate::ops::metrics::Metrics;
 
 /// Longest time between two sweeps: expiry is measured in hours, and a
 /// sweep lists every chunk file, so once a minute is plenty.
@@ -129,7 +130,11 @@ impl Keeper {
     /// thread. Distributions a previous run left live (it crashed or was
     /// stopped mid-way) count as ended now: their chunks stay `retain` for
     /// a push that resumes them.
-    pub fn spawn(store: ChunkStore, opts: RetentionOptions) -> Result<(Keeper, JoinHandle<()>), StoreError> {
+    pub fn spawn(
+        store: ChunkStore,
+        opts: RetentionOptions,
+        metrics: Metrics,
+    ) -> Result<(Keeper, JoinHandle<()>), StoreError> {
         let records = Records::open(&store)?;
         let mut known = records.load()?;
         let now = SystemTime::now();
@@ -144,6 +149,7 @@ impl Keeper {
             known,
             live: HashMap::new(),
             opts,
+            metrics,
         };
         let handle = std::thread::Builder::new()
             .name("p2pimg-keeper".into())
@@ -196,6 +202,7 @@ struct State {
     /// may be pushed twice at once).
     live: HashMap<Hash, usize>,
     opts: RetentionOptions,
+    metrics: Metrics,
 }
 
 impl State {
@@ -310,7 +317,7 @@ impl State {
                 bytes = freed,
                 "evicted from the chunk store"
             );
-            crate::ops::metrics::metrics().on_evicted(d as u64, c as u64, freed);
+            self.metrics.on_evicted(d as u64, c as u64, freed);
         }
         Ok((stored, freed))
     }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::content::chunk::encode_chunk;
+use crate::ops::metrics::Metrics;
 
 fn opts(retain: Duration, budget: Option<u64>) -> RetentionOptions {
     RetentionOptions { retain, budget }
@@ -45,7 +46,8 @@ fn id(n: u8) -> Hash {
 async fn ended_distribution_goes_but_chunks_a_live_one_shares_stay() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
-    let (keeper, thread) = Keeper::spawn(store.clone(), opts(Duration::ZERO, None)).unwrap();
+    let (keeper, thread) =
+        Keeper::spawn(store.clone(), opts(Duration::ZERO, None), Metrics::default()).unwrap();
     let made = chunks(&[1, 2, 3], 4000);
     let [a, b, c] = [made[0].0, made[1].0, made[2].0];
     // Recorded before they are stored, as an agent does: with no retention,
@@ -70,12 +72,18 @@ async fn ended_distribution_goes_but_chunks_a_live_one_shares_stay() {
     keeper.stop();
     thread.join().unwrap();
     drop(second); // the old thread is gone: this end is never seen
-    let (keeper, thread) = Keeper::spawn(store.clone(), opts(Duration::from_secs(3600), None)).unwrap();
+    let (keeper, thread) = Keeper::spawn(
+        store.clone(),
+        opts(Duration::from_secs(3600), None),
+        Metrics::default(),
+    )
+    .unwrap();
     keeper.make_room(0).await.unwrap();
     assert!(store.contains(&b), "kept for an hour after the restart");
     keeper.stop();
     thread.join().unwrap();
-    let (keeper, _thread) = Keeper::spawn(store.clone(), opts(Duration::ZERO, None)).unwrap();
+    let (keeper, _thread) =
+        Keeper::spawn(store.clone(), opts(Duration::ZERO, None), Metrics::default()).unwrap();
     keeper.make_room(0).await.unwrap();
     assert!(store.scan().unwrap().is_empty());
     assert_eq!(std::fs::read_dir(dir.path().join("dists")).unwrap().count(), 0);
@@ -86,7 +94,8 @@ async fn budget_evicts_oldest_ended_first_and_refuses_what_cannot_fit() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
     let hour = Duration::from_secs(3600);
-    let (keeper, _thread) = Keeper::spawn(store.clone(), opts(hour, Some(30_000))).unwrap();
+    let (keeper, _thread) =
+        Keeper::spawn(store.clone(), opts(hour, Some(30_000)), Metrics::default()).unwrap();
     let chunks = put(&store, &[1, 2, 3], 8000);
     for (i, h) in chunks.iter().enumerate() {
         drop(keeper.begin(id(i as u8), [*h]).await.unwrap());
