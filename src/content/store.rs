@@ -5,7 +5,7 @@
 //! written: the rename is the record that says "have". No chunk is fsynced.
 //! Durability would buy nothing here: what the store holds is a cache of
 //! content addressed by hash, and after a restart every chunk is verified
-//! again before it is counted as held ([`crate::agent::plan`] reads each one back
+//! again before it is counted as held (the agent's plan reads each one back
 //! through [`ChunkStore::read_verified`]), so a file a power loss left empty
 //! or short is deleted and fetched again, never served as good. And it cost
 //! a lot: two fsyncs per chunk (file and directory) made a one-node push of
