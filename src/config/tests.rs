@@ -1,6 +1,9 @@
 //! Tests of `config`.
 
+use std::time::Duration;
+
 use super::*;
+use crate::net::identity;
 
 fn inventory(text: &str) -> Result<Inventory, ConfigError> {
     Inventory::parse(text, Path::new("nodes.toml"))

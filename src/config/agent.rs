@@ -1,0 +1,236 @@
+//! The agent's options: agent.toml, with defaults, durations and sizes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::net::identity::{self, Identity};
+
+use super::*;
+
+/// Default agent listen address: every interface, on p2pimg's port 7701 (unassigned by IANA,
+/// and the port nodes.example.toml uses), so peers on any of the node's networks can dial in.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7701";
+/// Default agent state directory: the FHS place for a daemon's persistent state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pimg";
+/// Default Docker Engine endpoint: the socket dockerd creates on every Linux install.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// Default time a finished distribution's chunks are kept: a day covers a push
+/// retried or repeated to more nodes the same working day, and resuming one
+/// that failed, without keeping every image ever pushed.
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(24 * 3600);
+
+/// The agent's options, from agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// This node's name; must match the CommonName of `cert`.
+    pub name: String,
+    /// UDP address the agent's QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Where chunks and completion records live.
+    pub state_dir: PathBuf,
+    /// The local Docker Engine endpoint.
+    pub docker_host: String,
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key (mode 0600).
+    pub key: PathBuf,
+    /// Certificate names refused at every connection: a leaked or retired
+    /// identity, shut out without re-keying the cluster.
+    pub deny: Vec<String>,
+    /// Most this agent uploads serving chunks, in Mbit/s; unlimited if unset.
+    pub max_upload_mbit: Option<u64>,
+    /// Where to serve Prometheus metrics over HTTP; off if unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long a load waits for the Docker Engine to come back when it is
+    /// down or restarting, before the node fails.
+    pub engine_wait: Duration,
+    /// How long chunks of a finished distribution are kept.
+    pub retain: Duration,
+    /// Most bytes the chunk store may hold; finished distributions are
+    /// evicted oldest first to stay under it. Unbounded if unset.
+    pub store_budget: Option<u64>,
+    /// The file these options came from, for error messages.
+    pub source: PathBuf,
+}
+
+/// agent.toml as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_docker_host")]
+    docker_host: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    max_upload_mbit: Option<u64>,
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
+    #[serde(default = "default_engine_wait_secs")]
+    engine_wait_secs: u64,
+    #[serde(default)]
+    retain: Option<Spanned<String>>,
+    #[serde(default)]
+    store_budget: Option<Spanned<Size>>,
+}
+
+/// A restarted dockerd (an upgrade, `systemctl restart docker`, a crash that
+/// systemd restarts) answers again within seconds; a minute covers a slow one.
+const DEFAULT_ENGINE_WAIT_SECS: u64 = 60;
+
+fn default_engine_wait_secs() -> u64 {
+    DEFAULT_ENGINE_WAIT_SECS
+}
+
+/// A size as written: bytes, or text with a unit (`"20GiB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN
+        .parse()
+        .expect("DEFAULT_LISTEN is a socket address")
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+
+fn default_docker_host() -> String {
+    DEFAULT_DOCKER_HOST.into()
+}
+
+impl AgentOptions {
+    /// Reads agent.toml at `path`; relative paths in it are taken relative to its directory.
+    pub fn load(path: &Path) -> Result<AgentOptions, ConfigError> {
+        AgentOptions::parse(&read(path)?, path)
+    }
+
+    /// Parses agent.toml `text`; `origin` names the file and anchors relative paths.
+    pub fn parse(text: &str, origin: &Path) -> Result<AgentOptions, ConfigError> {
+        let raw: RawAgent = parse_toml(text, origin)?;
+        let line = line_of(text, raw.name.span().start);
+        let name = raw.name.into_inner();
+        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
+            path: origin.into(),
+            line,
+            source,
+        })?;
+        let bad = |key, span: std::ops::Range<usize>, value: String, expected| ConfigError::BadValue {
+            path: origin.into(),
+            line: line_of(text, span.start),
+            key,
+            value,
+            expected,
+        };
+        let retain = match raw.retain {
+            None => DEFAULT_RETAIN,
+            Some(v) => parse_duration(v.get_ref())
+                .ok_or_else(|| bad("retain", v.span(), v.get_ref().clone(), DURATION_FORMS))?,
+        };
+        let store_budget = match raw.store_budget {
+            None => None,
+            Some(v) => Some(match v.get_ref() {
+                Size::Bytes(n) => *n,
+                Size::Text(t) => {
+                    parse_size(t).ok_or_else(|| bad("store_budget", v.span(), t.clone(), SIZE_FORMS))?
+                }
+            }),
+        };
+        let base = origin.parent().unwrap_or(Path::new(""));
+        Ok(AgentOptions {
+            name,
+            listen: raw.listen,
+            state_dir: base.join(raw.state_dir),
+            docker_host: raw.docker_host,
+            ca: base.join(raw.ca),
+            cert: base.join(raw.cert),
+            key: base.join(raw.key),
+            deny: raw.deny,
+            max_upload_mbit: raw.max_upload_mbit,
+            metrics_listen: raw.metrics_listen,
+            engine_wait: Duration::from_secs(raw.engine_wait_secs),
+            retain,
+            store_budget,
+            source: origin.into(),
+        })
+    }
+
+    /// Loads the identity in `ca`, `cert` and `key`, and checks it is issued to `name`.
+    pub fn load_identity(&self) -> Result<Identity, ConfigError> {
+        let origin = &self.source;
+        let identity =
+            Identity::load(&self.ca, &self.cert, &self.key).map_err(|source| ConfigError::Identity {
+                path: origin.into(),
+                source,
+            })?;
+        if identity.name != self.name {
+            return Err(ConfigError::NameMismatch {
+                path: origin.into(),
+                name: self.name.clone(),
+                cert: self.cert.clone(),
+                cert_name: identity.name,
+            });
+        }
+        Ok(identity)
+    }
+}
+
+/// What `retain` accepts, for error messages.
+const DURATION_FORMS: &str =
+    "a duration: a whole number with s, m, h or d (\"90s\", \"30m\", \"24h\", \"7d\")";
+/// What `store_budget` accepts, for error messages.
+const SIZE_FORMS: &str =
+    "a size: bytes, or a whole number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (\"20GiB\", \"500MB\")";
+
+/// Parses `"90s"`, `"30m"`, `"24h"`, `"7d"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = text[..split].parse().ok()?;
+    let unit = match text[split..].trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit).map(Duration::from_secs)
+}
+
+/// Parses `"20GiB"`, `"500MB"`, `"4096"` (bytes); units are case-insensitive.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let n: u64 = text[..split].parse().ok()?;
+    let unit: u64 = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}

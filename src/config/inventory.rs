@@ -1,0 +1,194 @@
+//! The inventory of nodes a pusher distributes to: nodes.toml, and its
+//! selection by name and labels.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::net::identity;
+
+use super::*;
+
+/// One node of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The node's name; the CommonName its agent's certificate must carry.
+    pub name: String,
+    /// Where its agent listens (host names resolved at load).
+    pub addr: SocketAddr,
+    /// Free-form labels for selecting nodes.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The nodes a pusher distributes to, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// At least one node; names and addresses are unique.
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// nodes.toml as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+/// One `[[node]]` table as written, with spans for line numbers in errors.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    addr: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl Inventory {
+    /// Reads and checks the inventory at `path`.
+    pub fn load(path: &Path) -> Result<Inventory, ConfigError> {
+        Inventory::parse(&read(path)?, path)
+    }
+
+    /// Parses and checks inventory `text`; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Inventory, ConfigError> {
+        let raw: RawInventory = parse_toml(text, origin)?;
+        if raw.node.is_empty() {
+            return Err(ConfigError::Empty { path: origin.into() });
+        }
+        let mut seen = Seen::default();
+        let nodes = raw
+            .node
+            .into_iter()
+            .map(|node| seen.check(node, text, origin))
+            .collect::<Result<_, _>>()?;
+        Ok(Inventory { nodes })
+    }
+
+    /// The nodes named in `names` (all when empty) whose labels match every
+    /// `key=value` of `selector` (comma-separated), in inventory order.
+    pub fn select(&self, names: &[String], selector: Option<&str>) -> Result<Vec<NodeEntry>, ConfigError> {
+        let wanted = parse_selector(selector.unwrap_or(""))?;
+        let matches = |node: &NodeEntry| {
+            wanted
+                .iter()
+                .all(|(k, v)| node.labels.get(*k) == Some(&v.to_string()))
+        };
+        let nodes: Vec<NodeEntry> = self.only(names)?.into_iter().filter(|n| matches(n)).collect();
+        if nodes.is_empty() {
+            return Err(ConfigError::NoneSelected {
+                selector: selector.unwrap_or("").to_string(),
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// The nodes named in `names`, in inventory order; all nodes when
+    /// `names` is empty.
+    pub fn only(&self, names: &[String]) -> Result<Vec<NodeEntry>, ConfigError> {
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !self.nodes.iter().any(|node| &&node.name == n))
+        {
+            return Err(ConfigError::UnknownNode {
+                name: unknown.clone(),
+            });
+        }
+        let wanted = |node: &&NodeEntry| names.is_empty() || names.contains(&node.name);
+        Ok(self.nodes.iter().filter(wanted).cloned().collect())
+    }
+}
+
+/// Names and addresses met so far, with their lines, to report duplicates.
+#[derive(Default)]
+struct Seen {
+    names: HashMap<String, usize>,
+    addrs: HashMap<SocketAddr, (String, usize)>,
+}
+
+impl Seen {
+    /// Validates one node and records it; errors point at the offending line.
+    fn check(&mut self, node: RawNode, text: &str, path: &Path) -> Result<NodeEntry, ConfigError> {
+        let name_line = line_of(text, node.name.span().start);
+        let addr_line = line_of(text, node.addr.span().start);
+        let name = node.name.into_inner();
+        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
+            path: path.into(),
+            line: name_line,
+            source,
+        })?;
+        if let Some(&first_line) = self.names.get(&name) {
+            return Err(ConfigError::DuplicateName {
+                path: path.into(),
+                name,
+                line: name_line,
+                first_line,
+            });
+        }
+        let addr = resolve(node.addr.get_ref()).map_err(|detail| ConfigError::BadAddr {
+            path: path.into(),
+            line: addr_line,
+            name: name.clone(),
+            addr: node.addr.get_ref().clone(),
+            detail,
+        })?;
+        if let Some((first, first_line)) = self.addrs.get(&addr).cloned() {
+            let line = addr_line;
+            return Err(ConfigError::DuplicateAddr {
+                path: path.into(),
+                addr,
+                name,
+                line,
+                first,
+                first_line,
+            });
+        }
+        self.names.insert(name.clone(), name_line);
+        self.addrs.insert(addr, (name.clone(), addr_line));
+        Ok(NodeEntry {
+            name,
+            addr,
+            labels: node.labels,
+        })
+    }
+}
+
+/// Resolves `host:port` to its first socket address.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = addr.to_socket_addrs().map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => "it is not host:port (is the port missing?)".to_string(),
+        _ => e.to_string(),
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| "the host name resolves to no address".to_string())
+}
+
+/// `key=value` pairs of a selector such as `role=worker,zone=a`.
+fn parse_selector(selector: &str) -> Result<Vec<(&str, &str)>, ConfigError> {
+    let bad = || ConfigError::BadSelector {
+        selector: selector.to_string(),
+    };
+    selector
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(bad)?;
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() {
+                Err(bad())
+            } else {
+                Ok((k, v))
+            }
+        })
+        .collect()
+}
