@@ -19,17 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A handle to the counters of one process; clones count into the same.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Metrics(Arc<Counters>);
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
-}
-
 /// The counters behind a [`Metrics`] handle.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     received: Mutex<BTreeMap<String, u64>>,
     sent: Mutex<BTreeMap<String, u64>>,
@@ -49,11 +43,11 @@ struct Counters {
 
 /// One open QUIC connection, counted from creation until dropped.
 #[derive(Debug)]
-pub struct OpenConnection(Metrics);
+pub struct OpenConnection(Arc<Counters>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0 .0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -102,7 +96,7 @@ impl Metrics {
     pub fn on_connection(&self) -> OpenConnection {
         let open = self.0.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.0.connections_peak.fetch_max(open, Ordering::Relaxed);
-        OpenConnection(self.clone())
+        OpenConnection(self.0.clone())
     }
 
     /// A `docker load` finished, well or not, `took` after the node's last
