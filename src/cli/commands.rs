@@ -11,6 +11,7 @@ use super::report::{self, PushView};
 use super::{BundleCommand, CertCommand, Cli, Command, LogFormat, PushArgs, StatusArgs};
 use crate::config::AgentOptions;
 use crate::net::identity::{self, Role};
+use crate::ops::signal::Signals;
 use crate::push::{self, PushOptions, Source};
 use crate::swarm::UploadMeter;
 
@@ -87,7 +88,10 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
     let opts = AgentOptions::load(&config)?;
     runtime()?.block_on(async {
         let agent = crate::agent::Agent::start(&opts)?;
-        let stop = shutdown_signal()?;
+        let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
+        let stop = async move {
+            signals.recv().await;
+        };
         println!("listening on {}", agent.local_addr()?);
         if let Some(addr) = opts.metrics_listen {
             let listener = crate::ops::metrics::bind(addr)
@@ -99,21 +103,6 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
         tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
         let requested = agent.run(stop).await;
         Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-    })
-}
-
-/// Installs the SIGTERM and SIGINT handlers now, so a stop requested as
-/// soon as the agent says it listens is a clean one, and returns the
-/// future that resolves on either.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
     })
 }
 

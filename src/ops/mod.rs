@@ -1,8 +1,10 @@
 //! What an operator sees of a running process, shared by every layer: the
 //! [`metrics`] counters (a handle passed to whoever counts) and sizes
-//! written for people ([`human`]).
+//! written for people ([`human`]), and the stop [`signal`]s a process
+//! handles.
 
 pub mod metrics;
+pub mod signal;
 
 /// Compiles only for an error that `anyhow` (and so the command line) can
 /// carry across threads: `const _: () = assert_error_is_send_sync::<E>();`
