@@ -130,28 +130,13 @@ fn pack_in_parallel(
 ) -> Result<Vec<ChunkEntry>, PackError> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_PACK_WORKERS));
     let failed = AtomicBool::new(false);
-    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
+    let (work_tx, work_rx) = mpsc::sync_channel::<Job>(workers);
     let work_rx = Mutex::new(work_rx);
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<ChunkEntry, StoreError>)>();
+    let (done_tx, done_rx) = mpsc::channel::<Stored>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let (work_rx, done_tx, failed) = (&work_rx, done_tx.clone(), &failed);
-            scope.spawn(move || {
-                loop {
-                    // The lock is held only to take the next job: in a
-                    // `while let` its guard would live through the body, and
-                    // the workers would compress one at a time.
-                    let job = work_rx.lock().expect("pack queue").recv();
-                    let Ok((i, raw)) = job else {
-                        break;
-                    };
-                    let stored = store_chunk(&raw, store, opts.zstd_level);
-                    failed.fetch_or(stored.is_err(), Ordering::Relaxed);
-                    if done_tx.send((i, stored)).is_err() {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || pack_worker(work_rx, &done_tx, failed, store, opts.zstd_level));
         }
         drop(done_tx);
         let mut count = 0;
@@ -170,21 +155,55 @@ fn pack_in_parallel(
             }
         };
         drop(work_tx);
-        let mut entries = vec![None; count];
-        let mut stored = Ok(());
-        for (i, result) in done_rx {
-            match result {
-                Ok(entry) => entries[i] = Some(entry),
-                Err(e) => stored = stored.and(Err(e)),
-            }
-        }
+        let stored = in_order(done_rx, count);
         read?;
-        stored?;
-        Ok(entries
-            .into_iter()
-            .map(|e| e.expect("every chunk sent was stored"))
-            .collect())
+        Ok(stored?)
     })
+}
+
+type Job = (usize, Vec<u8>);
+type Stored = (usize, Result<ChunkEntry, StoreError>);
+
+/// One packing worker: compresses and stores the chunks it takes from the
+/// queue until the queue closes or nobody reads its results.
+fn pack_worker(
+    work_rx: &Mutex<mpsc::Receiver<Job>>,
+    done_tx: &mpsc::Sender<Stored>,
+    failed: &AtomicBool,
+    store: &ChunkStore,
+    level: i32,
+) {
+    loop {
+        // The lock is held only to take the next job: in a `while let` its
+        // guard would live through the body, and the workers would
+        // compress one at a time.
+        let job = work_rx.lock().expect("pack queue").recv();
+        let Ok((i, raw)) = job else {
+            break;
+        };
+        let stored = store_chunk(&raw, store, level);
+        failed.fetch_or(stored.is_err(), Ordering::Relaxed);
+        if done_tx.send((i, stored)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The workers' `count` results in the layer's order, or the first error.
+fn in_order(done_rx: mpsc::Receiver<Stored>, count: usize) -> Result<Vec<ChunkEntry>, StoreError> {
+    let mut entries = vec![None; count];
+    let mut stored = Ok(());
+    for (i, result) in done_rx {
+        match result {
+            Ok(entry) => entries[i] = Some(entry),
+            Err(e) => stored = stored.and(Err(e)),
+        }
+    }
+    stored?;
+    Ok(entries
+        .into_iter()
+        .map(|e| e.expect("every chunk sent was stored"))
+        .collect())
 }
 
 /// Reads until `buf` is full or the stream ends; returns bytes read.

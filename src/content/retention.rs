@@ -78,54 +78,84 @@ pub fn select(
     retain: Duration,
     must_free: u64,
 ) -> Eviction {
-    let sizes: HashMap<Hash, u64> = stored.iter().map(|c| (c.hash, c.bytes)).collect();
-    let mut holders: HashMap<Hash, usize> = HashMap::new();
-    let mut live = HashSet::new();
-    for k in known.values() {
-        for h in k.chunks.iter().filter(|h| sizes.contains_key(h)) {
-            *holders.entry(*h).or_default() += 1;
-            if k.ended.is_none() {
-                live.insert(*h);
+    let mut ledger = Ledger::new(known, stored);
+    let mut out = Eviction::default();
+    for (at, c) in candidates(known, stored, &ledger) {
+        let expired = now.duration_since(at).is_ok_and(|age| age >= retain);
+        if expired || out.bytes < must_free {
+            ledger.free(c, known, &mut out);
+        }
+    }
+    out.short = must_free.saturating_sub(out.bytes);
+    out
+}
+
+/// Who holds each stored chunk, while [`select`] frees them.
+struct Ledger {
+    /// Size on disk of each stored chunk.
+    sizes: HashMap<Hash, u64>,
+    /// How many known distributions still name each stored chunk.
+    holders: HashMap<Hash, usize>,
+    /// Stored chunks of live distributions: never freed.
+    live: HashSet<Hash>,
+}
+
+impl Ledger {
+    fn new(known: &HashMap<Hash, Known>, stored: &[StoredChunk]) -> Ledger {
+        let sizes: HashMap<Hash, u64> = stored.iter().map(|c| (c.hash, c.bytes)).collect();
+        let mut holders: HashMap<Hash, usize> = HashMap::new();
+        let mut live = HashSet::new();
+        for k in known.values() {
+            for h in k.chunks.iter().filter(|h| sizes.contains_key(h)) {
+                *holders.entry(*h).or_default() += 1;
+                if k.ended.is_none() {
+                    live.insert(*h);
+                }
+            }
+        }
+        Ledger { sizes, holders, live }
+    }
+
+    /// Adds `c` to `out`, with the chunks nothing else holds any more.
+    fn free(&mut self, c: Candidate, known: &HashMap<Hash, Known>, out: &mut Eviction) {
+        match c {
+            Candidate::Orphan(h) => {
+                out.chunks.push(h);
+                out.bytes += self.sizes[&h];
+            }
+            Candidate::Dist(id) => {
+                out.dists.push(id);
+                for h in known[&id].chunks.iter().filter(|h| self.sizes.contains_key(h)) {
+                    let n = self.holders.get_mut(h).expect("counted in Ledger::new");
+                    *n -= 1;
+                    if *n == 0 && !self.live.contains(h) {
+                        out.chunks.push(*h);
+                        out.bytes += self.sizes[h];
+                    }
+                }
             }
         }
     }
+}
+
+/// Ended distributions and chunks no distribution names, oldest first.
+fn candidates(
+    known: &HashMap<Hash, Known>,
+    stored: &[StoredChunk],
+    ledger: &Ledger,
+) -> Vec<(SystemTime, Candidate)> {
     let mut candidates: Vec<(SystemTime, Candidate)> = known
         .iter()
         .filter_map(|(id, k)| Some((k.ended?, Candidate::Dist(*id))))
         .chain(
             stored
                 .iter()
-                .filter(|c| !holders.contains_key(&c.hash))
+                .filter(|c| !ledger.holders.contains_key(&c.hash))
                 .map(|c| (c.written, Candidate::Orphan(c.hash))),
         )
         .collect();
     candidates.sort();
-    let mut out = Eviction::default();
-    let mut free = |c: Candidate, out: &mut Eviction| match c {
-        Candidate::Orphan(h) => {
-            out.chunks.push(h);
-            out.bytes += sizes[&h];
-        }
-        Candidate::Dist(id) => {
-            out.dists.push(id);
-            for h in known[&id].chunks.iter().filter(|h| sizes.contains_key(h)) {
-                let n = holders.get_mut(h).expect("counted above");
-                *n -= 1;
-                if *n == 0 && !live.contains(h) {
-                    out.chunks.push(*h);
-                    out.bytes += sizes[h];
-                }
-            }
-        }
-    };
-    for (at, c) in candidates {
-        let expired = now.duration_since(at).is_ok_and(|age| age >= retain);
-        if expired || out.bytes < must_free {
-            free(c, &mut out);
-        }
-    }
-    out.short = must_free.saturating_sub(out.bytes);
-    out
+    candidates
 }
 
 /// Bytes to free so that the store, holding `stored` bytes and about to

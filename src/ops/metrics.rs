@@ -125,81 +125,102 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, and of the size
     /// of the chunk store under `store_dir`.
     pub fn render(&self, store_dir: &Path) -> String {
+        let c = &self.0;
         let mut out = String::new();
         per_peer(
             &mut out,
             "p2pimg_received_bytes_total",
             "Verified chunk bytes received",
-            &self.0.received,
+            &c.received,
         );
-        per_peer(
+        per_peer(&mut out, "p2pimg_sent_bytes_total", "Chunk bytes sent", &c.sent);
+        for (name, help, value) in self.counters() {
+            metric(&mut out, name, help, "counter", load(value));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP p2pimg_loads_total docker load runs, by result.\n# TYPE p2pimg_loads_total counter\n\
+             p2pimg_loads_total{{result=\"ok\"}} {}\np2pimg_loads_total{{result=\"failed\"}} {}",
+            load(&c.loads_ok),
+            load(&c.loads_failed)
+        );
+        let load_secs = load(&c.load_micros) as f64 / 1e6;
+        let gauges = [
+            (
+                "p2pimg_connections",
+                "Open QUIC connections to the pusher and peers",
+                load(&c.connections),
+            ),
+            (
+                "p2pimg_connections_peak",
+                "Most QUIC connections open at once since the start",
+                load(&c.connections_peak),
+            ),
+            (
+                "p2pimg_store_bytes",
+                "Bytes in the chunk store",
+                dir_size(&store_dir.join("chunks")),
+            ),
+        ];
+        metric(
             &mut out,
-            "p2pimg_sent_bytes_total",
-            "Chunk bytes sent",
-            &self.0.sent,
+            "p2pimg_load_seconds_total",
+            "Time docker load took after the last chunk arrived",
+            "counter",
+            load_secs,
         );
-        let counters = [
+        for (name, help, value) in gauges {
+            metric(&mut out, name, help, "gauge", value);
+        }
+        out
+    }
+
+    /// The plain counters: name, help text, value.
+    fn counters(&self) -> [(&'static str, &'static str, &AtomicU64); 7] {
+        let c = &self.0;
+        [
             (
                 "p2pimg_chunks_verified_total",
                 "Chunks received and verified",
-                &self.0.verified,
+                &c.verified,
             ),
             (
                 "p2pimg_chunks_rejected_total",
                 "Chunks that failed verification",
-                &self.0.rejected,
+                &c.rejected,
             ),
             (
                 "p2pimg_busy_answers_sent_total",
                 "Chunk requests answered Busy because this node's upload queue was full",
-                &self.0.busy_sent,
+                &c.busy_sent,
             ),
             (
                 "p2pimg_busy_answers_received_total",
                 "Chunk requests of this node that a peer answered Busy (the peer is asked again later)",
-                &self.0.busy_received,
+                &c.busy_received,
             ),
             (
                 "p2pimg_store_evicted_distributions_total",
                 "Finished distributions forgotten by retention",
-                &self.0.evicted_dists,
+                &c.evicted_dists,
             ),
             (
                 "p2pimg_store_evicted_chunks_total",
                 "Chunk files deleted by retention",
-                &self.0.evicted_chunks,
+                &c.evicted_chunks,
             ),
             (
                 "p2pimg_store_evicted_bytes_total",
                 "Bytes freed by retention",
-                &self.0.evicted_bytes,
+                &c.evicted_bytes,
             ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {}",
-                load(value)
-            );
-        }
-        let (ok, failed) = (load(&self.0.loads_ok), load(&self.0.loads_failed));
-        let _ = writeln!(
-            out,
-            "# HELP p2pimg_loads_total docker load runs, by result.\n# TYPE p2pimg_loads_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "p2pimg_loads_total{{result=\"ok\"}} {ok}\np2pimg_loads_total{{result=\"failed\"}} {failed}"
-        );
-        let secs = load(&self.0.load_micros) as f64 / 1e6;
-        let _ = writeln!(out, "# HELP p2pimg_load_seconds_total Time docker load took after the last chunk arrived.\n# TYPE p2pimg_load_seconds_total counter\np2pimg_load_seconds_total {secs}");
-        let (open, peak) = (load(&self.0.connections), load(&self.0.connections_peak));
-        let _ = writeln!(out, "# HELP p2pimg_connections Open QUIC connections to the pusher and peers.\n# TYPE p2pimg_connections gauge\np2pimg_connections {open}");
-        let _ = writeln!(out, "# HELP p2pimg_connections_peak Most QUIC connections open at once since the start.\n# TYPE p2pimg_connections_peak gauge\np2pimg_connections_peak {peak}");
-        let size = dir_size(&store_dir.join("chunks"));
-        let _ = writeln!(out, "# HELP p2pimg_store_bytes Bytes in the chunk store.\n# TYPE p2pimg_store_bytes gauge\np2pimg_store_bytes {size}");
-        out
+        ]
     }
+}
+
+/// One metric without labels: its HELP and TYPE lines and its value.
+fn metric(out: &mut String, name: &str, help: &str, kind: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}");
 }
 
 fn load(v: &AtomicU64) -> u64 {
