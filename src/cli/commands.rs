@@ -12,6 +12,7 @@ use super::{BundleCommand, CertCommand, Cli, Command, LogFormat, PushArgs, Statu
 use crate::config::AgentOptions;
 use crate::net::identity::{self, Role};
 use crate::ops::signal::Signals;
+use crate::push::bundle::{CreateError, Input};
 use crate::push::{self, PushOptions, Source};
 use crate::swarm::UploadMeter;
 
@@ -126,6 +127,7 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         cluster_dir: args.targets.cluster_dir,
         identity: args.targets.identity,
         state_dir: args.state_dir,
+        keep: args.keep,
         tags: args.tags,
         timeout: args.timeout.map(std::time::Duration::from_secs),
         max_upload_mbit: args.max_upload_mbit,
@@ -158,14 +160,25 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             pack,
         } => {
             let pack = pack.options();
-            let made = runtime()?.block_on(async {
-                match from_tar {
-                    Some(tar) => crate::push::bundle::create_from_tar(&tar, &pack, &output).await,
-                    None => {
-                        crate::push::bundle::create_from_engine(&docker_host, &images, &pack, &output).await
-                    }
-                }
+            let input = match from_tar {
+                Some(tar) => Input::Tar(tar),
+                None => Input::Engine { docker_host, images },
+            };
+            let rt = runtime()?;
+            let made = rt.block_on(async {
+                let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
+                let stop = async move { signals.recv().await };
+                anyhow::Ok(crate::push::bundle::create(input, &pack, &output, stop).await)
             })?;
+            let made = match made {
+                Err(CreateError::Stopped(stop)) => {
+                    eprintln!("p2pimg: {}", CreateError::Stopped(stop));
+                    // An export stuck on its engine must not hold the exit up.
+                    rt.shutdown_background();
+                    return Ok(ExitCode::from(stop.exit_code()));
+                }
+                made => made?,
+            };
             print!("{}", report::bundle_listing(&output, &made.manifest, made.bytes));
         }
         BundleCommand::Verify { file } => {
