@@ -35,7 +35,7 @@ pub enum BundleError {
     Io { path: PathBuf, source: io::Error },
     /// The path names a directory, a pipe, a device: a bundle is read in
     /// place (its length checked, its chunks found by offset).
-    #[error("{path} is {kind}, not a bundle file: give the file `p2pimg bundle create` wrote (a pipe will not do: a bundle is read in place, so save it to a file first)")]
+    #[error("{path} is {kind}, not a bundle file: {}", not_a_file_hint(kind))]
     NotAFile { path: PathBuf, kind: &'static str },
     /// The file does not start like a bundle.
     #[error("{path} is not a p2pimg bundle (made by `p2pimg bundle create`)")]
@@ -60,6 +60,14 @@ pub enum BundleError {
     /// A chunk could not be stored while importing.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn not_a_file_hint(kind: &str) -> &'static str {
+    if kind == "a pipe" {
+        "a bundle is read in place, not as a stream; save it to a file first"
+    } else {
+        "give the path of the file `p2pimg bundle create` wrote"
+    }
 }
 
 /// Writes `manifest` and its chunks from `store` into `file` (named `path`
