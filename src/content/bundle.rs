@@ -74,7 +74,12 @@ fn not_a_file_hint(kind: &str) -> &'static str {
 /// in errors) and syncs it; returns the bytes written. The caller names the
 /// file: `bundle create` writes a temporary one and renames it into place,
 /// so a failed write leaves no bundle.
-pub fn write_bundle(manifest: &Manifest, store: &ChunkStore, file: File, path: &Path) -> Result<u64, BundleError> {
+pub fn write_bundle(
+    manifest: &Manifest,
+    store: &ChunkStore,
+    file: File,
+    path: &Path,
+) -> Result<u64, BundleError> {
     let io_err = |source| BundleError::Io {
         path: path.into(),
         source,
@@ -362,15 +367,31 @@ mod tests {
     fn directories_and_pipes_are_named_not_called_damaged() {
         let dir = tempfile::tempdir().unwrap();
         let err = Bundle::open(dir.path()).unwrap_err();
-        assert!(matches!(err, BundleError::NotAFile { kind: "a directory", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                BundleError::NotAFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // A FIFO with no writer: refused at once, where opening it would block.
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = Bundle::open(&fifo).unwrap_err();
-        assert!(matches!(err, BundleError::NotAFile { kind: "a pipe", .. }), "{err}");
+        assert!(
+            matches!(err, BundleError::NotAFile { kind: "a pipe", .. }),
+            "{err}"
+        );
         let err = Bundle::open(Path::new("/dev/null")).unwrap_err();
-        assert!(err.to_string().contains("is a character device, not a bundle file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is a character device, not a bundle file"),
+            "{err}"
+        );
     }
 }

@@ -39,7 +39,10 @@ pub struct Made {
 #[derive(Clone, Debug)]
 pub enum Input {
     /// Exported from the Docker Engine at this address.
-    Engine { docker_host: String, images: Vec<String> },
+    Engine {
+        docker_host: String,
+        images: Vec<String>,
+    },
     /// A `docker save` archive: a file, or a pipe (`/dev/stdin`).
     Tar(PathBuf),
 }
@@ -88,7 +91,9 @@ pub async fn create(
                 (Input::Engine { docker_host, images }, _) => {
                     super::export(docker_host, images, pack, scratch.store()).await?
                 }
-                (Input::Tar(path), Some((file, meta))) => parse_tar(path, file, &meta, pack, &scratch).await?,
+                (Input::Tar(path), Some((file, meta))) => {
+                    parse_tar(path, file, &meta, pack, &scratch).await?
+                }
                 (Input::Tar(_), None) => unreachable!("opened above"),
             };
             let (store, file, tmp) = (scratch.store().clone(), output.file()?, output.tmp.clone());

@@ -207,7 +207,9 @@ mod tests {
         assert!(!dead.exists(), "a dead process's scratch is removed");
         assert!(live.exists() && held.exists() && other.exists());
         assert!(link.exists() && target.join("keep").exists());
-        let own = parent.path().join(format!("{BUNDLE_PREFIX}-{}", std::process::id()));
+        let own = parent
+            .path()
+            .join(format!("{BUNDLE_PREFIX}-{}", std::process::id()));
         assert!(own.join("chunks").is_dir());
         drop(scratch);
         assert!(!own.exists(), "removed when dropped");

@@ -154,7 +154,10 @@ fn assert_refused(args: &[&str], needles: &[&str]) {
     assert_ne!(code, 0, "{args:?} succeeded");
     assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     for needle in needles {
-        assert!(stderr.contains(needle), "{args:?}: {needle:?} missing from: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} missing from: {stderr}"
+        );
     }
 }
 
@@ -177,9 +180,16 @@ fn bundle_output_never_replaces_a_device_a_directory_or_the_input() {
     let tar_bytes = fs::read(&tar).unwrap();
     let tar_s = tar.to_str().unwrap();
     let create = |out: &Path| -> Vec<String> {
-        ["bundle", "create", "--from-tar", tar_s, "-o", out.to_str().unwrap()]
-            .map(String::from)
-            .to_vec()
+        [
+            "bundle",
+            "create",
+            "--from-tar",
+            tar_s,
+            "-o",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let refused = |out: &Path, needles: &[&str]| {
         let args = create(out);
@@ -250,7 +260,14 @@ fn bundle_output_never_replaces_a_device_a_directory_or_the_input() {
         &["fifo", "nothing was writing to it"],
     );
     assert_refused(
-        &["bundle", "create", "--from-tar", d.to_str().unwrap(), "-o", piped_s],
+        &[
+            "bundle",
+            "create",
+            "--from-tar",
+            d.to_str().unwrap(),
+            "-o",
+            piped_s,
+        ],
         &["is a directory, not a `docker save` archive"],
     );
     assert_eq!(leftovers(d), Vec::<String>::new());
@@ -267,7 +284,10 @@ fn bundle_paths_that_are_not_files_are_refused_at_once() {
     mkfifo(&fifo);
     let ca = d.join("ca");
     let (ca, nodes) = (ca.to_str().unwrap(), nodes.to_str().unwrap());
-    for (path, kind) in [(d.to_str().unwrap(), "is a directory"), (fifo.to_str().unwrap(), "is a pipe")] {
+    for (path, kind) in [
+        (d.to_str().unwrap(), "is a directory"),
+        (fifo.to_str().unwrap(), "is a pipe"),
+    ] {
         for cmd in [
             vec!["bundle", "verify", path],
             vec!["bundle", "ls", path],
@@ -278,7 +298,7 @@ fn bundle_paths_that_are_not_files_are_refused_at_once() {
     }
     // Through a pipe (`bundle ls <(cat b)`, `push --bundle /dev/stdin`).
     let mut cat = Command::new("cat")
-        .arg(&nodes)
+        .arg(nodes)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -334,7 +354,11 @@ fn interrupted_bundle_create_removes_its_scratch_data() {
         child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
         assert_eq!(status.code(), Some(code), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert_eq!(leftovers(&out), Vec::<String>::new(), "scratch and partial bundle removed");
+        assert_eq!(
+            leftovers(&out),
+            Vec::<String>::new(),
+            "scratch and partial bundle removed"
+        );
         assert!(!out.join("app.p2pimg").exists());
     }
 }

@@ -140,7 +140,10 @@ fn push_state_dir_keeps_the_last_push_only_unless_keep() {
         cluster.assert_push_ok(&push);
         let compressed = push.report()["compressed_bytes"].as_u64().unwrap();
         let held = store_bytes(&state);
-        assert!(held <= compressed, "{tag}: the store holds {held}, the push {compressed}");
+        assert!(
+            held <= compressed,
+            "{tag}: the store holds {held}, the push {compressed}"
+        );
         sizes.push(held);
     }
     assert!(!stale.exists(), "the dead push's scratch store was removed");
@@ -149,6 +152,9 @@ fn push_state_dir_keeps_the_last_push_only_unless_keep() {
     let push = cluster.push(&["a:1"], &["--state-dir", state_s, "--keep"]);
     cluster.assert_push_ok(&push);
     let kept = store_bytes(&state);
-    assert!(kept > before, "--keep kept {before} and added a:1's chunks: {kept}");
+    assert!(
+        kept > before,
+        "--keep kept {before} and added a:1's chunks: {kept}"
+    );
     eprintln!("store after pushes of a, b, c: {sizes:?} bytes; then a with --keep: {kept}");
 }
