@@ -65,7 +65,8 @@ pub struct PushOptions {
     pub cluster_dir: PathBuf,
     /// Name of the identity in `cluster_dir` to push as.
     pub identity: String,
-    /// Where the seed keeps chunks; a temporary directory when `None`.
+    /// Where the seed keeps chunks (locked while the push runs); a
+    /// temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
     /// Keep every chunk in `state_dir`, not only this push's.
     pub keep: bool,
@@ -220,7 +221,10 @@ pub async fn push(
     endpoint.close(quinn::VarInt::from_u32(crate::wire::close::DONE), b"push done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if !opts.keep {
-        seed_store.retain_only(&manifest)?;
+        // The images are where they should be: tidying up cannot fail the push.
+        if let Err(e) = seed_store.retain_only(&manifest) {
+            tracing::warn!("could not drop older chunks from the seed's state directory: {e}");
+        }
     }
     Ok(PushReport {
         manifest: shared.id.to_hex(),
