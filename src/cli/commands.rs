@@ -1,6 +1,6 @@
 //! Each mode of the command line, run from its parsed arguments.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,6 +10,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use super::report::{self, PushView};
 use super::{BundleCommand, CertCommand, Cli, Command, LogFormat, PushArgs, StatusArgs};
 use crate::config::AgentOptions;
+use crate::content::pack::PackOptions;
 use crate::net::identity::{self, Role};
 use crate::ops::signal::Signals;
 use crate::push::bundle::{CreateError, Input};
@@ -159,27 +160,11 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             docker_host,
             pack,
         } => {
-            let pack = pack.options();
             let input = match from_tar {
                 Some(tar) => Input::Tar(tar),
                 None => Input::Engine { docker_host, images },
             };
-            let rt = runtime()?;
-            let made = rt.block_on(async {
-                let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
-                let stop = async move { signals.recv().await };
-                anyhow::Ok(crate::push::bundle::create(input, &pack, &output, stop).await)
-            })?;
-            let made = match made {
-                Err(CreateError::Stopped(stop)) => {
-                    eprintln!("p2pimg: {}", CreateError::Stopped(stop));
-                    // An export stuck on its engine must not hold the exit up.
-                    rt.shutdown_background();
-                    return Ok(ExitCode::from(stop.exit_code()));
-                }
-                made => made?,
-            };
-            print!("{}", report::bundle_listing(&output, &made.manifest, made.bytes));
+            return create_bundle(input, &pack.options(), &output);
         }
         BundleCommand::Verify { file } => {
             let bundle = crate::content::bundle::Bundle::open(&file)?;
@@ -197,6 +182,28 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             print!("{}", report::bundle_listing(&file, bundle.manifest(), bytes));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundle create`: exit status 130 or 143, everything written removed, when
+/// stopped by SIGINT or SIGTERM.
+fn create_bundle(input: Input, pack: &PackOptions, output: &Path) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let made = rt.block_on(async {
+        let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
+        let stop = async move { signals.recv().await };
+        anyhow::Ok(crate::push::bundle::create(input, pack, output, stop).await)
+    })?;
+    let made = match made {
+        Err(CreateError::Stopped(stop)) => {
+            eprintln!("p2pimg: {}", CreateError::Stopped(stop));
+            // An export stuck on its engine must not hold the exit up.
+            rt.shutdown_background();
+            return Ok(ExitCode::from(stop.exit_code()));
+        }
+        made => made?,
+    };
+    print!("{}", report::bundle_listing(output, &made.manifest, made.bytes));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -79,31 +79,21 @@ pub async fn create(
     out: &Path,
     stop: impl std::future::Future<Output = Stop>,
 ) -> Result<Made, CreateError> {
-    let tar = match &input {
-        Input::Tar(path) => Some(open_tar(path)?),
-        Input::Engine { .. } => None,
+    let source = match input {
+        Input::Tar(path) => {
+            let (file, meta) = open_tar(&path)?;
+            Source::Tar { path, file, meta }
+        }
+        Input::Engine { docker_host, images } => Source::Engine { docker_host, images },
     };
-    let output = Output::prepare(out, tar.as_ref().map(|(_, meta)| meta))?;
+    let input_meta = match &source {
+        Source::Tar { meta, .. } => Some(meta),
+        Source::Engine { .. } => None,
+    };
+    let output = Output::prepare(out, input_meta)?;
     let scratch = Scratch::create(output.dir(), BUNDLE_PREFIX)?;
     let outcome = {
-        let work = async {
-            let manifest = match (&input, tar) {
-                (Input::Engine { docker_host, images }, _) => {
-                    super::export(docker_host, images, pack, scratch.store()).await?
-                }
-                (Input::Tar(path), Some((file, meta))) => {
-                    parse_tar(path, file, &meta, pack, &scratch).await?
-                }
-                (Input::Tar(_), None) => unreachable!("opened above"),
-            };
-            let (store, file, tmp) = (scratch.store().clone(), output.file()?, output.tmp.clone());
-            tokio::task::spawn_blocking(move || {
-                let bytes = write_bundle(&manifest, &store, file, &tmp)?;
-                Ok::<_, CreateError>(Made { manifest, bytes })
-            })
-            .await
-            .expect("bundle task does not panic")
-        };
+        let work = pack_and_write(source, pack, &scratch, &output);
         tokio::pin!(work);
         tokio::select! {
             made = &mut work => Ok(made),
@@ -121,6 +111,42 @@ pub async fn create(
         Ok(made) => output.commit(made?),
         Err(stopped) => Err(CreateError::Stopped(stopped)),
     }
+}
+
+/// An [`Input`] ready to read.
+enum Source {
+    Engine {
+        docker_host: String,
+        images: Vec<String>,
+    },
+    Tar {
+        path: PathBuf,
+        file: File,
+        meta: Metadata,
+    },
+}
+
+/// Packs the images into `scratch`, then writes the bundle into the
+/// output's temporary file.
+async fn pack_and_write(
+    source: Source,
+    pack: &PackOptions,
+    scratch: &Scratch,
+    output: &Output,
+) -> Result<Made, CreateError> {
+    let manifest = match source {
+        Source::Engine { docker_host, images } => {
+            super::export(&docker_host, &images, pack, scratch.store()).await?
+        }
+        Source::Tar { path, file, meta } => parse_tar(&path, file, &meta, pack, scratch).await?,
+    };
+    let (store, file, tmp) = (scratch.store().clone(), output.file()?, output.tmp.clone());
+    tokio::task::spawn_blocking(move || {
+        let bytes = write_bundle(&manifest, &store, file, &tmp)?;
+        Ok(Made { manifest, bytes })
+    })
+    .await
+    .expect("bundle task does not panic")
 }
 
 /// Opens the `docker save` archive: a regular file or a pipe, never
