@@ -10,7 +10,8 @@
 //!
 //! - [`ops`]: metrics counters (a handle, passed in) and sizes for people.
 //! - [`content`]: hash, manifest, chunk packing and verification, the chunk
-//!   store, arrivals, retention, disk space, the bundle file.
+//!   store, arrivals, retention, disk space, the state-directory lock, the
+//!   bundle file.
 //! - [`wire`]: the messages agents and pushers exchange, their framing and
 //!   limits (spec: `proto/PROTOCOL.md`).
 //! - [`net`]: the QUIC endpoint with mutual TLS; the cluster's identities.
@@ -24,7 +25,7 @@
 //! - [`agent`]: the node's daemon: plans what to fetch, runs distributions,
 //!   loads the images.
 //! - [`push`]: the seed: export, announce, seed, follow every node; `status`;
-//!   bundle creation.
+//!   bundle creation; scratch chunk stores.
 //! - [`cli`]: the command line and what people see of a push.
 
 pub mod ops;

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AgentOptions;
+use crate::content::lock::DirLock;
 use crate::content::retention::{Keeper, RetentionOptions};
 use crate::content::store::ChunkStore;
 use crate::net::identity::Role;
@@ -60,6 +61,10 @@ pub enum AgentError {
         "state directory unusable: {0} (set state_dir in agent.toml to a directory the agent can write)"
     )]
     Store(#[from] crate::content::store::StoreError),
+    /// Another process (an agent, a `push --state-dir`) uses the state
+    /// directory.
+    #[error("{0} (state_dir in agent.toml)")]
+    Lock(#[from] crate::content::lock::LockError),
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
@@ -92,6 +97,8 @@ pub(crate) struct AgentCtx {
 pub struct Agent {
     ctx: Arc<AgentCtx>,
     keeper: std::thread::JoinHandle<()>,
+    /// The state directory is this agent's alone while it runs.
+    _lock: DirLock,
 }
 
 impl Agent {
@@ -102,6 +109,8 @@ impl Agent {
             let cert = opts.cert.display().to_string();
             return Err(AgentError::NotANode { cert });
         }
+        // Before the store is opened: opening clears its `tmp/`.
+        let lock = DirLock::acquire(&opts.state_dir)?;
         let store = ChunkStore::open(&opts.state_dir)?;
         let metrics = Metrics::default();
         let retention = RetentionOptions {
@@ -127,6 +136,7 @@ impl Agent {
         Ok(Agent {
             ctx: Arc::new(ctx),
             keeper: keeper_thread,
+            _lock: lock,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Each mode of the command line, run from its parsed arguments.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,8 +10,10 @@ use tracing_subscriber::fmt::MakeWriter;
 use super::report::{self, PushView};
 use super::{BundleCommand, CertCommand, Cli, Command, LogFormat, PushArgs, StatusArgs};
 use crate::config::AgentOptions;
+use crate::content::pack::PackOptions;
 use crate::net::identity::{self, Role};
 use crate::ops::signal::Signals;
+use crate::push::bundle::{CreateError, Input};
 use crate::push::{self, PushOptions, Source};
 use crate::swarm::UploadMeter;
 
@@ -126,6 +128,7 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         cluster_dir: args.targets.cluster_dir,
         identity: args.targets.identity,
         state_dir: args.state_dir,
+        keep: args.keep,
         tags: args.tags,
         timeout: args.timeout.map(std::time::Duration::from_secs),
         max_upload_mbit: args.max_upload_mbit,
@@ -157,16 +160,11 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             docker_host,
             pack,
         } => {
-            let pack = pack.options();
-            let made = runtime()?.block_on(async {
-                match from_tar {
-                    Some(tar) => crate::push::bundle::create_from_tar(&tar, &pack, &output).await,
-                    None => {
-                        crate::push::bundle::create_from_engine(&docker_host, &images, &pack, &output).await
-                    }
-                }
-            })?;
-            print!("{}", report::bundle_listing(&output, &made.manifest, made.bytes));
+            let input = match from_tar {
+                Some(tar) => Input::Tar(tar),
+                None => Input::Engine { docker_host, images },
+            };
+            return create_bundle(input, &pack.options(), &output);
         }
         BundleCommand::Verify { file } => {
             let bundle = crate::content::bundle::Bundle::open(&file)?;
@@ -184,6 +182,28 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             print!("{}", report::bundle_listing(&file, bundle.manifest(), bytes));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bundle create`: exit status 130 or 143, everything written removed, when
+/// stopped by SIGINT or SIGTERM.
+fn create_bundle(input: Input, pack: &PackOptions, output: &Path) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let made = rt.block_on(async {
+        let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
+        let stop = async move { signals.recv().await };
+        anyhow::Ok(crate::push::bundle::create(input, pack, output, stop).await)
+    })?;
+    let made = match made {
+        Err(CreateError::Stopped(stop)) => {
+            eprintln!("p2pimg: {}", CreateError::Stopped(stop));
+            // An export stuck on its engine must not hold the exit up.
+            rt.shutdown_background();
+            return Ok(ExitCode::from(stop.exit_code()));
+        }
+        made => made?,
+    };
+    print!("{}", report::bundle_listing(output, &made.manifest, made.bytes));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -106,9 +106,14 @@ struct PushArgs {
     /// The seed's Docker Engine.
     #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
     docker_host: String,
-    /// Where the seed keeps chunks while pushing (default: a temporary directory, removed afterwards).
-    #[arg(long)]
+    /// Where the seed keeps chunks while pushing (default: a temporary directory, removed
+    /// afterwards). Locked while the push runs, so not an agent's state_dir; after the push it
+    /// keeps only this push's chunks, unless --keep.
+    #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep every chunk in --state-dir after the push, not only this push's.
+    #[arg(long, requires = "state_dir")]
+    keep: bool,
     #[command(flatten)]
     pack: PackArgs,
     /// Print events and the final report as JSON lines instead of text.

@@ -14,8 +14,10 @@
 //! decompress and check each one. The manifest ID printed by `bundle ls`
 //! names the content; compare it with the one printed at creation.
 
-use std::fs::{self, File};
+use std::fs::{self, File, Metadata};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::content::chunk::{decode_chunk, ChunkError};
@@ -31,6 +33,10 @@ pub enum BundleError {
     /// The file could not be created, read or written.
     #[error("bundle {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The path names a directory, a pipe, a device: a bundle is read in
+    /// place (its length checked, its chunks found by offset).
+    #[error("{path} is {kind}, not a bundle file: {}", not_a_file_hint(kind))]
+    NotAFile { path: PathBuf, kind: &'static str },
     /// The file does not start like a bundle.
     #[error("{path} is not a p2pimg bundle (made by `p2pimg bundle create`)")]
     NotABundle { path: PathBuf },
@@ -56,15 +62,29 @@ pub enum BundleError {
     Store(#[from] StoreError),
 }
 
-/// Writes `manifest` and its chunks from `store` to `path`, through a
-/// temporary file renamed into place, so a failed write leaves no bundle.
-pub fn write_bundle(manifest: &Manifest, store: &ChunkStore, path: &Path) -> Result<u64, BundleError> {
-    let tmp = path.with_extension("partial");
+fn not_a_file_hint(kind: &str) -> &'static str {
+    if kind == "a pipe" {
+        "a bundle is read in place, not as a stream; save it to a file first"
+    } else {
+        "give the path of the file `p2pimg bundle create` wrote"
+    }
+}
+
+/// Writes `manifest` and its chunks from `store` into `file` (named `path`
+/// in errors) and syncs it; returns the bytes written. The caller names the
+/// file: `bundle create` writes a temporary one and renames it into place,
+/// so a failed write leaves no bundle.
+pub fn write_bundle(
+    manifest: &Manifest,
+    store: &ChunkStore,
+    file: File,
+    path: &Path,
+) -> Result<u64, BundleError> {
     let io_err = |source| BundleError::Io {
-        path: tmp.clone(),
+        path: path.into(),
         source,
     };
-    let mut out = BufWriter::new(File::create(&tmp).map_err(io_err)?);
+    let mut out = BufWriter::new(file);
     let encoded = postcard::to_allocvec(manifest).expect("manifests encode");
     out.write_all(MAGIC).map_err(io_err)?;
     out.write_all(&(encoded.len() as u64).to_be_bytes())
@@ -76,11 +96,71 @@ pub fn write_bundle(manifest: &Manifest, store: &ChunkStore, path: &Path) -> Res
     }
     let file = out.into_inner().map_err(|e| io_err(e.into_error()))?;
     file.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(|source| BundleError::Io {
+    Ok(16 + encoded.len() as u64 + manifest.compressed_size())
+}
+
+/// What a path that is not a regular file is, for messages ("a directory").
+pub fn kind_of(meta: &Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_file() {
+        "a file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a pipe"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading without ever blocking in `open` (a FIFO with no
+/// writer would block there forever), then makes reads blocking again. The
+/// caller checks what it opened with `file.metadata()`.
+pub fn open_nonblocking(path: &Path) -> io::Result<File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl(2) on a descriptor `file` owns; no memory is shared.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Opens the bundle at `path`, refusing (without blocking) anything but a
+/// regular file.
+fn open_file(path: &Path) -> Result<File, BundleError> {
+    let io_err = |source| BundleError::Io {
         path: path.into(),
         source,
-    })?;
-    Ok(16 + encoded.len() as u64 + manifest.compressed_size())
+    };
+    // Checked before opening too: opening a device may do something.
+    let meta = fs::metadata(path).map_err(io_err)?;
+    let not_a_file = |meta: &Metadata| BundleError::NotAFile {
+        path: path.into(),
+        kind: kind_of(meta),
+    };
+    if !meta.is_file() {
+        return Err(not_a_file(&meta));
+    }
+    let file = open_nonblocking(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(not_a_file(&meta));
+    }
+    Ok(file)
 }
 
 /// An opened bundle: its manifest read and validated, its length checked.
@@ -99,7 +179,7 @@ impl Bundle {
             path: path.into(),
             source,
         };
-        let mut file = File::open(path).map_err(io_err)?;
+        let mut file = open_file(path)?;
         let mut head = [0u8; 16];
         if file.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
             return Err(BundleError::NotABundle { path: path.into() });
@@ -153,7 +233,7 @@ impl Bundle {
             path: self.path.clone(),
             source,
         };
-        let mut file = BufReader::new(File::open(&self.path).map_err(io_err)?);
+        let mut file = BufReader::new(open_file(&self.path)?);
         file.seek(SeekFrom::Start(self.data_offset)).map_err(io_err)?;
         let mut buf = Vec::new();
         for (index, entry) in self.manifest.chunks.iter().enumerate() {
@@ -188,6 +268,10 @@ impl Bundle {
 mod tests {
     use super::*;
     use crate::content::pack::{pack_layer, PackOptions};
+
+    fn write_to(manifest: &Manifest, store: &ChunkStore, path: &Path) -> u64 {
+        write_bundle(manifest, store, File::create(path).unwrap(), path).unwrap()
+    }
 
     /// A store holding the chunks of `manifest::tests::sample()`-like data
     /// built for real, and the manifest.
@@ -225,7 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (manifest, store) = packed(dir.path());
         let path = dir.path().join("b.p2pimg");
-        let len = write_bundle(&manifest, &store, &path).unwrap();
+        let len = write_to(&manifest, &store, &path);
         assert_eq!(fs::metadata(&path).unwrap().len(), len);
         let bundle = Bundle::open(&path).unwrap();
         assert_eq!(bundle.manifest(), &manifest);
@@ -244,7 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (manifest, store) = packed(dir.path());
         let path = dir.path().join("b.p2pimg");
-        write_bundle(&manifest, &store, &path).unwrap();
+        write_to(&manifest, &store, &path);
         let mut bytes = fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
@@ -261,7 +345,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (manifest, store) = packed(dir.path());
         let path = dir.path().join("b.p2pimg");
-        write_bundle(&manifest, &store, &path).unwrap();
+        write_to(&manifest, &store, &path);
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         assert!(matches!(
@@ -277,5 +361,37 @@ mod tests {
             Bundle::open(&path),
             Err(BundleError::BadManifest { .. })
         ));
+    }
+
+    #[test]
+    fn directories_and_pipes_are_named_not_called_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BundleError::NotAFile {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A FIFO with no writer: refused at once, where opening it would block.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Bundle::open(&fifo).unwrap_err();
+        assert!(
+            matches!(err, BundleError::NotAFile { kind: "a pipe", .. }),
+            "{err}"
+        );
+        let err = Bundle::open(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is a character device, not a bundle file"),
+            "{err}"
+        );
     }
 }

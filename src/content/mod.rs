@@ -11,6 +11,7 @@
 //! - [`retention`]: which stored chunks to delete and when; the records of
 //!   distributions.
 //! - [`disk`]: free space and mount point of the file system holding a path.
+//! - [`lock`]: the lock that gives one process a state directory.
 //! - [`bundle`]: the bundle file: a manifest and its chunks in one
 //!   self-verifying file.
 
@@ -19,6 +20,7 @@ pub mod bundle;
 pub mod chunk;
 pub mod disk;
 pub mod hash;
+pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod retention;

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bundle;
+pub mod scratch;
 mod session;
 pub mod status;
 
@@ -64,8 +65,11 @@ pub struct PushOptions {
     pub cluster_dir: PathBuf,
     /// Name of the identity in `cluster_dir` to push as.
     pub identity: String,
-    /// Where the seed keeps chunks; a temporary directory when `None`.
+    /// Where the seed keeps chunks (locked while the push runs); a
+    /// temporary directory when `None`.
     pub state_dir: Option<PathBuf>,
+    /// Keep every chunk in `state_dir`, not only this push's.
+    pub keep: bool,
     /// Extra tags applied on every node (a push of one image only).
     pub tags: Vec<String>,
     /// Time limit for the whole push; nodes not done by then fail.
@@ -98,6 +102,9 @@ pub enum PushError {
     /// The seed's chunk store is unusable.
     #[error("seed state directory: {0}")]
     Store(#[from] crate::content::store::StoreError),
+    /// The seed's state directory is another process's, or unusable.
+    #[error("seed {0}")]
+    Scratch(#[from] scratch::ScratchError),
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
@@ -183,17 +190,6 @@ impl PushReport {
     }
 }
 
-/// Removes a temporary seed directory when the push ends.
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 /// Runs a push to the end; node failures are in the report, not errors.
 pub async fn push(
     opts: PushOptions,
@@ -201,14 +197,8 @@ pub async fn push(
 ) -> Result<PushReport, PushError> {
     let start = Instant::now();
     let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
-    let (state_dir, _cleanup) = match &opts.state_dir {
-        Some(dir) => (dir.clone(), TempDir(None)),
-        None => {
-            let dir = std::env::temp_dir().join(format!("p2pimg-seed-{}", std::process::id()));
-            (dir.clone(), TempDir(Some(dir)))
-        }
-    };
-    let store = ChunkStore::open(&state_dir)?;
+    let seed_store = scratch::SeedStore::open(opts.state_dir.as_deref())?;
+    let store = seed_store.store().clone();
     let manifest = load_source(&opts.source, &store, &events).await?;
     let manifest = with_tags(manifest, &opts.tags)?;
     let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
@@ -230,6 +220,12 @@ pub async fn push(
     drop(registered);
     endpoint.close(quinn::VarInt::from_u32(crate::wire::close::DONE), b"push done");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if !opts.keep {
+        // The images are where they should be: tidying up cannot fail the push.
+        if let Err(e) = seed_store.retain_only(&manifest) {
+            tracing::warn!("could not drop older chunks from the seed's state directory: {e}");
+        }
+    }
     Ok(PushReport {
         manifest: shared.id.to_hex(),
         images: manifest

@@ -268,3 +268,47 @@ fn completions_man_page_and_json_logs() {
         assert!(v["fields"]["message"].is_string(), "{line}");
     }
 }
+
+#[test]
+fn a_state_dir_in_use_refuses_a_second_agent_and_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, config) = node_setup(dir.path());
+    config.write(&path);
+    let mut first = common::Agent::start(bin(), &path);
+    let pid = first.pid().to_string();
+    let state = path_str(&config.state_dir).to_string();
+    // A second agent on the same agent.toml: refused, naming the directory and the holder.
+    assert_one_line_error(
+        &["agent", "--config", path_str(&path)],
+        &[&state, &pid, "in use", "state_dir"],
+    );
+    // A push pointed at it is refused before it touches the agent's files.
+    let in_flight = config.state_dir.join("tmp").join("being-written");
+    fs::write(&in_flight, b"a chunk on its way").unwrap();
+    let nodes = write(
+        dir.path(),
+        "nodes.toml",
+        &format!("[[node]]\nname = \"n1\"\naddr = \"{}\"\n", first.addr()),
+    );
+    let cluster_dir = dir.path().join("ca");
+    assert_one_line_error(
+        &[
+            "push",
+            "app:1",
+            "--state-dir",
+            &state,
+            "--nodes",
+            path_str(&nodes),
+            "--cluster-dir",
+            path_str(&cluster_dir),
+            "--docker-host",
+            "unix:///nonexistent/docker.sock",
+        ],
+        &[&state, &pid, "in use"],
+    );
+    assert!(in_flight.exists(), "the agent's tmp/ is untouched");
+    // Killed outright, the first leaves its lock file; it does not block the next.
+    first.kill();
+    let second = common::Agent::start(bin(), &path);
+    assert_ne!(second.pid(), first.pid());
+}

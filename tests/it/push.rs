@@ -1,11 +1,12 @@
 //! End to end: real dockerd engines, real agents, real QUIC on loopback.
 //! A multi-layer image pushed to 4 nodes arrives with the same image ID and tag
 //! everywhere and runs; nodes exchange chunks among themselves; a node holding
-//! the base fetches only the rest; pushing again sends nothing.
+//! the base fetches only the rest; pushing again sends nothing. A seed's
+//! `--state-dir` holds the last push only.
 
 use std::path::Path;
 
-use crate::common::{build_test_image_with, Cluster, ImageOptions, HELLO_PATH};
+use crate::common::{build_test_image_with, chunk_files, Cluster, ImageOptions, HELLO_PATH};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_p2pimg"))
@@ -112,4 +113,48 @@ fn push_to_four_nodes_then_again() {
         assert_eq!(again.received_total(&node.name), 0, "{}", node.name);
     }
     assert_eq!(again.seed_uploaded(), 0);
+}
+
+/// Bytes of the chunk files under a state directory.
+fn store_bytes(state_dir: &Path) -> u64 {
+    chunk_files(state_dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn push_state_dir_keeps_the_last_push_only_unless_keep() {
+    let cluster = Cluster::start(bin(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("seed");
+    let state_s = state.to_str().unwrap();
+    // A push killed outright left its scratch store in the temporary directory;
+    // 2^22 + 1 is above any pid_max, so no process runs with that PID.
+    let stale = std::env::temp_dir().join(format!("p2pimg-seed-{}", (1 << 22) + 1));
+    std::fs::create_dir_all(stale.join("chunks/ab")).unwrap();
+    let mut sizes = Vec::new();
+    for (i, tag) in ["a:1", "b:1", "c:1"].iter().enumerate() {
+        build_test_image_with(&cluster.seed, tag, &ImageOptions::default().seeded(i as u64 + 1));
+        let push = cluster.push(&[tag], &["--state-dir", state_s]);
+        cluster.assert_push_ok(&push);
+        let compressed = push.report()["compressed_bytes"].as_u64().unwrap();
+        let held = store_bytes(&state);
+        assert!(
+            held <= compressed,
+            "{tag}: the store holds {held}, the push {compressed}"
+        );
+        sizes.push(held);
+    }
+    assert!(!stale.exists(), "the dead push's scratch store was removed");
+    // --keep: the next push adds to what is there.
+    let before = store_bytes(&state);
+    let push = cluster.push(&["a:1"], &["--state-dir", state_s, "--keep"]);
+    cluster.assert_push_ok(&push);
+    let kept = store_bytes(&state);
+    assert!(
+        kept > before,
+        "--keep kept {before} and added a:1's chunks: {kept}"
+    );
+    eprintln!("store after pushes of a, b, c: {sizes:?} bytes; then a with --keep: {kept}");
 }

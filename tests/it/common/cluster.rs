@@ -137,9 +137,13 @@ impl Cluster {
         self.nodes[i].agent.stop();
     }
 
-    /// Starts node `i`'s agent again (on a new port) and rewrites nodes.toml.
+    /// Starts node `i`'s agent again (on a new port) and rewrites nodes.toml. One still
+    /// running is stopped first: two agents cannot share a state directory.
     pub fn restart_agent(&mut self, i: usize) {
         let node = &mut self.nodes[i];
+        if node.agent.try_exit_status().is_none() {
+            node.agent.stop();
+        }
         node.agent = start_agent(&self.bin, self.net.as_ref(), i, &node.config);
         self.write_inventory();
     }
