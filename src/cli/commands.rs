@@ -107,6 +107,8 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
+    // What the user typed is checked before any file is read or image exported.
+    push::check_request(&args.images, &args.tags)?;
     let nodes = args.targets.nodes()?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let seed_meter = UploadMeter::default();
@@ -157,6 +159,7 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             docker_host,
             pack,
         } => {
+            push::check_request(&images, &[])?;
             let pack = pack.options();
             let made = runtime()?.block_on(async {
                 match from_tar {

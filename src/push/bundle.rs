@@ -3,7 +3,7 @@
 //! format is [`crate::content::bundle`]'s).
 
 use std::fs::{self, File};
-use std::io::BufReader;
+use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::content::bundle::{write_bundle, BundleError};
@@ -82,7 +82,12 @@ pub async fn create_from_tar(tar: &Path, pack: &PackOptions, out: &Path) -> Resu
             path: tar.clone(),
             detail,
         };
-        let file = File::open(&tar).map_err(|e| err(e.to_string()))?;
+        let mut file = File::open(&tar).map_err(|e| err(e.to_string()))?;
+        // References are checked before any layer is packed, where the file can be read twice.
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            crate::engine::check_repo_tags(&mut file).map_err(|e| err(e.to_string()))?;
+            file.rewind().map_err(|e| err(e.to_string()))?;
+        }
         crate::engine::parse_save(BufReader::new(file), &store, &pack).map_err(|e| err(e.to_string()))
     })
     .await
