@@ -157,14 +157,19 @@ fn agent_numbers_out_of_range() {
         "agent.toml line 5: max_upload_mbit = 0 is out of range: at least 1 Mbit/s (leave it out for no limit)"
     );
     assert_eq!(parse("max_upload_mbit = 1\n").unwrap().max_upload_mbit, Some(1));
-    let msg = parse("engine_wait_secs = 9223372036854775807\n").unwrap_err().to_string();
+    let msg = parse("engine_wait_secs = 9223372036854775807\n")
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         msg,
         "agent.toml line 5: engine_wait_secs = 9223372036854775807 is out of range: 0 to 86400 (a day)"
     );
     let day = parse("engine_wait_secs = 86400\n").unwrap().engine_wait;
     assert_eq!(day, Duration::from_secs(MAX_ENGINE_WAIT_SECS));
-    assert_eq!(parse("engine_wait_secs = 0\n").unwrap().engine_wait, Duration::ZERO);
+    assert_eq!(
+        parse("engine_wait_secs = 0\n").unwrap().engine_wait,
+        Duration::ZERO
+    );
 }
 
 #[test]

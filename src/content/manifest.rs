@@ -338,7 +338,9 @@ fn check_digest(d: &str) -> Result<(), ManifestError> {
 /// can be applied as a tag ([`check_reference`]), and no two images claim one
 /// (`app` and `docker.io/library/app:latest` are one), since each node would
 /// leave it on whichever image it tagged last.
-pub fn check_refs<'a>(images: impl IntoIterator<Item = (&'a str, &'a [String])>) -> Result<(), ManifestError> {
+pub fn check_refs<'a>(
+    images: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Result<(), ManifestError> {
     let mut owner: std::collections::HashMap<String, &str> = Default::default();
     for (id, refs) in images {
         for r in refs {

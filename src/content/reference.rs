@@ -246,7 +246,10 @@ fn is_path(text: &str) -> bool {
 /// `[a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*`.
 fn is_component(text: &str) -> bool {
     let b = text.as_bytes();
-    let alnum = |i: usize| b.get(i).is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let alnum = |i: usize| {
+        b.get(i)
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    };
     let mut i = 0;
     loop {
         if !alnum(i) {
@@ -297,9 +300,7 @@ fn split_docker_domain(name: &str) -> (String, String) {
         None => (DEFAULT_DOMAIN, name),
         Some((LEGACY_DOMAIN, path)) => (DEFAULT_DOMAIN, path),
         Some((first, path))
-            if first == "localhost"
-                || first.contains(['.', ':'])
-                || first != first.to_lowercase() =>
+            if first == "localhost" || first.contains(['.', ':']) || first != first.to_lowercase() =>
         {
             (first, path)
         }
@@ -314,7 +315,10 @@ fn split_docker_domain(name: &str) -> (String, String) {
 
 /// True when `text` is exactly `len` lowercase hex digits.
 fn is_hex(text: &str, len: usize) -> bool {
-    text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.len() == len
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

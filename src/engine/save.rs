@@ -192,7 +192,10 @@ pub fn check_repo_tags(reader: impl Read + Seek) -> Result<(), SaveError> {
     // The config's file name is its digest in both layouts: the image ID.
     let images = entries.iter().map(|e| {
         let id = e.config.rsplit('/').next().unwrap_or_default();
-        (id.trim_end_matches(".json"), e.repo_tags.as_deref().unwrap_or_default())
+        (
+            id.trim_end_matches(".json"),
+            e.repo_tags.as_deref().unwrap_or_default(),
+        )
     });
     check_refs(images).map_err(SaveError::RepoTags)
 }

@@ -327,7 +327,8 @@ fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, 
             m.images[0].refs.push(tag.clone());
         }
     }
-    m.validate().map_err(|e| PushError::Tag(format!("cannot be applied: {e}")))?;
+    m.validate()
+        .map_err(|e| PushError::Tag(format!("cannot be applied: {e}")))?;
     Ok(Arc::new(m))
 }
 

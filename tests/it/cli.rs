@@ -89,12 +89,27 @@ fn inventory_mistakes_name_the_line() {
 fn references_docker_refuses_are_refused_up_front() {
     let digest = format!("app@sha256:{}", "f".repeat(64));
     let cases: [(&[&str], &[&str]); 6] = [
-        (&["push", "app:1", "--tag", "app:1:2"], &["--tag app:1:2: a tag may not contain ':'"]),
-        (&["push", "app:1", "--tag", "App:1"], &["--tag App:1: repository names must be lowercase"]),
-        (&["push", "app:1", "--tag", &digest], &["cannot be applied as a tag"]),
+        (
+            &["push", "app:1", "--tag", "app:1:2"],
+            &["--tag app:1:2: a tag may not contain ':'"],
+        ),
+        (
+            &["push", "app:1", "--tag", "App:1"],
+            &["--tag App:1: repository names must be lowercase"],
+        ),
+        (
+            &["push", "app:1", "--tag", &digest],
+            &["cannot be applied as a tag"],
+        ),
         (&["push", ""], &["an image reference may not be empty"]),
-        (&["push", "app:bad/tag"], &["app:bad/tag: not a valid image reference"]),
-        (&["bundle", "create", "App:1", "-o", "/nonexistent/x.p2pimg"], &["App:1: repository names must be lowercase"]),
+        (
+            &["push", "app:bad/tag"],
+            &["app:bad/tag: not a valid image reference"],
+        ),
+        (
+            &["bundle", "create", "App:1", "-o", "/nonexistent/x.p2pimg"],
+            &["App:1: repository names must be lowercase"],
+        ),
     ];
     for (args, needles) in cases {
         assert_one_line_error(args, needles);
@@ -137,7 +152,10 @@ fn cert_issue_bounds_days_and_guards_the_ca_key() {
     fs::remove_file(&ca_key).unwrap();
     let (code, _, stderr) = p2pimg(&issue(&[]).iter().map(String::as_str).collect::<Vec<_>>());
     assert_ne!(code, 0);
-    assert!(stderr.contains("ca.key") && !stderr.contains("ca.crt"), "{stderr}");
+    assert!(
+        stderr.contains("ca.key") && !stderr.contains("ca.crt"),
+        "{stderr}"
+    );
 }
 
 /// Issue #21: port 70000 said "is the port missing?", port 0 was accepted.
@@ -161,7 +179,10 @@ fn agent_numbers_out_of_range_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (path, config) = node_setup(dir.path());
     let cases = [
-        ("max_upload_mbit = 0", "max_upload_mbit = 0 is out of range: at least 1 Mbit/s"),
+        (
+            "max_upload_mbit = 0",
+            "max_upload_mbit = 0 is out of range: at least 1 Mbit/s",
+        ),
         (
             "engine_wait_secs = 9223372036854775807",
             "engine_wait_secs = 9223372036854775807 is out of range: 0 to 86400",
@@ -171,7 +192,10 @@ fn agent_numbers_out_of_range_are_refused() {
         config.write(&path);
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, format!("{text}{line}\n")).unwrap();
-        assert_one_line_error(&["agent", "--config", path_str(&path)], &["agent.toml line 8", needle]);
+        assert_one_line_error(
+            &["agent", "--config", path_str(&path)],
+            &["agent.toml line 8", needle],
+        );
     }
 }
 
@@ -204,7 +228,10 @@ fn save_archive(path: &Path, tags: [&str; 2]) {
         add(&name, &config);
         entries.push(serde_json::json!({"Config": name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}));
     }
-    add("manifest.json", serde_json::to_string(&entries).unwrap().as_bytes());
+    add(
+        "manifest.json",
+        serde_json::to_string(&entries).unwrap().as_bytes(),
+    );
     archive.finish().unwrap();
 }
 
@@ -217,12 +244,22 @@ fn bundle_from_tar_refuses_shared_and_bad_tags() {
     let out = dir.path().join("out.p2pimg");
     let tar = dir.path().join("save.tar");
     save_archive(&tar, ["app:1", "app:2"]);
-    let args = ["bundle", "create", "--from-tar", path_str(&tar), "-o", path_str(&out)];
+    let args = [
+        "bundle",
+        "create",
+        "--from-tar",
+        path_str(&tar),
+        "-o",
+        path_str(&out),
+    ];
     let (code, _, stderr) = p2pimg(&args);
     assert_eq!(code, 0, "the archive itself is sound: {stderr}");
     fs::remove_file(&out).unwrap();
     let cases = [
-        (["app:1", "docker.io/library/app:1"], "two images claim the reference docker.io/library/app:1"),
+        (
+            ["app:1", "docker.io/library/app:1"],
+            "two images claim the reference docker.io/library/app:1",
+        ),
         (["app:1:2", "app:2"], "app:1:2: a tag may not contain ':'"),
     ];
     for (tags, needle) in cases {

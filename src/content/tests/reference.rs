@@ -26,10 +26,26 @@ fn accepted() -> Vec<(String, Option<&'static str>, bool)> {
             false,
         ),
         ("sub-dom1.foo.com/bar/baz/quux".into(), None, false),
-        ("sub-dom1.foo.com/bar/baz/quux:some-long-tag".into(), Some("some-long-tag"), false),
-        ("b.gcr.io/test.example.com/my-app:test.example.com".into(), Some("test.example.com"), false),
-        ("xn--n3h.com/myimage:xn--n3h.com".into(), Some("xn--n3h.com"), false),
-        (d("xn--7o8h.com/myimage:xn--7o8h.com@sha256:FFF"), Some("xn--7o8h.com"), true),
+        (
+            "sub-dom1.foo.com/bar/baz/quux:some-long-tag".into(),
+            Some("some-long-tag"),
+            false,
+        ),
+        (
+            "b.gcr.io/test.example.com/my-app:test.example.com".into(),
+            Some("test.example.com"),
+            false,
+        ),
+        (
+            "xn--n3h.com/myimage:xn--n3h.com".into(),
+            Some("xn--n3h.com"),
+            false,
+        ),
+        (
+            d("xn--7o8h.com/myimage:xn--7o8h.com@sha256:FFF"),
+            Some("xn--7o8h.com"),
+            true,
+        ),
         ("foo_bar.com:8080".into(), Some("8080"), false),
         ("foo/foo_bar.com:8080".into(), Some("8080"), false),
         ("192.168.1.1".into(), None, false),
@@ -65,7 +81,10 @@ fn refuses_what_distribution_reference_refuses() {
         ("", Problem::Empty),
         (":justtag", Problem::Format),
         ("@sha256:FFF", Problem::Format),
-        ("repo@sha256:ffffffffffffffffffffffffffffffffff", Problem::BadDigest),
+        (
+            "repo@sha256:ffffffffffffffffffffffffffffffffff",
+            Problem::BadDigest,
+        ),
         ("validname@invaliddigest:FFF", Problem::BadDigest),
         ("Uppercase:tag", Problem::Uppercase),
         ("test:5000/Uppercase/lowercase:tag", Problem::Uppercase),
@@ -151,10 +170,22 @@ fn repository_names_as_normalize_test_has_them() {
 #[test]
 fn mistakes_from_issue_21_name_the_problem() {
     let cases = [
-        ("app:1:2", Problem::ColonInTag, "app:1:2: a tag may not contain ':'"),
-        ("App:1", Problem::Uppercase, "App:1: repository names must be lowercase"),
+        (
+            "app:1:2",
+            Problem::ColonInTag,
+            "app:1:2: a tag may not contain ':'",
+        ),
+        (
+            "App:1",
+            Problem::Uppercase,
+            "App:1: repository names must be lowercase",
+        ),
         ("app:", Problem::BadTag, "app:: a tag is"),
-        ("app:bad/tag", Problem::Format, "app:bad/tag: not a valid image reference"),
+        (
+            "app:bad/tag",
+            Problem::Format,
+            "app:bad/tag: not a valid image reference",
+        ),
         ("app:.x", Problem::BadTag, "app:.x: a tag is"),
         ("", Problem::Empty, "an image reference may not be empty"),
         ("a\nb", Problem::Format, "\"a\\nb\": not a valid"),
@@ -173,7 +204,10 @@ fn mistakes_from_issue_21_name_the_problem() {
     assert_eq!(Reference::parse(&hub).unwrap_err().problem, Problem::TooLong);
     let digested = format!("app@sha256:{FFF}");
     Reference::parse(&digested).unwrap();
-    assert_eq!(Reference::parse_tag(&digested).unwrap_err().problem, Problem::Digest);
+    assert_eq!(
+        Reference::parse_tag(&digested).unwrap_err().problem,
+        Problem::Digest
+    );
 }
 
 #[test]
@@ -188,11 +222,24 @@ fn images_may_be_named_by_id() {
 
 #[test]
 fn canonical_form_fills_in_docker_hub() {
-    let same = ["app", "app:latest", "docker.io/app", "docker.io/library/app:latest", "index.docker.io/library/app"];
+    let same = [
+        "app",
+        "app:latest",
+        "docker.io/app",
+        "docker.io/library/app:latest",
+        "index.docker.io/library/app",
+    ];
     for r in same {
-        assert_eq!(Reference::parse(r).unwrap().canonical(), "docker.io/library/app:latest", "{r}");
+        assert_eq!(
+            Reference::parse(r).unwrap().canonical(),
+            "docker.io/library/app:latest",
+            "{r}"
+        );
     }
     let r = Reference::parse("registry:5000/team/app:1").unwrap();
     assert_eq!(r.canonical(), "registry:5000/team/app:1");
-    assert_eq!(Reference::parse("team/app").unwrap().canonical(), "docker.io/team/app:latest");
+    assert_eq!(
+        Reference::parse("team/app").unwrap().canonical(),
+        "docker.io/team/app:latest"
+    );
 }
