@@ -9,7 +9,7 @@
 //! ```
 //!
 //! - [`ops`]: metrics counters (a handle, passed in) and sizes for people.
-//! - [`content`]: hash, manifest, chunk packing and verification, the chunk
+//! - [`content`]: hash, manifest, image references, chunk packing and verification, the chunk
 //!   store, arrivals, retention, disk space, the bundle file.
 //! - [`wire`]: the messages agents and pushers exchange, their framing and
 //!   limits (spec: `proto/PROTOCOL.md`).

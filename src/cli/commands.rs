@@ -192,6 +192,7 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
 
 fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
     logging(log, "warn", std::io::stderr);
+    push::check_request(&args.images, &[])?;
     let nodes = args.targets.nodes()?;
     let t = &args.targets;
     let answers = runtime()?.block_on(crate::push::status::status(

@@ -88,7 +88,7 @@ fn inventory_mistakes_name_the_line() {
 #[test]
 fn references_docker_refuses_are_refused_up_front() {
     let digest = format!("app@sha256:{}", "f".repeat(64));
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 7] = [
         (
             &["push", "app:1", "--tag", "app:1:2"],
             &["--tag app:1:2: a tag may not contain ':'"],
@@ -110,6 +110,7 @@ fn references_docker_refuses_are_refused_up_front() {
             &["bundle", "create", "App:1", "-o", "/nonexistent/x.p2pimg"],
             &["App:1: repository names must be lowercase"],
         ),
+        (&["status", "app:1:2"], &["app:1:2: a tag may not contain ':'"]),
     ];
     for (args, needles) in cases {
         assert_one_line_error(args, needles);
