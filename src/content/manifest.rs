@@ -344,8 +344,7 @@ pub fn check_refs<'a>(
     let mut owner: std::collections::HashMap<String, &str> = Default::default();
     for (id, refs) in images {
         for r in refs {
-            check_reference(r)?;
-            let canonical = Reference::parse_tag(r)?.canonical();
+            let canonical = check_reference(r)?.canonical();
             match owner.insert(canonical, id) {
                 Some(first) if first != id => {
                     return Err(ManifestError::SharedReference {
@@ -363,7 +362,7 @@ pub fn check_refs<'a>(
 
 /// Accepts a reference a node can apply as a tag: Docker's grammar
 /// ([`Reference::parse_tag`]), no digest, within [`MAX_REF_LEN`].
-pub fn check_reference(r: &str) -> Result<(), ManifestError> {
+pub fn check_reference(r: &str) -> Result<Reference, ManifestError> {
     if r.len() > MAX_REF_LEN {
         let shown: String = r.chars().take(64).collect();
         return Err(ReferenceError {
@@ -372,8 +371,7 @@ pub fn check_reference(r: &str) -> Result<(), ManifestError> {
         }
         .into());
     }
-    Reference::parse_tag(r)?;
-    Ok(())
+    Ok(Reference::parse_tag(r)?)
 }
 
 /// The first 12 hex digits of an image ID, as `docker images` shows it.

@@ -317,7 +317,7 @@ fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, 
     if manifest.images.len() != 1 {
         let n = manifest.images.len();
         return Err(PushError::Tag(format!(
-            "tags apply to a push of exactly one image; this one has {n}"
+            "applies only to a push of one image; this one has {n}"
         )));
     }
     let mut m = (*manifest).clone();
