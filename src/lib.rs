@@ -9,9 +9,9 @@
 //! ```
 //!
 //! - [`ops`]: metrics counters (a handle, passed in) and sizes for people.
-//! - [`content`]: hash, manifest, chunk packing and verification, the chunk
-//!   store, arrivals, retention, disk space, the state-directory lock, the
-//!   bundle file.
+//! - [`content`]: hash, manifest, image references, chunk packing and
+//!   verification, the chunk store, arrivals, retention, disk space, the
+//!   state-directory lock, the bundle file.
 //! - [`wire`]: the messages agents and pushers exchange, their framing and
 //!   limits (spec: `proto/PROTOCOL.md`).
 //! - [`net`]: the QUIC endpoint with mutual TLS; the cluster's identities.

@@ -109,6 +109,8 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
+    // What the user typed is checked before any file is read or image exported.
+    push::check_request(&args.images, &args.tags)?;
     let nodes = args.targets.nodes()?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let seed_meter = UploadMeter::default();
@@ -160,6 +162,7 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             docker_host,
             pack,
         } => {
+            push::check_request(&images, &[])?;
             let input = match from_tar {
                 Some(tar) => Input::Tar(tar),
                 None => Input::Engine { docker_host, images },
@@ -209,6 +212,7 @@ fn create_bundle(input: Input, pack: &PackOptions, output: &Path) -> anyhow::Res
 
 fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
     logging(log, "warn", std::io::stderr);
+    push::check_request(&args.images, &[])?;
     let nodes = args.targets.nodes()?;
     let t = &args.targets;
     let answers = runtime()?.block_on(crate::push::status::status(

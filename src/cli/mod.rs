@@ -78,7 +78,7 @@ enum CertCommand {
         /// `node` identities serve and fetch; only `pusher` identities may announce a push.
         #[arg(long, default_value = "node")]
         role: Role,
-        /// Validity in days.
+        /// Validity in days, 1 to 36500 (100 years).
         #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
         days: u32,
     },
@@ -86,7 +86,7 @@ enum CertCommand {
 
 #[derive(clap::Args)]
 struct PushArgs {
-    /// Images to push, as the seed's engine names them (app:1.4, or an image ID).
+    /// Images to push, as the seed's engine names them: a reference (app:1.4, registry:5000/team/app@sha256:…) or an image ID.
     #[arg(required_unless_present = "bundle", conflicts_with = "bundle")]
     images: Vec<String>,
     /// Seed every image of this bundle file instead (no Docker Engine needed).
@@ -94,11 +94,12 @@ struct PushArgs {
     bundle: Option<PathBuf>,
     #[command(flatten)]
     targets: Targets,
-    /// Also tag the image as NEW on every node (repeatable; a push of one image only).
+    /// Also tag the image as NEW on every node (repeatable; a push of one image only). NEW is
+    /// [HOST[:PORT]/]NAME[:TAG] as Docker writes it: NAME lowercase, TAG `latest` if left out, no digest.
     #[arg(long = "tag", value_name = "NEW")]
     tags: Vec<String>,
-    /// Give up after this many seconds; nodes not done by then are reported failed.
-    #[arg(long, value_name = "SECS")]
+    /// Give up after this many seconds, 1 to 604800 (7 days); nodes not done by then are reported failed.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_timeout)]
     timeout: Option<u64>,
     /// Most the seed uploads, in Mbit/s (agents have `max_upload_mbit` in agent.toml).
     #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u64).range(1..))]
@@ -122,6 +123,16 @@ struct PushArgs {
     /// How progress is shown while the push runs.
     #[arg(long, value_enum, default_value = "auto", conflicts_with = "json")]
     progress: Progress,
+}
+
+/// `--timeout`: whole seconds from 1 to [`crate::push::MAX_TIMEOUT`]; anything
+/// else (0, -1, 1.5, a number past u64) gets the same one line.
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    let max = crate::push::MAX_TIMEOUT.as_secs();
+    match text.parse::<u64>() {
+        Ok(secs) if (1..=max).contains(&secs) => Ok(secs),
+        _ => Err(format!("--timeout takes whole seconds, 1 to {max} (7 days)")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -206,7 +217,7 @@ impl PackArgs {
 enum BundleCommand {
     /// Pack images into one self-verifying file, for seeding where no engine is.
     Create {
-        /// Images to pack, as the engine names them.
+        /// Images to pack, as the engine names them: a reference (app:1.4) or an image ID.
         #[arg(required_unless_present = "from_tar", conflicts_with = "from_tar")]
         images: Vec<String>,
         /// Read an existing `docker save` archive instead of asking an engine.
@@ -236,7 +247,10 @@ enum BundleCommand {
 /// Parses the command line, runs the mode, and turns an error into one
 /// line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -244,6 +258,19 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A value that failed its check is one line, like every other error;
+/// clap prints the rest (unknown flags with their tips, help, version).
+fn usage_error(e: clap::Error) -> ExitCode {
+    if e.kind() != clap::error::ErrorKind::ValueValidation {
+        e.exit();
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    eprintln!("p2pimg: {}", first.trim_start_matches("error: "));
+    // clap's exit status for a usage error.
+    ExitCode::from(2)
 }
 
 /// The error and its causes on one line, leaving out a cause whose text the

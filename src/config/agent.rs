@@ -76,11 +76,11 @@ struct RawAgent {
     #[serde(default)]
     deny: Vec<String>,
     #[serde(default)]
-    max_upload_mbit: Option<u64>,
+    max_upload_mbit: Option<Spanned<u64>>,
     #[serde(default)]
     metrics_listen: Option<SocketAddr>,
-    #[serde(default = "default_engine_wait_secs")]
-    engine_wait_secs: u64,
+    #[serde(default)]
+    engine_wait_secs: Option<Spanned<u64>>,
     #[serde(default)]
     retain: Option<Spanned<String>>,
     #[serde(default)]
@@ -91,9 +91,9 @@ struct RawAgent {
 /// systemd restarts) answers again within seconds; a minute covers a slow one.
 const DEFAULT_ENGINE_WAIT_SECS: u64 = 60;
 
-fn default_engine_wait_secs() -> u64 {
-    DEFAULT_ENGINE_WAIT_SECS
-}
+/// Longest `engine_wait_secs`: an engine down for a day needs a person, not
+/// a node that keeps waiting; also far from overflowing the clock.
+pub const MAX_ENGINE_WAIT_SECS: u64 = 24 * 3600;
 
 /// A size as written: bytes, or text with a unit (`"20GiB"`).
 #[derive(Deserialize)]
@@ -154,6 +154,30 @@ impl AgentOptions {
                 }
             }),
         };
+        let range = |key, v: &Spanned<u64>, range| ConfigError::OutOfRange {
+            path: origin.into(),
+            line: line_of(text, v.span().start),
+            key,
+            value: *v.get_ref(),
+            range,
+        };
+        let engine_wait_secs = match raw.engine_wait_secs {
+            None => DEFAULT_ENGINE_WAIT_SECS,
+            Some(v) if *v.get_ref() > MAX_ENGINE_WAIT_SECS => {
+                return Err(range("engine_wait_secs", &v, "0 to 86400 (a day)"));
+            }
+            Some(v) => v.into_inner(),
+        };
+        let max_upload_mbit = match raw.max_upload_mbit {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(range(
+                    "max_upload_mbit",
+                    &v,
+                    "at least 1 Mbit/s (leave it out for no limit)",
+                ));
+            }
+            v => v.map(Spanned::into_inner),
+        };
         let base = origin.parent().unwrap_or(Path::new(""));
         Ok(AgentOptions {
             name,
@@ -164,9 +188,9 @@ impl AgentOptions {
             cert: base.join(raw.cert),
             key: base.join(raw.key),
             deny: raw.deny,
-            max_upload_mbit: raw.max_upload_mbit,
+            max_upload_mbit,
             metrics_listen: raw.metrics_listen,
-            engine_wait: Duration::from_secs(raw.engine_wait_secs),
+            engine_wait: Duration::from_secs(engine_wait_secs),
             retain,
             store_budget,
             source: origin.into(),

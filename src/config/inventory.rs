@@ -159,8 +159,10 @@ impl Seen {
     }
 }
 
-/// Resolves `host:port` to its first socket address.
+/// Resolves `host:port` to its first socket address; the port is 1 to
+/// 65535 (an agent on port 0 cannot be dialed).
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    check_port(addr)?;
     if let Ok(addr) = addr.parse() {
         return Ok(addr);
     }
@@ -171,6 +173,20 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| "the host name resolves to no address".to_string())
+}
+
+/// Refuses a port of 0 or past 65535, which would otherwise read as a
+/// missing port, or fail only when dialed.
+fn check_port(addr: &str) -> Result<(), String> {
+    let Some((_, port)) = addr.rsplit_once(':') else {
+        return Ok(());
+    };
+    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    let in_range = port.parse::<u64>().is_ok_and(|p| (1..=65535).contains(&p));
+    match digits && !in_range {
+        true => Err(format!("port {port} is out of range (1-65535)")),
+        false => Ok(()),
+    }
 }
 
 /// `key=value` pairs of a selector such as `role=worker,zone=a`.

@@ -22,7 +22,7 @@ use crate::net::identity::IdentityError;
 
 pub use agent::{
     parse_duration, parse_size, AgentOptions, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN, DEFAULT_RETAIN,
-    DEFAULT_STATE_DIR,
+    DEFAULT_STATE_DIR, MAX_ENGINE_WAIT_SECS,
 };
 pub use inventory::{Inventory, NodeEntry};
 
@@ -96,6 +96,15 @@ pub enum ConfigError {
         key: &'static str,
         value: String,
         expected: &'static str,
+    },
+    /// A number in agent.toml is outside what it may be.
+    #[error("{} line {line}: {key} = {value} is out of range: {range}", path.display())]
+    OutOfRange {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        value: u64,
+        range: &'static str,
     },
     /// agent.toml's `name` differs from the CommonName of its `cert`.
     #[error("{}: name is `{name}` but certificate {} is issued to `{cert_name}` (make them match, or issue a certificate for `{name}`)", path.display(), cert.display())]

@@ -88,6 +88,18 @@ fn bad_names_addresses_and_empty_files_are_refused() {
         err(no_port)
     );
     assert!(err("# nothing\n").contains("lists no nodes"));
+    // Issue #21: port 70000 read as "is the port missing?", port 0 passed.
+    for port in ["70000", "0", "99999999999999999999"] {
+        let text = format!("[[node]]\nname = \"n1\"\naddr = \"10.0.0.1:{port}\"\n");
+        let msg = err(&text);
+        assert!(
+            msg.starts_with("nodes.toml line 3:")
+                && msg.contains(&format!("port {port} is out of range (1-65535)")),
+            "{msg}"
+        );
+    }
+    let v6 = "[[node]]\nname = \"n1\"\naddr = \"[::1]:0\"\n";
+    assert!(err(v6).contains("port 0 is out of range"), "{}", err(v6));
     assert!(err("[[nodes]]\nname = \"n1\"\n").contains("unknown field `nodes`"));
 }
 
@@ -130,6 +142,33 @@ fn agent_retention_and_budget() {
     assert!(
         msg.starts_with("agent.toml line 6: store_budget = \"20 gigs\" is not a size"),
         "{msg}"
+    );
+}
+
+/// Issue #21: `max_upload_mbit = 0` silently meant 1 Mbit/s, and a huge
+/// `engine_wait_secs` panicked a worker when the engine went away.
+#[test]
+fn agent_numbers_out_of_range() {
+    let base = "name = \"n1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+    let parse = |extra: &str| AgentOptions::parse(&format!("{base}{extra}"), Path::new("agent.toml"));
+    let msg = parse("max_upload_mbit = 0\n").unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "agent.toml line 5: max_upload_mbit = 0 is out of range: at least 1 Mbit/s (leave it out for no limit)"
+    );
+    assert_eq!(parse("max_upload_mbit = 1\n").unwrap().max_upload_mbit, Some(1));
+    let msg = parse("engine_wait_secs = 9223372036854775807\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "agent.toml line 5: engine_wait_secs = 9223372036854775807 is out of range: 0 to 86400 (a day)"
+    );
+    let day = parse("engine_wait_secs = 86400\n").unwrap().engine_wait;
+    assert_eq!(day, Duration::from_secs(MAX_ENGINE_WAIT_SECS));
+    assert_eq!(
+        parse("engine_wait_secs = 0\n").unwrap().engine_wait,
+        Duration::ZERO
     );
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::content::hash::Hash;
+use crate::content::reference::{Problem, Reference, ReferenceError};
 
 /// Most images one distribution may carry: far above any real `push`, low
 /// enough that a hostile manifest cannot make a node allocate much.
@@ -28,7 +29,8 @@ pub const MAX_CHUNK_SIZE: u32 = 8 << 20;
 pub const MAX_CONFIG_SIZE: usize = 1 << 20;
 /// Most references (tags) per image.
 pub const MAX_REFS: usize = 64;
-/// Longest image reference Docker accepts (name:tag), rounded up.
+/// Longest image reference accepted: a 255-character repository path and a
+/// 128-character tag, with room for a registry host.
 pub const MAX_REF_LEN: usize = 512;
 /// Largest encoded manifest, in bytes: a manifest of `MAX_CHUNKS` entries
 /// is about 42 bytes each; 64 MiB leaves room for configs. Bounds both the
@@ -99,9 +101,16 @@ pub enum ManifestError {
     /// A digest is not `sha256:` followed by 64 lowercase hex digits.
     #[error("malformed digest {0:?}")]
     BadDigest(String),
-    /// An image reference is empty, too long or has characters Docker refuses.
-    #[error("malformed image reference {0:?}")]
-    BadReference(String),
+    /// An image reference breaks Docker's grammar or cannot be a tag.
+    #[error("image reference {0}")]
+    BadReference(#[from] ReferenceError),
+    /// Two images claim the same reference: only one can hold the tag.
+    #[error("two images claim the reference {reference} ({first} and {second}); a tag names one image")]
+    SharedReference {
+        reference: String,
+        first: String,
+        second: String,
+    },
     /// An image ID does not match the hash of its config.
     #[error("image {id} does not match its config (config hashes to {actual})")]
     ConfigMismatch { id: String, actual: String },
@@ -162,7 +171,7 @@ impl Manifest {
             }
             self.validate_image(image)?;
         }
-        Ok(())
+        check_refs(self.images.iter().map(|i| (i.id.as_str(), i.refs.as_slice())))
     }
 
     fn validate_chunks(&self) -> Result<(), ManifestError> {
@@ -227,9 +236,6 @@ impl Manifest {
         check_count("refs", image.refs.len(), MAX_REFS)?;
         check_count("config bytes", image.config.len(), MAX_CONFIG_SIZE)?;
         check_count("image layers", image.layers.len(), MAX_LAYERS)?;
-        for r in &image.refs {
-            check_reference(r)?;
-        }
         let actual = sha256_digest(&image.config);
         if actual != image.id {
             return Err(ManifestError::ConfigMismatch {
@@ -328,21 +334,49 @@ fn check_digest(d: &str) -> Result<(), ManifestError> {
     }
 }
 
-/// Accepts `name[:tag]` references with Docker's character set; rejects
-/// anything that could be read as a path or an option.
-pub fn check_reference(r: &str) -> Result<(), ManifestError> {
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b);
-    let ok = !r.is_empty()
-        && r.len() <= MAX_REF_LEN
-        && r.bytes().all(allowed)
-        && r.as_bytes()[0].is_ascii_alphanumeric()
-        && !r.contains("..")
-        && !r.contains("//");
-    if ok {
-        Ok(())
-    } else {
-        Err(ManifestError::BadReference(r.to_string()))
+/// Checks the references of images given as (image ID, references): each
+/// can be applied as a tag ([`check_reference`]), and no two images claim one
+/// (`app` and `docker.io/library/app:latest` are one), since each node would
+/// leave it on whichever image it tagged last.
+pub fn check_refs<'a>(
+    images: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Result<(), ManifestError> {
+    let mut owner: std::collections::HashMap<String, &str> = Default::default();
+    for (id, refs) in images {
+        for r in refs {
+            let canonical = check_reference(r)?.canonical();
+            match owner.insert(canonical, id) {
+                Some(first) if first != id => {
+                    return Err(ManifestError::SharedReference {
+                        reference: r.clone(),
+                        first: short_id(first),
+                        second: short_id(id),
+                    });
+                }
+                _ => {}
+            }
+        }
     }
+    Ok(())
+}
+
+/// Accepts a reference a node can apply as a tag: Docker's grammar
+/// ([`Reference::parse_tag`]), no digest, within [`MAX_REF_LEN`].
+pub fn check_reference(r: &str) -> Result<Reference, ManifestError> {
+    if r.len() > MAX_REF_LEN {
+        let shown: String = r.chars().take(64).collect();
+        return Err(ReferenceError {
+            reference: format!("{shown}…"),
+            problem: Problem::TooLong,
+        }
+        .into());
+    }
+    Ok(Reference::parse_tag(r)?)
+}
+
+/// The first 12 hex digits of an image ID, as `docker images` shows it.
+fn short_id(id: &str) -> String {
+    digest_hex(id).chars().take(12).collect()
 }
 
 fn dup(what: &'static str, id: &str) -> ManifestError {

@@ -3,6 +3,7 @@
 //!
 //! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
 //! - [`manifest`]: images, layers, chunks; the content ID and validation.
+//! - [`reference`]: image references, by Docker's grammar.
 //! - [`chunk`]: one chunk's zstd encoding and its verification.
 //! - [`pack`]: a layer's tar → stored chunks, on worker threads.
 //! - [`store`]: verified chunks on disk.
@@ -23,5 +24,6 @@ pub mod hash;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
+pub mod reference;
 pub mod retention;
 pub mod store;

@@ -21,4 +21,4 @@ pub mod save;
 pub use docker::{split_reference, Engine, EngineError, Held, ResolvedImage, LOAD_TIMEOUT};
 pub use export::{export_to_manifest, ExportError};
 pub use load::{load_images, write_load_tar, LoadError, LoadTarError};
-pub use save::{parse_save, SaveError};
+pub use save::{check_repo_tags, parse_save, SaveError};

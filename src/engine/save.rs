@@ -12,14 +12,14 @@
 //! them together.
 
 use std::collections::HashMap;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Seek};
 use std::path::{Component, Path};
 
 use flate2::read::MultiGzDecoder;
 use serde::Deserialize;
 
 use crate::content::manifest::{
-    config_diff_ids, sha256_digest, ChunkEntry, ImageEntry, LayerEntry, Manifest, ManifestError,
+    check_refs, config_diff_ids, sha256_digest, ChunkEntry, ImageEntry, LayerEntry, Manifest, ManifestError,
 };
 use crate::content::pack::{pack_layer, PackError, PackOptions, PackedLayer};
 use crate::content::store::ChunkStore;
@@ -106,6 +106,9 @@ pub enum SaveError {
     /// A layer could not be decompressed, read or stored.
     #[error("layer {path}: {source}")]
     Layer { path: String, source: PackError },
+    /// `manifest.json` names a reference Docker refuses, or one two images claim.
+    #[error("in its manifest.json, {0}")]
+    RepoTags(ManifestError),
     /// The manifest built from the archive does not validate.
     #[error("the image archive makes an invalid manifest: {0}")]
     Manifest(#[from] ManifestError),
@@ -154,6 +157,47 @@ pub fn parse_save(reader: impl Read, store: &ChunkStore, opts: &PackOptions) -> 
         archive.add(entry.map_err(SaveError::Tar)?, store, opts)?;
     }
     archive.into_manifest(store, opts)
+}
+
+/// Checks the references (`RepoTags`) an archive's `manifest.json` gives its
+/// images, reading only entry headers and that file: a reference Docker
+/// would refuse, or one two images claim, is refused before any layer is
+/// packed. What this pass cannot see (a `manifest.json` behind a link) is
+/// checked by [`parse_save`] at the end.
+pub fn check_repo_tags(reader: impl Read + Seek) -> Result<(), SaveError> {
+    let mut tar = tar::Archive::new(reader);
+    let mut found = None;
+    let entries = tar.entries_with_seek().map_err(SaveError::Tar)?;
+    for (count, entry) in entries.enumerate() {
+        if count >= MAX_ENTRIES {
+            return Err(SaveError::TooLarge {
+                what: "entries",
+                limit: MAX_ENTRIES,
+            });
+        }
+        let mut entry = entry.map_err(SaveError::Tar)?;
+        let path = normalise(&entry.path().map_err(SaveError::Tar)?)?;
+        let small = entry.size() <= MAX_JSON_FILE;
+        if path == "manifest.json" && entry.header().entry_type().is_file() && small {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(SaveError::Tar)?;
+            found = Some(data);
+        }
+    }
+    let Some(data) = found else {
+        return Ok(());
+    };
+    let entries: Vec<SaveEntry> =
+        serde_json::from_slice(&data).map_err(|e| SaveError::BadManifestJson(e.to_string()))?;
+    // The config's file name is its digest in both layouts: the image ID.
+    let images = entries.iter().map(|e| {
+        let id = e.config.rsplit('/').next().unwrap_or_default();
+        (
+            id.trim_end_matches(".json"),
+            e.repo_tags.as_deref().unwrap_or_default(),
+        )
+    });
+    check_refs(images).map_err(SaveError::RepoTags)
 }
 
 impl Archive {

@@ -31,6 +31,9 @@ pub const PUSHER_NAME: &str = "pusher";
 /// Default leaf validity for `p2pimg cert issue`: 825 days, the longest lifetime browsers
 /// accepted for leaf certificates, long enough that renewals stay rare for an offline cluster.
 pub const DEFAULT_VALID_DAYS: u32 = 825;
+/// Longest leaf validity `cert issue` accepts: 100 years, far beyond any
+/// real need and well inside the year 9999 an X.509 date can hold.
+pub const MAX_VALID_DAYS: u32 = 36_500;
 /// CA validity: 10 years, because re-keying the CA means re-issuing every node certificate.
 const CA_VALID_DAYS: u32 = 3650;
 /// Certificates start one hour in the past so that nodes whose clocks lag the issuing machine
@@ -58,9 +61,9 @@ pub enum IdentityError {
     /// A role string is neither `node` nor `pusher`.
     #[error("unknown role `{given}` (expected `node` or `pusher`)")]
     UnknownRole { given: String },
-    /// A validity of zero days was requested.
-    #[error("a certificate must be valid for at least 1 day (got 0)")]
-    ZeroValidity,
+    /// A validity of zero days, or more than [`MAX_VALID_DAYS`], was requested.
+    #[error("a certificate is valid for 1 to 36500 days (100 years), not {days} (--days)")]
+    BadValidity { days: u32 },
     /// `init_cluster` found an existing CA key.
     #[error("{} already exists: this directory already holds a cluster CA (choose another --dir, or remove it to start a new cluster, which invalidates every certificate it issued)", path.display())]
     AlreadyInitialized { path: PathBuf },
@@ -244,8 +247,8 @@ pub fn init_cluster(dir: &Path) -> Result<InitReport, IdentityError> {
 /// written to `dir/<name>.crt` and `dir/<name>.key`. Never overwrites existing files.
 pub fn issue(dir: &Path, name: &str, role: Role, valid_days: u32) -> Result<IssuedFiles, IdentityError> {
     validate_name(name)?;
-    if valid_days == 0 {
-        return Err(IdentityError::ZeroValidity);
+    if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
+        return Err(IdentityError::BadValidity { days: valid_days });
     }
     CaSigner::load(dir)?.issue_into(dir, name, role, valid_days)
 }
@@ -278,6 +281,8 @@ impl CaSigner {
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
         let der = read_cert(&cert_path, "CA certificate")?;
+        // The key that signs every identity is held to the rule node keys are.
+        check_key_mode(&key_path, "CA private key")?;
         let key = read_key(&key_path, "CA private key")?;
         let params = CertificateParams::from_ca_cert_der(&der)
             .map_err(|e| malformed("CA certificate", &cert_path, e))?;
@@ -409,7 +414,7 @@ impl Identity {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Identity, IdentityError> {
         let ca_der = read_cert(ca, "CA certificate")?;
         let cert_der = read_cert(cert, "certificate")?;
-        check_key_mode(key)?;
+        check_key_mode(key, "private key")?;
         let key_pair = read_key(key, "private key")?;
         let leaf = parse_cert(cert, &cert_der)?;
         let ca_cert = parse_cert(ca, &ca_der)?;
@@ -505,6 +510,11 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, IdentityError> 
 /// A [`IdentityError::Read`] with a hint that fits `what` and the cause.
 fn read_error(path: &Path, what: &'static str, source: io::Error) -> IdentityError {
     let hint = match source.kind() {
+        io::ErrorKind::NotFound if what == "CA private key" => {
+            " (certificates are issued where the cluster's ca.key is: pass the directory \
+             `p2pimg init` made as --dir, or run `p2pimg init --dir DIR` to create a cluster)"
+                .to_string()
+        }
         io::ErrorKind::NotFound if what.starts_with("CA") => {
             " (copy the cluster's ca.crt here, or run `p2pimg init --dir DIR` to create a cluster)"
                 .to_string()
@@ -525,8 +535,8 @@ fn read_error(path: &Path, what: &'static str, source: io::Error) -> IdentityErr
 }
 
 /// Refuses a key file that group or others can access.
-fn check_key_mode(path: &Path) -> Result<(), IdentityError> {
-    let meta = fs::metadata(path).map_err(|source| read_error(path, "private key", source))?;
+fn check_key_mode(path: &Path, what: &'static str) -> Result<(), IdentityError> {
+    let meta = fs::metadata(path).map_err(|source| read_error(path, what, source))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & KEY_FORBIDDEN_MODE_BITS != 0 {
         return Err(IdentityError::KeyPermissions {

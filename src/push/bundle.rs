@@ -8,7 +8,7 @@
 //! a stop signal removes the temporary file and the scratch directory.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,6 +184,23 @@ async fn parse_tar(
     scratch: &Scratch,
 ) -> Result<Manifest, CreateError> {
     let (store, pack, is_pipe) = (scratch.store().clone(), *pack, meta.file_type().is_fifo());
+    let mut file = file;
+    if !is_pipe {
+        // References are checked before any layer is packed, where the file
+        // can be read twice; a pipe's are checked once it is parsed.
+        let path = path.to_path_buf();
+        file = tokio::task::spawn_blocking(move || {
+            let err = |detail: String| CreateError::Tar {
+                path: path.clone(),
+                detail,
+            };
+            crate::engine::check_repo_tags(&mut file).map_err(|e| err(e.to_string()))?;
+            file.rewind().map_err(|e| err(e.to_string()))?;
+            Ok::<_, CreateError>(file)
+        })
+        .await
+        .expect("bundle task does not panic")?;
+    }
     let read = Arc::new(AtomicU64::new(0));
     let reader = Counted {
         inner: BufReader::new(file),

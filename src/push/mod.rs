@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::config::NodeEntry;
 use crate::content::manifest::Manifest;
 use crate::content::pack::PackOptions;
+use crate::content::reference::{self, Reference, ReferenceError};
 use crate::content::store::ChunkStore;
 use crate::engine::{self, Engine};
 use crate::net::identity::Identity;
@@ -53,6 +54,10 @@ pub enum Source {
 /// reachable nodes plan within about a second; a node that is down takes
 /// the 10 s connect timeout to fail and should not hold the others up.
 const START_GRACE: Duration = Duration::from_secs(3);
+
+/// Longest `--timeout`: a week is longer than any push should take, and far
+/// from the overflow of adding it to the clock.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What to push where.
 #[derive(Clone, Debug)]
@@ -94,8 +99,11 @@ pub enum PushError {
     #[error(transparent)]
     Bundle(#[from] crate::content::bundle::BundleError),
     /// `--tag` was given with more or fewer than one image, or is invalid.
-    #[error("--tag: {0}")]
+    #[error("--tag {0}")]
     Tag(String),
+    /// An image is named by a reference Docker would refuse.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
     /// Exporting or packing failed.
     #[error("export failed: {0}")]
     Export(String),
@@ -196,12 +204,20 @@ pub async fn push(
     events: mpsc::UnboundedSender<PushEvent>,
 ) -> Result<PushReport, PushError> {
     let start = Instant::now();
+    let images = match &opts.source {
+        Source::Engine { images, .. } => images.as_slice(),
+        Source::Bundle(_) => &[],
+    };
+    check_request(images, &opts.tags)?;
     let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
     let seed_store = scratch::SeedStore::open(opts.state_dir.as_deref())?;
     let store = seed_store.store().clone();
     let manifest = load_source(&opts.source, &store, &events).await?;
     let manifest = with_tags(manifest, &opts.tags)?;
-    let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
+    // A deadline past the clock's range is no deadline (the CLI caps it at MAX_TIMEOUT).
+    let deadline = (opts.timeout)
+        .and_then(|t| start.checked_add(t))
+        .map(tokio::time::Instant::from_std);
     let shared = DistShared::with_meter(manifest.clone(), store, opts.seed_meter.clone());
     let chunks = manifest.chunks.len();
     let (seed, _task) = Swarm::spawn(
@@ -276,6 +292,19 @@ async fn load_source(
     Ok(Arc::new(manifest))
 }
 
+/// Checks what a push names before anything is read or exported: each image
+/// is a reference Docker accepts or an image ID, each tag a reference that can
+/// be applied as a tag (`--tag` also names the image it applies to).
+pub fn check_request(images: &[String], tags: &[String]) -> Result<(), PushError> {
+    for image in images {
+        reference::check_image(image)?;
+    }
+    for tag in tags {
+        Reference::parse_tag(tag).map_err(|e| PushError::Tag(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Adds `tags` to the manifest's only image, so every node applies them.
 fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, PushError> {
     if tags.is_empty() {
@@ -284,17 +313,18 @@ fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, 
     if manifest.images.len() != 1 {
         let n = manifest.images.len();
         return Err(PushError::Tag(format!(
-            "tags apply to a push of exactly one image; this one has {n}"
+            "applies only to a push of one image; this one has {n}"
         )));
     }
     let mut m = (*manifest).clone();
     for tag in tags {
-        crate::content::manifest::check_reference(tag).map_err(|e| PushError::Tag(e.to_string()))?;
+        Reference::parse_tag(tag).map_err(|e| PushError::Tag(e.to_string()))?;
         if !m.images[0].refs.contains(tag) {
             m.images[0].refs.push(tag.clone());
         }
     }
-    m.validate().map_err(|e| PushError::Tag(e.to_string()))?;
+    m.validate()
+        .map_err(|e| PushError::Tag(format!("cannot be applied: {e}")))?;
     Ok(Arc::new(m))
 }
 
@@ -306,6 +336,7 @@ pub async fn export(
     pack: &PackOptions,
     store: &ChunkStore,
 ) -> Result<Manifest, PushError> {
+    check_request(images, &[])?;
     let engine = Engine::connect(docker_host).await?;
     engine.resolve(images).await?;
     engine::export_to_manifest(&engine, images, store, pack)

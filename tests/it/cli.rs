@@ -82,6 +82,256 @@ fn inventory_mistakes_name_the_line() {
     );
 }
 
+/// Issue #21: references Docker refuses were accepted and applied wrongly
+/// (`--tag app:1:2` repointed `app:2`) or failed on every node after the
+/// transfer. Each is refused before any file is read.
+#[test]
+fn references_docker_refuses_are_refused_up_front() {
+    let digest = format!("app@sha256:{}", "f".repeat(64));
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["push", "app:1", "--tag", "app:1:2"],
+            &["--tag app:1:2: a tag may not contain ':'"],
+        ),
+        (
+            &["push", "app:1", "--tag", "App:1"],
+            &["--tag App:1: repository names must be lowercase"],
+        ),
+        (
+            &["push", "app:1", "--tag", &digest],
+            &["cannot be applied as a tag"],
+        ),
+        (&["push", ""], &["an image reference may not be empty"]),
+        (
+            &["push", "app:bad/tag"],
+            &["app:bad/tag: not a valid image reference"],
+        ),
+        (
+            &["bundle", "create", "App:1", "-o", "/nonexistent/x.p2pimg"],
+            &["App:1: repository names must be lowercase"],
+        ),
+        (&["status", "app:1:2"], &["app:1:2: a tag may not contain ':'"]),
+    ];
+    for (args, needles) in cases {
+        assert_one_line_error(args, needles);
+    }
+}
+
+/// Issue #21: `--timeout 0` was accepted, `-1` got clap's "unexpected
+/// argument", and a huge one panicked adding to the clock.
+#[test]
+fn timeout_takes_whole_seconds_up_to_a_week() {
+    for value in ["0", "-1", "9223372036854775807", "604801", "1.5"] {
+        assert_one_line_error(
+            &["push", "app:1", "--timeout", value],
+            &[value, "--timeout takes whole seconds, 1 to 604800 (7 days)"],
+        );
+    }
+}
+
+/// Issue #21: `cert issue --days 3000000` panicked; a CA key readable by
+/// others was used without a word; a missing one was blamed on ca.crt.
+#[test]
+fn cert_issue_bounds_days_and_guards_the_ca_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    run_ok(Command::new(bin()).args(["init", "--dir"]).arg(&ca), 30);
+    let issue = |extra: &[&str]| {
+        let mut args = vec!["cert", "issue", "n1", "--dir", path_str(&ca)];
+        args.extend(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let check = |args: Vec<String>, needles: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&args, needles);
+    };
+    check(issue(&["--days", "3000000"]), &["1 to 36500 days", "3000000"]);
+    let ca_key = ca.join("ca.key");
+    fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o644)).unwrap();
+    check(issue(&[]), &["ca.key", "mode 644", "chmod 600"]);
+    assert!(!ca.join("n1.key").exists(), "a key was issued with a 0644 CA key");
+    fs::remove_file(&ca_key).unwrap();
+    let (code, _, stderr) = p2pimg(&issue(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("ca.key") && !stderr.contains("ca.crt"),
+        "{stderr}"
+    );
+}
+
+/// Issue #21: port 70000 said "is the port missing?", port 0 was accepted.
+#[test]
+fn inventory_ports_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    for port in ["70000", "0"] {
+        let text = format!("[[node]]\nname = \"n1\"\naddr = \"127.0.0.1:{port}\"\n");
+        let nodes = write(dir.path(), "nodes.toml", &text);
+        assert_one_line_error(
+            &["push", "app:1", "--nodes", path_str(&nodes)],
+            &["line 3", &format!("port {port} is out of range (1-65535)")],
+        );
+    }
+}
+
+/// Issue #21: `max_upload_mbit = 0` silently meant 1 Mbit/s; a huge
+/// `engine_wait_secs` panicked a worker when the engine went away mid-load.
+#[test]
+fn agent_numbers_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, config) = node_setup(dir.path());
+    let cases = [
+        (
+            "max_upload_mbit = 0",
+            "max_upload_mbit = 0 is out of range: at least 1 Mbit/s",
+        ),
+        (
+            "engine_wait_secs = 9223372036854775807",
+            "engine_wait_secs = 9223372036854775807 is out of range: 0 to 86400",
+        ),
+    ];
+    for (line, needle) in cases {
+        config.write(&path);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{text}{line}\n")).unwrap();
+        assert_one_line_error(
+            &["agent", "--config", path_str(&path)],
+            &["agent.toml line 8", needle],
+        );
+    }
+}
+
+/// A legacy-layout `docker save` archive of two images (one layer each),
+/// whose manifest.json gives them `tags`.
+fn save_archive(path: &Path, tags: [&str; 2]) {
+    use p2pimg::content::manifest::sha256_digest;
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_mode(0o644);
+    header.set_cksum();
+    layer.append_data(&mut header, "hello", &b"hello"[..]).unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff_id = sha256_digest(&layer);
+    let mut archive = tar::Builder::new(fs::File::create(path).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, name, data).unwrap();
+    };
+    add("layer/layer.tar", &layer);
+    let mut entries = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [diff_id]}, "n": i});
+        let config = config.to_string().into_bytes();
+        let name = format!("{}.json", &sha256_digest(&config)[7..]);
+        add(&name, &config);
+        entries.push(serde_json::json!({"Config": name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}));
+    }
+    add(
+        "manifest.json",
+        serde_json::to_string(&entries).unwrap().as_bytes(),
+    );
+    archive.finish().unwrap();
+}
+
+/// Issue #21: two images claiming one tag made a bundle, and each node left
+/// the tag on whichever it tagged last; a tag Docker refuses made one too.
+/// Both are refused before anything is packed or written.
+#[test]
+fn bundle_from_tar_refuses_shared_and_bad_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.p2pimg");
+    let tar = dir.path().join("save.tar");
+    save_archive(&tar, ["app:1", "app:2"]);
+    let args = [
+        "bundle",
+        "create",
+        "--from-tar",
+        path_str(&tar),
+        "-o",
+        path_str(&out),
+    ];
+    let (code, _, stderr) = p2pimg(&args);
+    assert_eq!(code, 0, "the archive itself is sound: {stderr}");
+    fs::remove_file(&out).unwrap();
+    let cases = [
+        (
+            ["app:1", "docker.io/library/app:1"],
+            "two images claim the reference docker.io/library/app:1",
+        ),
+        (["app:1:2", "app:2"], "app:1:2: a tag may not contain ':'"),
+    ];
+    for (tags, needle) in cases {
+        save_archive(&tar, tags);
+        assert_one_line_error(&args, &["save.tar", needle]);
+        assert!(!out.exists());
+    }
+}
+
+/// Issue #21: a bundle whose manifest names a tag Docker refuses (crafted
+/// here through the library, as a hostile or damaged bundle would be) is
+/// refused when opened: by `ls`, `verify` and `push`, before any announce.
+#[test]
+fn bundle_with_a_bad_reference_is_refused() {
+    use p2pimg::content::manifest::{sha256_digest, ImageEntry, LayerEntry, Manifest};
+    use p2pimg::content::pack::{pack_layer, PackOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store = p2pimg::content::store::ChunkStore::open(&dir.path().join("store")).unwrap();
+    let opts = PackOptions {
+        chunk_size: 64 << 10,
+        zstd_level: 1,
+    };
+    let data = vec![7u8; 10_000];
+    let layer = pack_layer(&data[..], &store, &opts).unwrap();
+    let config = serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}).to_string();
+    let manifest = Manifest {
+        images: vec![ImageEntry {
+            id: sha256_digest(config.as_bytes()),
+            refs: vec!["App:1".into()],
+            config: config.into_bytes(),
+            layers: vec![0],
+        }],
+        layers: vec![LayerEntry {
+            diff_id: layer.diff_id,
+            size: layer.size,
+            first_chunk: 0,
+            chunk_count: layer.chunks.len() as u32,
+        }],
+        chunks: layer.chunks,
+    };
+    let bundle = dir.path().join("bad.p2pimg");
+    p2pimg::content::bundle::write_bundle(
+        &manifest,
+        &store,
+        std::fs::File::create(&bundle).unwrap(),
+        &bundle,
+    )
+    .unwrap();
+    let needle = "App:1: repository names must be lowercase";
+    assert_one_line_error(&["bundle", "ls", path_str(&bundle)], &[needle]);
+    assert_one_line_error(&["bundle", "verify", path_str(&bundle)], &[needle]);
+    let ca = dir.path().join("ca");
+    run_ok(Command::new(bin()).args(["init", "--dir"]).arg(&ca), 30);
+    let nodes = write(
+        dir.path(),
+        "nodes.toml",
+        "[[node]]\nname = \"n1\"\naddr = \"127.0.0.1:9\"\n",
+    );
+    let push = [
+        "push",
+        "--bundle",
+        path_str(&bundle),
+        "--nodes",
+        path_str(&nodes),
+        "--cluster-dir",
+        path_str(&ca),
+        "--json",
+    ];
+    assert_one_line_error(&push, &[needle]);
+}
+
 #[test]
 fn missing_identity_files_say_how_to_make_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -163,6 +163,56 @@ fn rejects_malformed_digests_and_path_like_references() {
     }
 }
 
+/// Issue #21: a crafted manifest (or bundle) naming a reference Docker
+/// refuses is refused before anything is fetched, naming the reference.
+#[test]
+fn rejects_references_docker_refuses() {
+    let digested = format!("app@sha256:{}", "f".repeat(64));
+    let long = format!("{}:1", "a".repeat(300));
+    let cases = [
+        ("app:1:2", "app:1:2: a tag may not contain ':'"),
+        ("App:1", "App:1: repository names must be lowercase"),
+        ("app:bad/tag", "app:bad/tag: not a valid image reference"),
+        ("app:", "app:: a tag is"),
+        (digested.as_str(), "a digest reference cannot be applied as a tag"),
+        (long.as_str(), "too long"),
+    ];
+    for (bad, shown) in cases {
+        let mut m = sample();
+        m.images[0].refs = vec!["app:1".into(), bad.to_string()];
+        let err = m.validate().expect_err(bad);
+        assert!(matches!(err, ManifestError::BadReference(_)), "{err:?}");
+        assert!(err.to_string().contains(shown), "{err}");
+    }
+}
+
+/// Issue #21: two images claiming one tag was accepted, and the tag landed
+/// on whichever a node tagged last.
+#[test]
+fn rejects_a_reference_two_images_claim() {
+    let mut m = sample();
+    let mut other = m.images[0].clone();
+    other.config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [m.layers[0].diff_id]},
+        "other": true
+    }))
+    .unwrap();
+    other.id = sha256_digest(&other.config);
+    other.layers = vec![0];
+    other.refs = vec!["other:1".into()];
+    m.images.push(other);
+    m.validate().unwrap();
+    m.images[0].refs = vec!["app:1".into()];
+    m.images[1].refs = vec!["docker.io/library/app:1".into()];
+    let err = m.validate().unwrap_err();
+    assert!(matches!(err, ManifestError::SharedReference { .. }), "{err:?}");
+    assert!(err.to_string().contains("docker.io/library/app:1"), "{err}");
+    // The same image may carry one tag written two ways.
+    m.images[1].refs = vec!["other:1".into()];
+    m.images[0].refs = vec!["app".into(), "app:latest".into()];
+    m.validate().unwrap();
+}
+
 #[test]
 fn rejects_too_many_refs() {
     let mut m = sample();

@@ -65,6 +65,34 @@ fn issue_refuses_overwrite_and_bad_names() {
     issue(dir.path(), "A.b_c-9", Role::Pusher, 1).unwrap();
 }
 
+/// Issue #21: `--days 3000000` panicked inside the certificate library.
+#[test]
+fn issue_bounds_the_validity() {
+    let dir = cluster();
+    for days in [0, MAX_VALID_DAYS + 1, 3_000_000, u32::MAX] {
+        let err = issue(dir.path(), "n1", Role::Node, days).unwrap_err();
+        assert!(matches!(err, IdentityError::BadValidity { .. }), "{days}: {err}");
+        assert!(err.to_string().contains("1 to 36500 days"), "{err}");
+    }
+    issue(dir.path(), "n1", Role::Node, MAX_VALID_DAYS).unwrap();
+    Identity::load_from_dir(dir.path(), "n1").unwrap();
+}
+
+/// Issue #21: a CA key readable by others was used without a word, and a
+/// missing one was blamed on ca.crt.
+#[test]
+fn issue_holds_the_ca_key_to_the_key_rule() {
+    let dir = cluster();
+    let ca_key = dir.path().join("ca.key");
+    fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = issue(dir.path(), "n1", Role::Node, 1).unwrap_err().to_string();
+    assert!(err.contains(&format!("chmod 600 {}", ca_key.display())), "{err}");
+    assert!(!dir.path().join("n1.key").exists());
+    fs::remove_file(&ca_key).unwrap();
+    let err = issue(dir.path(), "n1", Role::Node, 1).unwrap_err().to_string();
+    assert!(err.contains("ca.key") && !err.contains("ca.crt"), "{err}");
+}
+
 #[test]
 fn load_refuses_group_readable_key() {
     let dir = cluster();
