@@ -14,11 +14,14 @@ pub mod bundle;
 mod session;
 pub mod status;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quinn::VarInt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -29,8 +32,9 @@ use crate::content::pack::PackOptions;
 use crate::content::store::ChunkStore;
 use crate::engine::{self, Engine};
 use crate::net::identity::Identity;
+use crate::ops::signal::Stop;
 use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
-use crate::wire::{PeerBytes, PeerInfo, Plan, Progress};
+use crate::wire::{close, PeerBytes, PeerInfo, Plan, Progress};
 
 /// Where the pushed images come from.
 #[derive(Clone, Debug)]
@@ -101,6 +105,9 @@ pub enum PushError {
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// SIGINT or SIGTERM arrived before any node was told of the push.
+    #[error("interrupted by {} before any node was told of the push; nothing was sent", .0.name())]
+    Interrupted(Stop),
 }
 
 /// Something that happened during a push, for a progress display.
@@ -121,8 +128,10 @@ pub enum PushEvent {
     /// A node reported progress; `progress.reason` says what it waits for
     /// while it cannot move on.
     Progress { node: String, progress: Progress },
-    /// The pusher waits on a node before it can announce to it (it does not
-    /// answer and is dialed again), and why. A `Planned` event ends it.
+    /// The pusher waits on a node before the node plans, and why: it does
+    /// not answer and is dialed again, its Docker Engine is slow to answer,
+    /// or it waits for another push of the same images to finish there. A
+    /// `Planned` event ends it.
     Waiting { node: String, reason: String },
     /// A node finished.
     Finished { node: String, status: NodeStatus },
@@ -172,6 +181,10 @@ pub struct PushReport {
     pub seed_uploaded: Vec<PeerBytes>,
     /// Seconds from start to the last node done.
     pub secs: f64,
+    /// The signal that cut the push short, if one did: the nodes not done
+    /// by then are failed, saying so.
+    #[serde(skip)]
+    pub interrupted: Option<Stop>,
 }
 
 impl PushReport {
@@ -195,10 +208,16 @@ impl Drop for TempDir {
 }
 
 /// Runs a push to the end; node failures are in the report, not errors.
+/// When `stop` resolves (SIGINT or SIGTERM) or `--timeout` runs out, the
+/// nodes not done yet are failed and told the pusher is leaving
+/// ([`close::PUSHER_LEFT`]): they end the distribution at once, keeping
+/// their verified chunks for the next push.
 pub async fn push(
     opts: PushOptions,
     events: mpsc::UnboundedSender<PushEvent>,
+    stop: impl Future<Output = Stop>,
 ) -> Result<PushReport, PushError> {
+    tokio::pin!(stop);
     let start = Instant::now();
     let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
     let (state_dir, _cleanup) = match &opts.state_dir {
@@ -209,7 +228,10 @@ pub async fn push(
         }
     };
     let store = ChunkStore::open(&state_dir)?;
-    let manifest = load_source(&opts.source, &store, &events).await?;
+    let manifest = tokio::select! {
+        manifest = load_source(&opts.source, &store, &events) => manifest?,
+        signal = &mut stop => return Err(PushError::Interrupted(signal)),
+    };
     let manifest = with_tags(manifest, &opts.tags)?;
     let deadline = opts.timeout.map(|t| tokio::time::Instant::from_std(start + t));
     let shared = DistShared::with_meter(manifest.clone(), store, opts.seed_meter.clone());
@@ -226,9 +248,19 @@ pub async fn push(
     let registry = Registry::for_seed(opts.max_upload_mbit);
     let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
-    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;
+    let (cut_tx, cut_rx) = watch::channel(None);
+    let sessions = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, cut_rx);
+    let (nodes, interrupted) = cut_short(sessions, &cut_tx, stop, deadline).await;
     drop(registered);
-    endpoint.close(quinn::VarInt::from_u32(crate::wire::close::DONE), b"push done");
+    // The nodes not done learn that the pusher leaves for good.
+    let left = match interrupted {
+        Some(signal) => Some(format!("push interrupted ({})", signal.name())),
+        None => cut_tx.borrow().is_some().then(|| "push timed out (--timeout)".to_string()),
+    };
+    match left {
+        Some(why) => endpoint.close(VarInt::from_u32(close::PUSHER_LEFT), why.as_bytes()),
+        None => endpoint.close(VarInt::from_u32(close::DONE), b"push done"),
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(PushReport {
         manifest: shared.id.to_hex(),
@@ -242,7 +274,54 @@ pub async fn push(
         pusher: identity.name.clone(),
         seed_uploaded: shared.served(),
         secs: start.elapsed().as_secs_f64(),
+        interrupted,
     })
+}
+
+/// Runs `sessions` to their end; if `stop` resolves or `deadline` passes
+/// first, sends the reason on `cut`, which fails every node not done yet
+/// and ends its session. Returns the reports and the signal, if one came.
+async fn cut_short(
+    sessions: impl Future<Output = Vec<NodeReport>>,
+    cut: &watch::Sender<Option<String>>,
+    stop: Pin<&mut impl Future<Output = Stop>>,
+    deadline: Option<tokio::time::Instant>,
+) -> (Vec<NodeReport>, Option<Stop>) {
+    tokio::pin!(sessions);
+    let mut stop = stop;
+    let timeout = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let (mut interrupted, mut timed_out) = (None, false);
+    loop {
+        tokio::select! {
+            nodes = &mut sessions => return (nodes, interrupted),
+            signal = &mut stop, if interrupted.is_none() => {
+                interrupted = Some(signal);
+                let why = format!("the push was interrupted ({}) before this node was done", signal.name());
+                cut_with(cut, why);
+            }
+            _ = &mut timeout, if !timed_out => {
+                timed_out = true;
+                cut_with(cut, "the push timed out (--timeout) before this node was done".into());
+            }
+        }
+    }
+}
+
+/// Sends the first reason to cut the push; a later one changes nothing.
+fn cut_with(cut: &watch::Sender<Option<String>>, why: String) {
+    cut.send_if_modified(|c| match c {
+        Some(_) => false,
+        None => {
+            *c = Some(why);
+            true
+        }
+    });
 }
 
 /// Fills the seed's store from the source and returns the manifest.
@@ -383,7 +462,7 @@ async fn run_sessions(
     nodes: &[NodeEntry],
     manifest: &Arc<Manifest>,
     events: &mpsc::UnboundedSender<PushEvent>,
-    deadline: Option<tokio::time::Instant>,
+    cut: watch::Receiver<Option<String>>,
 ) -> Vec<NodeReport> {
     let (planned_tx, planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
@@ -404,7 +483,7 @@ async fn run_sessions(
             start: start_rx.clone(),
             finish: finish_rx.clone(),
             done: done_tx.clone(),
-            deadline,
+            cut: cut.clone(),
         };
         tasks.spawn(async move { (i, session.run().await) });
     }
