@@ -119,6 +119,8 @@ impl Running {
                 Some(h) if !pusher_answers(&h.pusher).await => {
                     tracing::info!(dist = %id.short(), "the running push's pusher is gone; this one takes over");
                     h.supersede.cancel();
+                    // It ends at once and releases the turn.
+                    break slot.turn.clone().lock_owned().await;
                 }
                 _ if !told => {
                     told = true;

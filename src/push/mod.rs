@@ -252,12 +252,8 @@ pub async fn push(
     let sessions = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, cut_rx);
     let (nodes, interrupted) = cut_short(sessions, &cut_tx, stop, deadline).await;
     drop(registered);
-    // The nodes not done learn that the pusher leaves for good.
-    let left = match interrupted {
-        Some(signal) => Some(format!("push interrupted ({})", signal.name())),
-        None => cut_tx.borrow().is_some().then(|| "push timed out (--timeout)".to_string()),
-    };
-    match left {
+    // Sessions cut short closed their connections as leaving for good.
+    match cut_tx.borrow().as_deref() {
         Some(why) => endpoint.close(VarInt::from_u32(close::PUSHER_LEFT), why.as_bytes()),
         None => endpoint.close(VarInt::from_u32(close::DONE), b"push done"),
     }
@@ -302,12 +298,11 @@ async fn cut_short(
             nodes = &mut sessions => return (nodes, interrupted),
             signal = &mut stop, if interrupted.is_none() => {
                 interrupted = Some(signal);
-                let why = format!("the push was interrupted ({}) before this node was done", signal.name());
-                cut_with(cut, why);
+                cut_with(cut, format!("the push was interrupted ({})", signal.name()));
             }
             _ = &mut timeout, if !timed_out => {
                 timed_out = true;
-                cut_with(cut, "the push timed out (--timeout) before this node was done".into());
+                cut_with(cut, "the push timed out (--timeout)".into());
             }
         }
     }
@@ -484,6 +479,7 @@ async fn run_sessions(
             finish: finish_rx.clone(),
             done: done_tx.clone(),
             cut: cut.clone(),
+            conn: None,
         };
         tasks.spawn(async move { (i, session.run().await) });
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -48,8 +48,10 @@ pub(super) struct Session {
     /// One message when the node is done, whatever the outcome.
     pub done: mpsc::UnboundedSender<()>,
     /// Why the push ends before every node is done (its `--timeout`, a
-    /// signal), once it does.
+    /// signal), once it does: "the push timed out (--timeout)".
     pub cut: watch::Receiver<Option<String>>,
+    /// The connection to the node, once made.
+    pub conn: Option<Connection>,
 }
 
 struct Progressed {
@@ -73,8 +75,17 @@ impl Session {
         let mut cut = self.cut.clone();
         let result = tokio::select! {
             result = self.drive(&mut report, &mut at) => result,
-            why = cut.wait_for(Option::is_some) => Err(why.ok().and_then(|w| w.clone()).unwrap_or_default()),
+            why = cut.wait_for(Option::is_some) => {
+                let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+                Err(format!("{why} before this node was done"))
+            }
         };
+        // Cut short: the node is told the pusher leaves for good, so it
+        // ends the distribution now. (Dropping the connection would close
+        // it as a normal end, and the node would go on without a seed.)
+        if let (Some(conn), Some(why)) = (&self.conn, self.cut.borrow().as_deref()) {
+            conn.close(VarInt::from_u32(wire::close::PUSHER_LEFT), why.as_bytes());
+        }
         // A node that reported Done keeps its outcome, even if the push
         // timed out while it waited for the others.
         match result {
@@ -101,6 +112,7 @@ impl Session {
 
     async fn drive(&mut self, report: &mut NodeReport, at: &mut Progressed) -> Result<(), String> {
         let (conn, peer) = self.connect().await?;
+        self.conn = Some(conn.clone());
         // Aborted when this future ends or is dropped (at the deadline).
         let _serving = AbortOnDropHandle::new(tokio::spawn(serve_connection(
             conn.clone(),
