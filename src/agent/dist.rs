@@ -63,8 +63,7 @@ const PUSHER_CHECK: Duration = Duration::from_secs(3);
 const CHECK_AGAIN: Duration = Duration::from_secs(5);
 
 /// What an announce waiting for its turn tells its pusher.
-const WAITING_FOR_OTHER_PUSH: &str =
-    "waiting for another push of the same images to finish on this node";
+const WAITING_FOR_OTHER_PUSH: &str = "waiting for another push of the same images to finish on this node";
 
 /// The distributions planning, fetching or loading on this node: one turn
 /// at a time per distribution ID.
@@ -125,7 +124,12 @@ impl Running {
                 _ if !told => {
                     told = true;
                     let reason = Some(WAITING_FOR_OTHER_PUSH.to_string());
-                    control.send(&Message::Progress(Progress { reason, ..Progress::default() })).await;
+                    control
+                        .send(&Message::Progress(Progress {
+                            reason,
+                            ..Progress::default()
+                        }))
+                        .await;
                 }
                 _ => {}
             }
@@ -177,7 +181,9 @@ async fn pusher_answers(conn: &Connection) -> bool {
     }
     let check = async {
         let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        write_frame(&mut send, &Message::Query { refs: Vec::new() }).await.ok()?;
+        write_frame(&mut send, &Message::Query { refs: Vec::new() })
+            .await
+            .ok()?;
         let _ = send.finish();
         read_frame(&mut recv, wire::MAX_LINK_FRAME).await.ok()
     };
@@ -284,10 +290,12 @@ pub(super) async fn run(
     let attempt = async {
         let (engine, plan, held) = match prepare(&ctx, id, &manifest, &mut control).await {
             Ok(prepared) => prepared,
-            Err(reason) => return Outcome::Failed {
-                reason,
-                received: Vec::new(),
-            },
+            Err(reason) => {
+                return Outcome::Failed {
+                    reason,
+                    received: Vec::new(),
+                }
+            }
         };
         lease = Some(held);
         let check = super::room::check(&ctx.keeper, &engine, &manifest, &plan);

@@ -164,7 +164,10 @@ mod tests {
             "the Docker Engine at unix:///run/docker.sock has not answered for 30s (is dockerd hung or stopped?)"
         );
         let failed = engine_stalled("unix:///run/docker.sock", Duration::from_secs(300));
-        assert!(failed.contains("no progress loading for 300s (engine_stall_secs)"), "{failed}");
+        assert!(
+            failed.contains("no progress loading for 300s (engine_stall_secs)"),
+            "{failed}"
+        );
     }
 
     #[test]

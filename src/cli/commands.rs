@@ -160,7 +160,11 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
                 "p2pimg: interrupted by {}; not done: {}; their agents stopped this push and keep the \
                  chunks they verified, so pushing again resumes",
                 signal.name(),
-                if not_done.is_empty() { "none".to_string() } else { not_done.join(", ") },
+                if not_done.is_empty() {
+                    "none".to_string()
+                } else {
+                    not_done.join(", ")
+                },
             );
             return Ok(ExitCode::from(signal.exit_code()));
         }

@@ -181,8 +181,16 @@ impl AgentOptions {
             Some(v) if (1..=MAX_ENGINE_SECS).contains(v.get_ref()) => Ok(Duration::from_secs(*v.get_ref())),
             Some(v) => Err(bad(key, v.span(), v.get_ref().to_string(), ENGINE_SECS_FORM)),
         };
-        let engine_quiet = engine_secs("engine_quiet_secs", raw.engine_quiet_secs, DEFAULT_ENGINE_QUIET_SECS)?;
-        let engine_stall = engine_secs("engine_stall_secs", raw.engine_stall_secs, DEFAULT_ENGINE_STALL_SECS)?;
+        let engine_quiet = engine_secs(
+            "engine_quiet_secs",
+            raw.engine_quiet_secs,
+            DEFAULT_ENGINE_QUIET_SECS,
+        )?;
+        let engine_stall = engine_secs(
+            "engine_stall_secs",
+            raw.engine_stall_secs,
+            DEFAULT_ENGINE_STALL_SECS,
+        )?;
         let base = origin.parent().unwrap_or(Path::new(""));
         Ok(AgentOptions {
             name,

@@ -158,7 +158,11 @@ fn same_image_pushed_again_while_it_runs_shows_why_it_waits() {
                     .as_str()
                     .is_some_and(|r| r.contains("another push of the same images"))
         });
-        assert!(waited, "{}: the second push did not say why it waited:\n{}", node.name, second.stdout);
+        assert!(
+            waited,
+            "{}: the second push did not say why it waited:\n{}",
+            node.name, second.stdout
+        );
         node.assert_holds_only(&[("app:1", &image.id)], &[]);
     }
 }

@@ -188,8 +188,16 @@ fn hung_engine_is_shown_and_waited_for() {
     n1_hung.lock().unwrap().take();
     n2_hung.lock().unwrap().take();
     drop(watchdog);
-    assert!(n1_shown, "n1 planned against a hung engine without a word:\n{}", push.stdout);
-    assert!(n2_shown, "n2 loaded into a hung engine without a word:\n{}", push.stdout);
+    assert!(
+        n1_shown,
+        "n1 planned against a hung engine without a word:\n{}",
+        push.stdout
+    );
+    assert!(
+        n2_shown,
+        "n2 loaded into a hung engine without a word:\n{}",
+        push.stdout
+    );
     cluster.assert_push_ok(&push);
     for node in &cluster.nodes {
         node.assert_holds_only(&[("app:1", &image.id)], &[]);

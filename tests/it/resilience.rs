@@ -126,7 +126,10 @@ fn push_until_all_fetch(cluster: &Cluster) -> Running {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut seen, mut fetching) = (Vec::new(), std::collections::HashSet::new());
     while fetching.len() < cluster.nodes.len() {
-        let line = lines.next().expect("the push ended before every node fetched").unwrap();
+        let line = lines
+            .next()
+            .expect("the push ended before every node fetched")
+            .unwrap();
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         if event["event"] == "progress" {
             fetching.insert(event["node"].as_str().unwrap().to_string());
@@ -182,8 +185,7 @@ fn retried_push_after_timeout_does_not_wait_for_the_first() {
         assert!(
             planned,
             "{} did not plan before the timeout, so nothing was left running:\n{}",
-            node.name,
-            cut.stdout
+            node.name, cut.stdout
         );
         assert!(cut.reason(&node.name).contains("timed out"), "{}", cut.stdout);
     }
