@@ -74,6 +74,9 @@ impl Session {
         };
         let mut cut = self.cut.clone();
         let result = tokio::select! {
+            // First: once connected, `drive` closes the connection itself
+            // when the push is cut short.
+            biased;
             result = self.drive(&mut report, &mut at) => result,
             why = cut.wait_for(Option::is_some) => {
                 let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
@@ -127,9 +130,21 @@ impl Session {
                 )
             },
         )));
-        self.control(&conn, report, at)
-            .await
-            .map_err(|e| with_close_reason(&conn, &self.node.name, e))
+        let mut cut = self.cut.clone();
+        tokio::select! {
+            // The connection is closed as "pusher left" before anything
+            // else of this session ends: a node seeing its streams end
+            // first might take them for a broken peer.
+            biased;
+            why = cut.wait_for(Option::is_some) => {
+                let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+                conn.close(VarInt::from_u32(wire::close::PUSHER_LEFT), why.as_bytes());
+                Err(format!("{why} before this node was done"))
+            }
+            result = self.control(&conn, report, at) => {
+                result.map_err(|e| with_close_reason(&conn, &self.node.name, e))
+            }
+        }
     }
 
     /// Dials the node; while it does not answer at all, dials again with
