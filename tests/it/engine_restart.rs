@@ -203,3 +203,36 @@ fn hung_engine_is_shown_and_waited_for() {
         node.assert_holds_only(&[("app:1", &image.id)], &[]);
     }
 }
+
+#[test]
+fn load_into_a_silent_engine_fails_after_engine_stall_secs() {
+    let opts = ClusterOptions {
+        agent_toml: format!("engine_quiet_secs = {ENGINE_QUIET_SECS}\nengine_stall_secs = 5"),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(bin(), 1, &opts);
+    let image = build_test_image_with(&cluster.seed, "app:1", &ImageOptions::default());
+    // n1's engine hangs once n1 has planned, and stays hung for the whole push.
+    let mut hung = None;
+    let cmd = cluster.push_command(&["app:1"], &["--json"]);
+    let push = Push::watch(cmd, |event| {
+        if hung.is_none() && Push::is_planned(event, "n1") {
+            hung = Some(cluster.nodes[0].engine.pause());
+        }
+    });
+    drop(hung);
+    assert_eq!(push.status("n1"), "failed", "{}", push.stdout);
+    let reason = push.reason("n1");
+    assert!(
+        reason.contains("made no progress loading for 5s (engine_stall_secs)")
+            && reason.contains("nothing was tagged"),
+        "{reason}"
+    );
+    // The engine answers again: nothing partial is in it, and a push completes from
+    // the chunks n1 kept.
+    cluster.nodes[0].assert_holds_only(&[], &[]);
+    let again = cluster.push(&["app:1"], &[]);
+    cluster.assert_push_ok(&again);
+    assert_eq!(again.received_chunks("n1"), 0, "{}", again.stdout);
+    cluster.nodes[0].assert_holds_only(&[("app:1", &image.id)], &[]);
+}
