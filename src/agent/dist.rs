@@ -2,27 +2,37 @@
 //! Announce → Plan → Start → Progress… → Done → Finish.
 //!
 //! The same distribution announced again while it runs (the same images
-//! pushed twice at once) waits its turn ([`Running`]), then plans against
-//! what the first run left: usually a skip, so nothing is fetched or loaded
-//! twice.
+//! pushed twice at once) waits its turn ([`Running`]), telling its pusher
+//! why, then plans against what the first run left: usually a skip, so
+//! nothing is fetched or loaded twice. If the running one's pusher is gone
+//! (it crashed, or its connection is closed), the new announce takes over at
+//! once: the old run ends, keeping its verified chunks, and the new one plans
+//! from them.
+//!
+//! A pusher that leaves before the node is done ([`close::PUSHER_LEFT`]:
+//! interrupted, timed out) ends the distribution at once. One whose
+//! connection is merely lost does not: the node goes on among its peers.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::{waits, AgentCtx};
 use crate::agent::plan::{self, NodePlan};
 use crate::content::hash::Hash;
 use crate::content::manifest::Manifest;
-use crate::content::retention::Lease;
+use crate::content::retention::{Lease, RoomError};
+use crate::content::store::StoreError;
 use crate::engine::{self, Engine};
 use crate::net::{self, PeerIdentity};
 use crate::swarm::{DistShared, Swarm, SwarmHandle};
-use crate::wire::{self, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
+use crate::wire::{self, close, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
 
 /// Least time between two progress reports to the pusher: often enough for
 /// a live view, rare enough to cost nothing next to the chunks.
@@ -43,33 +53,108 @@ const REASON_EVERY: Duration = Duration::from_secs(1);
 /// peers before giving up: as long as the pusher's own stall limit.
 const ALONE_STALL: Duration = Duration::from_secs(180);
 
+/// How long a live pusher takes to answer the check that it is still there
+/// ([`pusher_answers`]): a round trip and a task's wake-up, so 3 s is
+/// generous even across a loaded link; a crashed one never answers.
+const PUSHER_CHECK: Duration = Duration::from_secs(3);
+/// How often an announce waiting for its turn checks again that the run
+/// holding it still has a pusher: a pusher that crashes meanwhile is
+/// noticed within this.
+const CHECK_AGAIN: Duration = Duration::from_secs(5);
+
+/// What an announce waiting for its turn tells its pusher.
+const WAITING_FOR_OTHER_PUSH: &str = "waiting for another push of the same images to finish on this node";
+
 /// The distributions planning, fetching or loading on this node: one turn
 /// at a time per distribution ID.
 #[derive(Debug, Default)]
-pub(crate) struct Running(Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>);
+pub(crate) struct Running(Mutex<HashMap<Hash, Arc<Slot>>>);
+
+/// One distribution ID's turn, and who holds it.
+#[derive(Debug, Default)]
+struct Slot {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    holder: Mutex<Option<Holder>>,
+}
+
+/// The run holding a turn: its pusher's connection, and how to end it if a
+/// new announce finds that pusher gone.
+#[derive(Clone, Debug)]
+struct Holder {
+    pusher: Connection,
+    supersede: CancellationToken,
+}
 
 /// A distribution's turn; the next announce of the same ID goes on when it
 /// is dropped.
 struct Turn<'a> {
     running: &'a Running,
     id: Hash,
+    slot: Arc<Slot>,
+    /// Cancelled when a new announce of the same ID takes over.
+    superseded: CancellationToken,
     _held: OwnedMutexGuard<()>,
 }
 
 impl Running {
-    /// Waits until no other run of distribution `id` plans, fetches or loads.
-    async fn turn(&self, id: Hash) -> Turn<'_> {
-        let lock = self
+    /// Waits until no other run of distribution `id` plans, fetches or
+    /// loads. While it waits, the pusher (on `control`) is told why; a run
+    /// holding the turn whose pusher is gone is ended at once.
+    async fn turn(&self, id: Hash, pusher: &Connection, control: &mut Control) -> Turn<'_> {
+        let slot = self
             .0
             .lock()
             .expect("running lock")
             .entry(id)
             .or_default()
             .clone();
-        let held = lock.lock_owned().await;
+        let mut told = false;
+        let held = loop {
+            if let Ok(held) = slot.turn.clone().try_lock_owned() {
+                break held;
+            }
+            let holder = slot.holder.lock().expect("holder lock").clone();
+            match &holder {
+                Some(h) if !pusher_answers(&h.pusher).await => {
+                    tracing::info!(dist = %id.short(), "the running push's pusher is gone; this one takes over");
+                    h.supersede.cancel();
+                    // It ends at once and releases the turn.
+                    break slot.turn.clone().lock_owned().await;
+                }
+                _ if !told => {
+                    told = true;
+                    let reason = Some(WAITING_FOR_OTHER_PUSH.to_string());
+                    control
+                        .send(&Message::Progress(Progress {
+                            reason,
+                            ..Progress::default()
+                        }))
+                        .await;
+                }
+                _ => {}
+            }
+            let holder_closed = async {
+                match &holder {
+                    Some(h) => drop(h.pusher.closed().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                held = slot.turn.clone().lock_owned() => break held,
+                _ = holder_closed => {}
+                _ = tokio::time::sleep(CHECK_AGAIN) => {}
+            }
+        };
+        let superseded = CancellationToken::new();
+        *slot.holder.lock().expect("holder lock") = Some(Holder {
+            pusher: pusher.clone(),
+            supersede: superseded.clone(),
+        });
         Turn {
             running: self,
             id,
+            slot,
+            superseded,
             _held: held,
         }
     }
@@ -77,11 +162,44 @@ impl Running {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
+        *self.slot.holder.lock().expect("holder lock") = None;
         let mut map = self.running.0.lock().expect("running lock");
-        // Two references: the map's and the guard's. More: someone waits.
+        // Two references: the map's and this turn's. More: someone waits.
         if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 2) {
             map.remove(&self.id);
         }
+    }
+}
+
+/// Whether the pusher on `conn` is still there: its connection is open and
+/// it answers a stream within [`PUSHER_CHECK`]. A pusher answers any first
+/// frame but `Hello` and `Request` with an `Error` at once; `Query` with no
+/// references is the one the protocol names for this.
+async fn pusher_answers(conn: &Connection) -> bool {
+    if conn.close_reason().is_some() {
+        return false;
+    }
+    let check = async {
+        let (mut send, mut recv) = conn.open_bi().await.ok()?;
+        write_frame(&mut send, &Message::Query { refs: Vec::new() })
+            .await
+            .ok()?;
+        let _ = send.finish();
+        read_frame(&mut recv, wire::MAX_LINK_FRAME).await.ok()
+    };
+    matches!(tokio::time::timeout(PUSHER_CHECK, check).await, Ok(Some(_)))
+}
+
+/// Resolves when the pusher on `conn` leaves for good before the node is
+/// done ([`close::PUSHER_LEFT`]), with why; never if the connection ends
+/// any other way (the node then goes on among its peers).
+async fn pusher_left(conn: &Connection) -> String {
+    match conn.closed().await {
+        ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close::PUSHER_LEFT) => {
+            let why = wire::reason_text(&String::from_utf8_lossy(&c.reason));
+            format!("the pusher left before this node was done ({why})")
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -94,6 +212,27 @@ struct Control {
 impl Control {
     async fn send(&mut self, msg: &Message) -> bool {
         write_frame(&mut self.send, msg).await.is_ok()
+    }
+
+    /// Awaits `call`, which waits on the Docker Engine at `host`; once it
+    /// has gone unanswered for the agent's `engine_quiet`, tells the pusher
+    /// why the node waits (`progress` with that reason).
+    async fn engine_call<T>(
+        &mut self,
+        ctx: &AgentCtx,
+        host: &str,
+        progress: Progress,
+        call: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(call);
+        tokio::select! {
+            done = &mut call => return done,
+            _ = tokio::time::sleep(ctx.engine_quiet) => {}
+        }
+        let reason = Some(waits::engine_quiet(host, ctx.engine_quiet));
+        self.send(&Message::Progress(Progress { reason, ..progress }))
+            .await;
+        call.await
     }
 
     /// Waits until the pusher says `Finish` or goes away.
@@ -139,47 +278,74 @@ pub(super) async fn run(
     let mut dials = JoinSet::new();
     // Unregisters when dropped, even if this task is aborted.
     let mut registered = None;
-    let turn = ctx.running.turn(id).await;
+    let turn = tokio::select! {
+        turn = ctx.running.turn(id, &conn, &mut control) => turn,
+        _ = conn.closed() => {
+            return tracing::info!(dist = %id.short(), "the pusher left while this push waited for its turn");
+        }
+    };
     // Marks the distribution live until the end of this function: no chunk
     // of it is evicted while it plans, fetches, loads or serves peers.
     let mut lease = None;
-    let outcome = match prepare(&ctx, id, &manifest).await {
-        Ok((engine, plan, held)) => {
-            lease = Some(held);
-            let room = super::room::check(&ctx.keeper, &engine, &manifest, &plan).await;
-            // Registered before the plan goes out: the pusher starts the peers
-            // only once every plan is in, so none can dial before this.
-            if room.is_ok() && !plan.is_skip() {
-                let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
-                registered = Some(ctx.registry.register(swarm));
-            }
-            control.send(&Message::Plan(plan.summary.clone())).await;
-            match room {
-                Err(reason) => Outcome::Failed {
+    let attempt = async {
+        let (engine, plan, held) = match prepare(&ctx, id, &manifest, &mut control).await {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                return Outcome::Failed {
                     reason,
                     received: Vec::new(),
-                },
-                Ok(()) => {
-                    let node = Node {
-                        ctx: &ctx,
-                        conn: &conn,
-                        pusher: &pusher,
-                        engine,
-                    };
-                    let swarm = registered.as_ref().map(|r| r.handle());
-                    node.distribute(&mut control, &mut dials, swarm, manifest, plan)
-                        .await
                 }
             }
+        };
+        lease = Some(held);
+        let check = super::room::check(&ctx.keeper, &engine, &manifest, &plan);
+        let room = control
+            .engine_call(&ctx, engine.host(), Progress::default(), check)
+            .await;
+        // Registered before the plan goes out: the pusher starts the peers
+        // only once every plan is in, so none can dial before this.
+        if room.is_ok() && !plan.is_skip() {
+            let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
+            registered = Some(ctx.registry.register(swarm));
         }
-        Err(reason) => Outcome::Failed {
-            reason,
-            received: Vec::new(),
-        },
+        control.send(&Message::Plan(plan.summary.clone())).await;
+        if let Err(reason) = room {
+            return Outcome::Failed {
+                reason,
+                received: Vec::new(),
+            };
+        }
+        let node = Node {
+            ctx: &ctx,
+            conn: &conn,
+            pusher: &pusher,
+            engine,
+        };
+        let swarm = registered.as_ref().map(|r| r.handle());
+        node.distribute(&mut control, &mut dials, swarm, manifest, plan)
+            .await
+    };
+    let ended = tokio::select! {
+        outcome = attempt => Ok(outcome),
+        why = pusher_left(&conn) => Err(why),
+        _ = turn.superseded.cancelled() => Err("a new push of the same images took over".to_string()),
     };
     // Released before waiting for Finish: that waits for the pusher's other
     // nodes, which may themselves wait for a turn behind another push.
     drop(turn);
+    let outcome = match ended {
+        Ok(outcome) => outcome,
+        Err(why) => {
+            // Its pusher is gone: nothing to report to, no Finish to wait
+            // for. The chunks it verified stay in the store (the lease
+            // ends, retention keeps them), and the next push plans from them.
+            tracing::info!(dist = %id.short(), "ended: {why}; its verified chunks stay for the next push");
+            drop(registered);
+            dials.shutdown().await;
+            drop(lease);
+            return;
+        }
+    };
     log_outcome(&id, &outcome);
     control.send(&Message::Done(outcome)).await;
     control.wait_finish().await;
@@ -189,23 +355,53 @@ pub(super) async fn run(
 }
 
 /// Everything before fetching: mark the distribution live, reach the
-/// engine, see what it holds, plan.
+/// engine, see what it holds, plan. An engine slow to answer is shown to
+/// the pusher (on `control`) while the node waits for it.
 async fn prepare(
     ctx: &AgentCtx,
     id: Hash,
     manifest: &Arc<Manifest>,
+    control: &mut Control,
 ) -> Result<(Engine, NodePlan, Lease), String> {
-    let chunks = manifest.chunks.iter().map(|c| c.hash);
-    let lease = ctx.keeper.begin(id, chunks).await.map_err(|e| e.to_string())?;
-    let engine = Engine::connect(&ctx.docker_host)
-        .await
-        .map_err(|e| e.to_string())?;
-    let held = engine.held().await.map_err(|e| e.to_string())?;
+    let lease = begin(ctx, id, manifest).await?;
+    let inspect = async {
+        let engine = Engine::connect(&ctx.docker_host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let held = engine.held().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((engine, held))
+    };
+    let (engine, held) = control
+        .engine_call(ctx, &ctx.docker_host, Progress::default(), inspect)
+        .await?;
     let (m, store) = (manifest.clone(), ctx.store.clone());
     let plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held.image_ids, &held.chain_ids, &store))
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
     Ok((engine, plan, lease))
+}
+
+/// Marks the distribution live. That writes its record in the state
+/// directory: on a full disk, room is made for the distribution (evicting
+/// finished ones) and it is tried once more, so a disk with no byte free
+/// gets the same "not enough disk space" line as one short of the chunks.
+async fn begin(ctx: &AgentCtx, id: Hash, manifest: &Manifest) -> Result<Lease, String> {
+    let chunks = || manifest.chunks.iter().map(|c| c.hash);
+    match ctx.keeper.begin(id, chunks()).await {
+        Ok(lease) => Ok(lease),
+        Err(e) if is_disk_full(&e) => {
+            let room = ctx.keeper.make_room(manifest.compressed_size()).await;
+            room.map_err(|e| e.to_string())?;
+            ctx.keeper.begin(id, chunks()).await.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether the store failed for lack of space (ENOSPC).
+fn is_disk_full(e: &RoomError) -> bool {
+    matches!(e, RoomError::Store(StoreError::Io { source, .. })
+        if source.kind() == std::io::ErrorKind::StorageFull)
 }
 
 /// The node's side of one distribution.
@@ -227,7 +423,11 @@ impl Node<'_> {
     ) -> Outcome {
         let (ctx, conn, pusher, engine) = (self.ctx, self.conn, self.pusher, &self.engine);
         let Some(swarm) = swarm else {
-            return match tag_all(engine, &manifest).await {
+            let tagged = tag_all(engine, &manifest);
+            let tagged = control
+                .engine_call(ctx, engine.host(), Progress::default(), tagged)
+                .await;
+            return match tagged {
                 Ok(()) => Outcome::Skipped,
                 Err(reason) => Outcome::Failed {
                     reason,
@@ -300,17 +500,9 @@ impl Node<'_> {
         let fetched_at = std::time::Instant::now();
         let first = match streamed {
             Some(loaded) => loaded,
-            None => match tokio::time::timeout(engine::LOAD_TIMEOUT, streaming).await {
+            None => match wait_load(ctx, engine, control, &loading, streaming).await {
                 Ok(loaded) => loaded,
-                Err(_) => {
-                    let secs = engine::LOAD_TIMEOUT.as_secs();
-                    let reason = format!(
-                        "the Docker Engine at {} did not finish loading within {secs}s of the last \
-                         chunk; nothing was tagged (check dockerd's log)",
-                        engine.host()
-                    );
-                    return Outcome::Failed { reason, received };
-                }
+                Err(reason) => return Outcome::Failed { reason, received },
             },
         };
         ctx.registry
@@ -370,8 +562,55 @@ async fn load_again(
         control.send(&Message::Progress(loading.clone())).await;
         let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
         let started = std::time::Instant::now();
-        loaded = engine::load_images(&engine, manifest.clone(), images, layers, store, None).await;
+        let load = engine::load_images(&engine, manifest.clone(), images, layers, store, None);
+        loaded = wait_load(ctx, &engine, control, &loading, load).await?;
         ctx.registry.metrics().on_load(loaded.is_ok(), started.elapsed());
+    }
+}
+
+/// Waits for a load once every chunk is in, telling the pusher when the
+/// engine has gone [`AgentCtx::engine_quiet`] without a word (taking the
+/// archive, reporting a layer) and telling it again when it speaks. Fails
+/// after [`AgentCtx::engine_stall`] of silence, or [`engine::LOAD_TIMEOUT`]
+/// in all: nothing is tagged then.
+async fn wait_load(
+    ctx: &AgentCtx,
+    engine: &Engine,
+    control: &mut Control,
+    loading: &Progress,
+    load: impl Future<Output = Result<(), engine::LoadError>>,
+) -> Result<Result<(), engine::LoadError>, String> {
+    tokio::pin!(load);
+    let since = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        tokio::select! {
+            loaded = &mut load => return Ok(loaded),
+            _ = tokio::time::sleep(REASON_EVERY) => {}
+        }
+        // Waiting for chunks before this was not the engine's silence.
+        let quiet = engine.quiet_for().min(since.elapsed());
+        if quiet >= ctx.engine_stall {
+            return Err(waits::engine_stalled(engine.host(), ctx.engine_stall));
+        }
+        if since.elapsed() >= engine::LOAD_TIMEOUT {
+            let secs = engine::LOAD_TIMEOUT.as_secs();
+            return Err(format!(
+                "the Docker Engine at {} did not finish loading within {secs}s of the last chunk; \
+                 nothing was tagged (check dockerd's log)",
+                engine.host()
+            ));
+        }
+        let hung = quiet >= ctx.engine_quiet;
+        if hung != told {
+            told = hung;
+            let reason = hung.then(|| waits::engine_quiet(engine.host(), ctx.engine_quiet));
+            let report = Progress {
+                reason,
+                ..loading.clone()
+            };
+            control.send(&Message::Progress(report)).await;
+        }
     }
 }
 

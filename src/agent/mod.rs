@@ -12,10 +12,12 @@
 //! Distributions run in the agent's own task set, not the connection's, so
 //! one goes on among the peers if the pusher leaves mid-way.
 //!
-//! Shutdown (SIGINT/SIGTERM): stop accepting, cancel the distributions and
-//! wait for them (one interrupted mid-fetch resumes from its verified
-//! chunks when pushed again), stop the retention keeper, abort connection
-//! tasks, close the endpoint, wait briefly for the close to reach peers.
+//! Shutdown (SIGINT/SIGTERM): stop accepting, close the endpoint with
+//! "agent shutting down" (so pushers and peers learn why at once, instead
+//! of seeing their streams end), cancel the distributions and wait for them
+//! (one interrupted mid-fetch resumes from its verified chunks when pushed
+//! again), stop the retention keeper, abort connection tasks, wait briefly
+//! for the close to reach peers.
 
 mod dist;
 pub mod plan;
@@ -76,6 +78,10 @@ pub(crate) struct AgentCtx {
     pub docker_host: String,
     /// How long a load waits for a restarting engine.
     pub engine_wait: Duration,
+    /// How long an engine call goes unanswered before the pusher is told.
+    pub engine_quiet: Duration,
+    /// How long a load goes without a word from the engine before it fails.
+    pub engine_stall: Duration,
     pub store: ChunkStore,
     /// Records distributions and evicts the chunks of finished ones.
     pub keeper: Keeper,
@@ -123,6 +129,8 @@ impl Agent {
             name: opts.name.clone(),
             docker_host: opts.docker_host.clone(),
             engine_wait: opts.engine_wait,
+            engine_quiet: opts.engine_quiet,
+            engine_stall: opts.engine_stall,
             store,
             keeper,
             registry: Registry::with_upload_limit(opts.max_upload_mbit, metrics),
@@ -168,6 +176,11 @@ impl Agent {
         };
         tracing::info!("shutting down");
         self.ctx.endpoint.set_server_config(None);
+        // Closed before the distributions end: a pusher reading its control
+        // stream then sees the close's reason, not the stream's end.
+        self.ctx
+            .endpoint
+            .close(VarInt::from_u32(close::SHUTTING_DOWN), b"agent shutting down");
         self.ctx.stopping.cancel();
         self.ctx.dists.close();
         self.ctx.dists.wait().await;
@@ -175,9 +188,6 @@ impl Agent {
         self.ctx.keeper.stop();
         let _ = tokio::task::spawn_blocking(move || self.keeper.join()).await;
         conns.shutdown().await;
-        self.ctx
-            .endpoint
-            .close(VarInt::from_u32(close::DONE), b"agent stopping");
         let _ = tokio::time::timeout(CLOSE_GRACE, self.ctx.endpoint.wait_idle()).await;
         requested
     }

@@ -58,6 +58,24 @@ pub(super) fn engine_reason(error: &str, limit: Duration) -> String {
     ))
 }
 
+/// Why a node waits on its Docker Engine at `host`: a call to it (planning,
+/// tagging, a load) has gone unanswered for `quiet`.
+pub(super) fn engine_quiet(host: &str, quiet: Duration) -> String {
+    let secs = quiet.as_secs();
+    reason_text(&format!(
+        "the Docker Engine at {host} has not answered for {secs}s (is dockerd hung or stopped?)"
+    ))
+}
+
+/// Why a load failed whose engine at `host` said nothing for `stall`.
+pub(super) fn engine_stalled(host: &str, stall: Duration) -> String {
+    let secs = stall.as_secs();
+    format!(
+        "the Docker Engine at {host} made no progress loading for {secs}s (engine_stall_secs); \
+         nothing was tagged; check that dockerd runs and is not hung (its log), then push again"
+    )
+}
+
 /// `1 chunk`, `3 chunks`.
 fn chunks(n: usize) -> String {
     match n {
@@ -136,6 +154,20 @@ mod tests {
             ..swarm(0, 2, 0)
         };
         assert_eq!(fetch_reason(&done, 0, QUIET * 10), None);
+    }
+
+    #[test]
+    fn a_silent_engine_is_named_with_how_long() {
+        let reason = engine_quiet("unix:///run/docker.sock", Duration::from_secs(30));
+        assert_eq!(
+            reason,
+            "the Docker Engine at unix:///run/docker.sock has not answered for 30s (is dockerd hung or stopped?)"
+        );
+        let failed = engine_stalled("unix:///run/docker.sock", Duration::from_secs(300));
+        assert!(
+            failed.contains("no progress loading for 300s (engine_stall_secs)"),
+            "{failed}"
+        );
     }
 
     #[test]

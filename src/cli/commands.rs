@@ -137,13 +137,42 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         seed_meter,
     };
     runtime()?.block_on(async move {
+        // SIGINT and SIGTERM end the push, not the process: the nodes are
+        // told the pusher leaves, the seed's scratch directory is removed,
+        // and the table says which nodes were not done.
+        let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shown = tokio::spawn(view.follow(rx));
-        let report = push::push(opts, tx).await;
+        let report = push::push(opts, tx, async move { signals.recv().await }).await;
         // On an error the view is dropped, and so cleared, before main prints it.
         let view = shown.await.context("the progress display failed")?;
-        let report = report?;
+        let report = match report {
+            Err(push::PushError::Interrupted(signal)) => {
+                eprintln!("p2pimg: {}", push::PushError::Interrupted(signal));
+                return Ok(ExitCode::from(signal.exit_code()));
+            }
+            report => report?,
+        };
         view.finish(&report);
+        if let Some(signal) = report.interrupted {
+            let not_done: Vec<&str> = report
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.status, push::NodeStatus::Failed(_)))
+                .map(|n| n.name.as_str())
+                .collect();
+            eprintln!(
+                "p2pimg: interrupted by {}; not done: {}; their agents stopped this push and keep the \
+                 chunks they verified, so pushing again resumes",
+                signal.name(),
+                if not_done.is_empty() {
+                    "none".to_string()
+                } else {
+                    not_done.join(", ")
+                },
+            );
+            return Ok(ExitCode::from(signal.exit_code()));
+        }
         Ok(if report.success() {
             ExitCode::SUCCESS
         } else {

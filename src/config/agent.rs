@@ -57,6 +57,12 @@ pub struct AgentOptions {
     pub store_budget: Option<u64>,
     /// The file these options came from, for error messages.
     pub source: PathBuf,
+    /// How long a Docker Engine call may go unanswered before the node
+    /// shows the pusher that it waits for its engine.
+    pub engine_quiet: Duration,
+    /// How long a load may go without a word from the engine (taking the
+    /// archive, reporting a layer) before the node fails.
+    pub engine_stall: Duration,
 }
 
 /// agent.toml as written.
@@ -85,7 +91,23 @@ struct RawAgent {
     retain: Option<Spanned<String>>,
     #[serde(default)]
     store_budget: Option<Spanned<Size>>,
+    #[serde(default)]
+    engine_quiet_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    engine_stall_secs: Option<Spanned<u64>>,
 }
+
+/// A healthy engine answers a call in well under a second and takes an
+/// archive as fast as it is sent; 30 s of silence is worth showing.
+const DEFAULT_ENGINE_QUIET_SECS: u64 = 30;
+/// dockerd reads the archive as it unpacks it and reports each layer as it
+/// applies it: five minutes without either is a hung engine, not a slow
+/// disk.
+const DEFAULT_ENGINE_STALL_SECS: u64 = 300;
+/// Largest `engine_quiet_secs` and `engine_stall_secs`: a day.
+const MAX_ENGINE_SECS: u64 = 86_400;
+/// What those two may be.
+const ENGINE_SECS_FORM: &str = "a whole number of seconds from 1 to 86400";
 
 /// A restarted dockerd (an upgrade, `systemctl restart docker`, a crash that
 /// systemd restarts) answers again within seconds; a minute covers a slow one.
@@ -178,6 +200,21 @@ impl AgentOptions {
             }
             v => v.map(Spanned::into_inner),
         };
+        let engine_secs = |key, v: Option<Spanned<u64>>, default| match v {
+            None => Ok(Duration::from_secs(default)),
+            Some(v) if (1..=MAX_ENGINE_SECS).contains(v.get_ref()) => Ok(Duration::from_secs(*v.get_ref())),
+            Some(v) => Err(range(key, &v, ENGINE_SECS_FORM)),
+        };
+        let engine_quiet = engine_secs(
+            "engine_quiet_secs",
+            raw.engine_quiet_secs,
+            DEFAULT_ENGINE_QUIET_SECS,
+        )?;
+        let engine_stall = engine_secs(
+            "engine_stall_secs",
+            raw.engine_stall_secs,
+            DEFAULT_ENGINE_STALL_SECS,
+        )?;
         let base = origin.parent().unwrap_or(Path::new(""));
         Ok(AgentOptions {
             name,
@@ -194,6 +231,8 @@ impl AgentOptions {
             retain,
             store_budget,
             source: origin.into(),
+            engine_quiet,
+            engine_stall,
         })
     }
 

@@ -245,3 +245,21 @@ fn select_by_name_and_labels() {
         Err(ConfigError::UnknownNode { .. })
     ));
 }
+
+#[test]
+fn engine_silence_limits_default_and_are_bounded() {
+    let text = "name = \"n1\"\nca = \"ca.crt\"\ncert = \"n1.crt\"\nkey = \"n1.key\"\n";
+    let opts = AgentOptions::parse(text, Path::new("agent.toml")).unwrap();
+    assert_eq!(opts.engine_quiet, Duration::from_secs(30));
+    assert_eq!(opts.engine_stall, Duration::from_secs(300));
+    let set = format!("{text}engine_quiet_secs = 2\nengine_stall_secs = 5\n");
+    let opts = AgentOptions::parse(&set, Path::new("agent.toml")).unwrap();
+    assert_eq!(
+        (opts.engine_quiet, opts.engine_stall),
+        (Duration::from_secs(2), Duration::from_secs(5))
+    );
+    for bad in ["engine_quiet_secs = 0", "engine_stall_secs = 9223372036854775807"] {
+        let err = AgentOptions::parse(&format!("{text}{bad}\n"), Path::new("agent.toml")).unwrap_err();
+        assert!(err.to_string().contains("from 1 to 86400"), "{bad}: {err}");
+    }
+}

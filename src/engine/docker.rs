@@ -6,7 +6,8 @@
 //! nodes says which daemon failed.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
 use bollard::image::{ImportImageOptions, ListImagesOptions, TagImageOptions};
@@ -42,6 +43,9 @@ const INSPECT_CONCURRENCY: usize = 8;
 pub struct Engine {
     docker: Docker,
     host: String,
+    /// When a load last heard from the engine: it took a frame of the
+    /// archive or sent a progress message. Shared by clones.
+    heard: Arc<Mutex<Instant>>,
 }
 
 /// An image the engine holds, as `push` needs it.
@@ -123,12 +127,26 @@ impl Engine {
         Ok(Engine {
             docker,
             host: host.to_string(),
+            heard: Arc::new(Mutex::new(Instant::now())),
         })
     }
 
     /// The address this engine was reached at, for messages.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// How long since a load last heard from the engine: since it took
+    /// the last frame of the archive or sent its last progress message (or
+    /// since the engine was reached, before any load). An engine that
+    /// unpacks reads the archive and reports each layer as it goes, so a
+    /// long silence means it is hung (or stopped with SIGSTOP).
+    pub fn quiet_for(&self) -> Duration {
+        self.heard.lock().expect("heard lock").elapsed()
+    }
+
+    fn on_heard(&self) {
+        *self.heard.lock().expect("heard lock") = Instant::now();
     }
 
     /// The underlying bollard client, for calls this type does not wrap.
@@ -211,8 +229,12 @@ impl Engine {
             TRANSFER_TIMEOUT
         };
         let client = self.docker.clone().with_timeout(timeout);
+        self.on_heard();
+        let taken = self.clone();
+        let body = body.inspect(move |_| taken.on_heard());
         let mut progress = client.import_image_stream(options, body, None);
         while let Some(item) = progress.next().await {
+            self.on_heard();
             let info = item.map_err(|e| match is_transport(&e) {
                 // The engine went away mid-load (stopped, restarted, crashed).
                 true => self.unreachable(e),

@@ -15,11 +15,14 @@ pub mod scratch;
 mod session;
 pub mod status;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quinn::VarInt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -31,8 +34,9 @@ use crate::content::reference::{self, Reference, ReferenceError};
 use crate::content::store::ChunkStore;
 use crate::engine::{self, Engine};
 use crate::net::identity::Identity;
+use crate::ops::signal::Stop;
 use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
-use crate::wire::{PeerBytes, PeerInfo, Plan, Progress};
+use crate::wire::{close, PeerBytes, PeerInfo, Plan, Progress};
 
 /// Where the pushed images come from.
 #[derive(Clone, Debug)]
@@ -116,6 +120,9 @@ pub enum PushError {
     /// The QUIC endpoint could not be opened.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+    /// SIGINT or SIGTERM arrived before any node was told of the push.
+    #[error("interrupted by {} before any node was told of the push; nothing was sent", .0.name())]
+    Interrupted(Stop),
 }
 
 /// Something that happened during a push, for a progress display.
@@ -136,8 +143,10 @@ pub enum PushEvent {
     /// A node reported progress; `progress.reason` says what it waits for
     /// while it cannot move on.
     Progress { node: String, progress: Progress },
-    /// The pusher waits on a node before it can announce to it (it does not
-    /// answer and is dialed again), and why. A `Planned` event ends it.
+    /// The pusher waits on a node before the node plans, and why: it does
+    /// not answer and is dialed again, its Docker Engine is slow to answer,
+    /// or it waits for another push of the same images to finish there. A
+    /// `Planned` event ends it.
     Waiting { node: String, reason: String },
     /// A node finished.
     Finished { node: String, status: NodeStatus },
@@ -187,6 +196,10 @@ pub struct PushReport {
     pub seed_uploaded: Vec<PeerBytes>,
     /// Seconds from start to the last node done.
     pub secs: f64,
+    /// The signal that cut the push short, if one did: the nodes not done
+    /// by then are failed, saying so.
+    #[serde(skip)]
+    pub interrupted: Option<Stop>,
 }
 
 impl PushReport {
@@ -199,10 +212,16 @@ impl PushReport {
 }
 
 /// Runs a push to the end; node failures are in the report, not errors.
+/// When `stop` resolves (SIGINT or SIGTERM) or `--timeout` runs out, the
+/// nodes not done yet are failed and told the pusher is leaving
+/// ([`close::PUSHER_LEFT`]): they end the distribution at once, keeping
+/// their verified chunks for the next push.
 pub async fn push(
     opts: PushOptions,
     events: mpsc::UnboundedSender<PushEvent>,
+    stop: impl Future<Output = Stop>,
 ) -> Result<PushReport, PushError> {
+    tokio::pin!(stop);
     let start = Instant::now();
     let images = match &opts.source {
         Source::Engine { images, .. } => images.as_slice(),
@@ -212,7 +231,10 @@ pub async fn push(
     let identity = Identity::load_from_dir(&opts.cluster_dir, &opts.identity)?;
     let seed_store = scratch::SeedStore::open(opts.state_dir.as_deref())?;
     let store = seed_store.store().clone();
-    let manifest = load_source(&opts.source, &store, &events).await?;
+    let manifest = tokio::select! {
+        manifest = load_source(&opts.source, &store, &events) => manifest?,
+        signal = &mut stop => return Err(PushError::Interrupted(signal)),
+    };
     let manifest = with_tags(manifest, &opts.tags)?;
     // A deadline past the clock's range is no deadline (the CLI caps it at MAX_TIMEOUT).
     let deadline = (opts.timeout)
@@ -232,9 +254,15 @@ pub async fn push(
     let registry = Registry::for_seed(opts.max_upload_mbit);
     let registered = registry.register(seed);
     let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
-    let nodes = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, deadline).await;
+    let (cut_tx, cut_rx) = watch::channel(None);
+    let sessions = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, cut_rx);
+    let (nodes, interrupted) = cut_short(sessions, &cut_tx, stop, deadline).await;
     drop(registered);
-    endpoint.close(quinn::VarInt::from_u32(crate::wire::close::DONE), b"push done");
+    // Sessions cut short closed their connections as leaving for good.
+    match cut_tx.borrow().as_deref() {
+        Some(why) => endpoint.close(VarInt::from_u32(close::PUSHER_LEFT), why.as_bytes()),
+        None => endpoint.close(VarInt::from_u32(close::DONE), b"push done"),
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     if !opts.keep {
         // The images are where they should be: tidying up cannot fail the push.
@@ -254,7 +282,53 @@ pub async fn push(
         pusher: identity.name.clone(),
         seed_uploaded: shared.served(),
         secs: start.elapsed().as_secs_f64(),
+        interrupted,
     })
+}
+
+/// Runs `sessions` to their end; if `stop` resolves or `deadline` passes
+/// first, sends the reason on `cut`, which fails every node not done yet
+/// and ends its session. Returns the reports and the signal, if one came.
+async fn cut_short(
+    sessions: impl Future<Output = Vec<NodeReport>>,
+    cut: &watch::Sender<Option<String>>,
+    stop: Pin<&mut impl Future<Output = Stop>>,
+    deadline: Option<tokio::time::Instant>,
+) -> (Vec<NodeReport>, Option<Stop>) {
+    tokio::pin!(sessions);
+    let mut stop = stop;
+    let timeout = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(timeout);
+    let (mut interrupted, mut timed_out) = (None, false);
+    loop {
+        tokio::select! {
+            nodes = &mut sessions => return (nodes, interrupted),
+            signal = &mut stop, if interrupted.is_none() => {
+                interrupted = Some(signal);
+                cut_with(cut, format!("the push was interrupted ({})", signal.name()));
+            }
+            _ = &mut timeout, if !timed_out => {
+                timed_out = true;
+                cut_with(cut, "the push timed out (--timeout)".into());
+            }
+        }
+    }
+}
+
+/// Sends the first reason to cut the push; a later one changes nothing.
+fn cut_with(cut: &watch::Sender<Option<String>>, why: String) {
+    cut.send_if_modified(|c| match c {
+        Some(_) => false,
+        None => {
+            *c = Some(why);
+            true
+        }
+    });
 }
 
 /// Fills the seed's store from the source and returns the manifest.
@@ -410,7 +484,7 @@ async fn run_sessions(
     nodes: &[NodeEntry],
     manifest: &Arc<Manifest>,
     events: &mpsc::UnboundedSender<PushEvent>,
-    deadline: Option<tokio::time::Instant>,
+    cut: watch::Receiver<Option<String>>,
 ) -> Vec<NodeReport> {
     let (planned_tx, planned_rx) = mpsc::unbounded_channel::<(String, bool)>();
     let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
@@ -431,7 +505,8 @@ async fn run_sessions(
             start: start_rx.clone(),
             finish: finish_rx.clone(),
             done: done_tx.clone(),
-            deadline,
+            cut: cut.clone(),
+            conn: None,
         };
         tasks.spawn(async move { (i, session.run().await) });
     }

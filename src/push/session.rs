@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -47,8 +47,11 @@ pub(super) struct Session {
     pub finish: watch::Receiver<bool>,
     /// One message when the node is done, whatever the outcome.
     pub done: mpsc::UnboundedSender<()>,
-    /// When the whole push must end.
-    pub deadline: Option<tokio::time::Instant>,
+    /// Why the push ends before every node is done (its `--timeout`, a
+    /// signal), once it does: "the push timed out (--timeout)".
+    pub cut: watch::Receiver<Option<String>>,
+    /// The connection to the node, once made.
+    pub conn: Option<Connection>,
 }
 
 struct Progressed {
@@ -69,16 +72,27 @@ impl Session {
             planned: false,
             done: false,
         };
-        let result = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.drive(&mut report, &mut at))
-                .await
-                .unwrap_or_else(|_| Err("the push timed out (--timeout) before this node was done".into())),
-            None => self.drive(&mut report, &mut at).await,
+        let mut cut = self.cut.clone();
+        let result = tokio::select! {
+            // First: once connected, `drive` closes the connection itself
+            // when the push is cut short.
+            biased;
+            result = self.drive(&mut report, &mut at) => result,
+            why = cut.wait_for(Option::is_some) => {
+                let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+                Err(format!("{why} before this node was done"))
+            }
         };
+        // Cut short: the node is told the pusher leaves for good, so it
+        // ends the distribution now. (Dropping the connection would close
+        // it as a normal end, and the node would go on without a seed.)
+        if let (Some(conn), Some(why)) = (&self.conn, self.cut.borrow().as_deref()) {
+            conn.close(VarInt::from_u32(wire::close::PUSHER_LEFT), why.as_bytes());
+        }
         // A node that reported Done keeps its outcome, even if the push
         // timed out while it waited for the others.
         match result {
-            Err(reason) if !at.done => report.status = NodeStatus::Failed(reason),
+            Err(reason) if !at.done => report.status = status_cut_short(report.plan.as_ref(), reason),
             _ => {}
         }
         if !at.planned {
@@ -101,6 +115,7 @@ impl Session {
 
     async fn drive(&mut self, report: &mut NodeReport, at: &mut Progressed) -> Result<(), String> {
         let (conn, peer) = self.connect().await?;
+        self.conn = Some(conn.clone());
         // Aborted when this future ends or is dropped (at the deadline).
         let _serving = AbortOnDropHandle::new(tokio::spawn(serve_connection(
             conn.clone(),
@@ -115,9 +130,21 @@ impl Session {
                 )
             },
         )));
-        self.control(&conn, report, at)
-            .await
-            .map_err(|e| with_close_reason(&conn, e))
+        let mut cut = self.cut.clone();
+        tokio::select! {
+            // The connection is closed as "pusher left" before anything
+            // else of this session ends: a node seeing its streams end
+            // first might take them for a broken peer.
+            biased;
+            why = cut.wait_for(Option::is_some) => {
+                let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+                conn.close(VarInt::from_u32(wire::close::PUSHER_LEFT), why.as_bytes());
+                Err(format!("{why} before this node was done"))
+            }
+            result = self.control(&conn, report, at) => {
+                result.map_err(|e| with_close_reason(&conn, &self.node.name, e))
+            }
+        }
     }
 
     /// Dials the node; while it does not answer at all, dials again with
@@ -180,12 +207,38 @@ impl Session {
         Ok(())
     }
 
-    /// Reads the node's plan; true when it has something to fetch.
+    /// Reads the node's plan; true when it has something to fetch. Before
+    /// it, the node may say why it cannot plan yet (a `Progress` with a
+    /// reason: its engine is slow to answer, another push of the same
+    /// images runs there), shown as a `Waiting` event; each such message
+    /// starts [`PLAN_TIMEOUT`] again.
     async fn await_plan(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<bool, String> {
-        let msg = tokio::time::timeout(PLAN_TIMEOUT, read_frame(recv, wire::MAX_FRAME))
-            .await
-            .map_err(|_| format!("no plan within {PLAN_TIMEOUT:?}"))?;
-        match msg.map_err(|e| format!("connection lost before planning: {e}"))? {
+        let mut waiting = None;
+        let msg = loop {
+            let msg = tokio::time::timeout(PLAN_TIMEOUT, read_frame(recv, wire::MAX_FRAME))
+                .await
+                .map_err(|_| match &waiting {
+                    Some(reason) => format!("no plan within {PLAN_TIMEOUT:?}: {reason}"),
+                    None => format!("no plan within {PLAN_TIMEOUT:?}"),
+                })?;
+            match msg.map_err(|e| format!("connection lost before planning: {e}"))? {
+                Message::Progress(progress) => {
+                    progress
+                        .check()
+                        .map_err(|e| format!("protocol error: the node sent {e}"))?;
+                    if let Some(reason) = progress.reason {
+                        let node = self.node.name.clone();
+                        let _ = self.events.send(PushEvent::Waiting {
+                            node,
+                            reason: reason.clone(),
+                        });
+                        waiting = Some(reason);
+                    }
+                }
+                other => break other,
+            }
+        };
+        match msg {
             Message::Plan(plan) => {
                 let fetches = plan.present.iter().any(|p| !p);
                 let node = self.node.name.clone();
@@ -261,6 +314,17 @@ impl Session {
     }
 }
 
+/// How a node ends whose session ended before its `Done` (the push timed
+/// out or was interrupted, the connection was lost): failed for `reason`,
+/// unless its plan said it holds every image already. That node is
+/// skipped, whatever came after: it was found holding the images.
+fn status_cut_short(plan: Option<&wire::Plan>, reason: String) -> NodeStatus {
+    match plan {
+        Some(plan) if plan.present.iter().all(|p| *p) => NodeStatus::Skipped,
+        _ => NodeStatus::Failed(reason),
+    }
+}
+
 /// Why a fetching node is failed after [`STALL_TIMEOUT`] without progress:
 /// what it last said it waited for, if anything.
 fn stall_reason(last: &Progress) -> String {
@@ -273,10 +337,17 @@ fn stall_reason(last: &Progress) -> String {
 
 /// `error`, or the connection's own reason when it is closed: a stream
 /// only says "connection lost", the connection says why.
-fn with_close_reason(conn: &Connection, error: String) -> String {
+fn with_close_reason(conn: &Connection, node: &str, error: String) -> String {
     match conn.close_reason() {
         Some(quinn::ConnectionError::TimedOut) => {
             "connection lost: the node stopped answering (its link is down or its host is gone)".into()
+        }
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == quinn::VarInt::from_u32(wire::close::SHUTTING_DOWN) =>
+        {
+            format!(
+                "the agent on {node} shut down (SIGTERM or stop) before it was done; push again once it runs"
+            )
         }
         Some(reason) => format!("connection lost: {reason}"),
         None => error,
@@ -295,5 +366,27 @@ fn describe_refusal(msg: Message) -> String {
         Message::Error { code, message } => format!("refused the push ({code:?}): {message}"),
         Message::Done(Outcome::Failed { reason, .. }) => reason,
         other => format!("protocol error: unexpected {}", other.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(present: Vec<bool>) -> wire::Plan {
+        wire::Plan {
+            present,
+            ..wire::Plan::default()
+        }
+    }
+
+    #[test]
+    fn a_node_found_holding_every_image_is_skipped_when_the_push_is_cut_short() {
+        let why = || "the push timed out (--timeout) before this node was done".to_string();
+        let held = plan(vec![true, true]);
+        assert_eq!(status_cut_short(Some(&held), why()), NodeStatus::Skipped);
+        let lacking = plan(vec![true, false]);
+        assert_eq!(status_cut_short(Some(&lacking), why()), NodeStatus::Failed(why()));
+        assert_eq!(status_cut_short(None, why()), NodeStatus::Failed(why()));
     }
 }

@@ -49,6 +49,14 @@ pub mod close {
     pub const BAD_DATA: u32 = 2;
     /// The peer's identity may not do what it asked.
     pub const NOT_AUTHORIZED: u32 = 3;
+    /// The pusher was interrupted (SIGINT, SIGTERM, its `--timeout`) before
+    /// every node was done: an agent ends the distributions it announced at
+    /// once, keeping their verified chunks, instead of finishing them among
+    /// the peers (which it does when a pusher's connection is merely lost).
+    pub const PUSHER_LEFT: u32 = 4;
+    /// The agent is shutting down (SIGTERM, `systemctl stop`): its
+    /// distributions end, and a pusher says so instead of "connection lost".
+    pub const SHUTTING_DOWN: u32 = 5;
 }
 
 /// Every message of the protocol. Variant order is part of the encoding:

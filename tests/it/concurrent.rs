@@ -121,3 +121,48 @@ fn same_image_pushed_twice_at_once_is_fetched_and_loaded_once() {
     }
     assert_fetched_once(&cluster, &p1, &p2);
 }
+
+#[test]
+fn same_image_pushed_again_while_it_runs_shows_why_it_waits() {
+    let cluster = Cluster::start(bin(), 2);
+    let opts = ImageOptions {
+        layer_random_bytes: 8 << 20,
+        ..ImageOptions::default()
+    };
+    let image = build_test_image_with(&cluster.seed, "app:1", &opts);
+    // The first push runs for seconds; the second starts once every node fetches for
+    // the first, so it waits for its turn on every node, and says so.
+    let cmd = cluster.push_command(&["app:1"], &["--json", "--max-upload-mbit", "8"]);
+    let (first, second) = thread::scope(|s| {
+        let mut fetching = std::collections::HashSet::new();
+        let mut second = None;
+        let first = Push::watch(cmd, |event| {
+            if event["event"] == "progress" {
+                fetching.insert(event["node"].as_str().unwrap().to_string());
+            }
+            if second.is_none() && fetching.len() == cluster.nodes.len() {
+                second = Some(s.spawn(|| cluster.push(&["app:1"], &[])));
+            }
+        });
+        (first, second.map(|h| h.join().unwrap()))
+    });
+    let second = second.expect("the first push never had every node fetching");
+    assert_ok(&cluster, &first);
+    assert_ok(&cluster, &second);
+    for node in &cluster.nodes {
+        let waited = second.stdout.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            e["event"] == "waiting"
+                && e["node"] == node.name.as_str()
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("another push of the same images"))
+        });
+        assert!(
+            waited,
+            "{}: the second push did not say why it waited:\n{}",
+            node.name, second.stdout
+        );
+        node.assert_holds_only(&[("app:1", &image.id)], &[]);
+    }
+}

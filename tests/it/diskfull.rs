@@ -59,7 +59,11 @@ fn fill(dir: &Path, leave: u64) -> PathBuf {
     let mut left = available(dir).saturating_sub(leave);
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
+        match f.write_all(&block[..n]) {
+            // Filling to the last byte: the file system may count a little differently.
+            Err(e) if leave == 0 && e.kind() == std::io::ErrorKind::StorageFull => break,
+            written => written.unwrap(),
+        }
         left -= n as u64;
     }
     f.sync_all().unwrap();
@@ -151,6 +155,32 @@ fn full_docker_data_root_fails_the_node_clearly_until_space_is_freed() {
         "not enough disk space for docker load in Docker's data root",
         &root_shown,
         "needs about",
+    ];
+    n1_failed_cleanly(&mut cluster, &push, &parts);
+
+    free_and_push_again(&cluster, &filler, &image.id);
+}
+
+#[test]
+fn state_disk_with_no_byte_free_gets_the_same_clear_line() {
+    let mut cluster = Cluster::start(bin(), 2);
+    let image = build_test_image(&cluster.seed, "app:1");
+    cluster.stop_agent(0);
+    let state = cluster.nodes[0].state_dir.clone();
+    let _ = fs::remove_dir_all(&state);
+    let _small = Tmpfs::mount(&state, SMALL_FS);
+    cluster.restart_agent(0);
+    // Not a byte left: even the distribution's record cannot be written.
+    let filler = fill(&state, 0);
+
+    let push = cluster.push(&["app:1"], &[]);
+    let state_shown = state.display().to_string();
+    let parts = [
+        "not enough disk space for chunks in the state directory",
+        &state_shown,
+        "0 B free",
+        "needs about",
+        "free space there",
     ];
     n1_failed_cleanly(&mut cluster, &push, &parts);
 

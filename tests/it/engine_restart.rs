@@ -8,6 +8,7 @@
 //! progress events say so.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -126,4 +127,112 @@ fn engine_down_or_restarted_mid_distribution() {
     for node in &cluster.nodes {
         node.assert_holds_only(&[("app:1", &image.id)], &[]);
     }
+}
+
+/// How long an engine call may go unanswered before the node says so, in the test
+/// below: short, so the test need not wait the default 30 s.
+const ENGINE_QUIET_SECS: u64 = 2;
+
+/// Whether `event` says node `name` waits on its silent Docker Engine: a `waiting`
+/// event (before it plans) or a `progress` reason (later).
+fn waits_on_silent_engine(event: &serde_json::Value, name: &str) -> bool {
+    let reason = match event["event"].as_str() {
+        Some("waiting") => &event["reason"],
+        Some("progress") => &event["progress"]["reason"],
+        _ => return false,
+    };
+    event["node"] == name
+        && reason
+            .as_str()
+            .is_some_and(|r| r.contains("Docker Engine at unix://") && r.contains("has not answered for 2s"))
+}
+
+#[test]
+fn hung_engine_is_shown_and_waited_for() {
+    let opts = ClusterOptions {
+        agent_toml: format!("engine_quiet_secs = {ENGINE_QUIET_SECS}"),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(bin(), 2, &opts);
+    let image = build_test_image_with(&cluster.seed, "app:1", &ImageOptions::default());
+    // n1's engine hangs before the push, so n1 cannot plan; n2's hangs once n2 has
+    // planned, so its load cannot go on. Each is let go once the push shows the node
+    // waiting on it, or after 60 s (the code before this showed nothing: the test then
+    // fails on the missing reasons instead of waiting out the engine's limits).
+    let n1_hung = Arc::new(Mutex::new(Some(cluster.nodes[0].engine.pause())));
+    let n2_hung = Arc::new(Mutex::new(None));
+    let watchdog = {
+        let (n1, n2) = (n1_hung.clone(), n2_hung.clone());
+        thread::spawn(move || {
+            thread::sleep(Duration::from_secs(60));
+            n1.lock().unwrap().take();
+            n2.lock().unwrap().take();
+        })
+    };
+    let (mut n1_shown, mut n2_shown) = (false, false);
+    let cmd = cluster.push_command(&["app:1"], &["--json"]);
+    let push = Push::watch(cmd, |event| {
+        if Push::is_planned(event, "n2") {
+            *n2_hung.lock().unwrap() = Some(cluster.nodes[1].engine.pause());
+        }
+        if !n1_shown && waits_on_silent_engine(event, "n1") {
+            n1_shown = true;
+            n1_hung.lock().unwrap().take();
+        }
+        if !n2_shown && waits_on_silent_engine(event, "n2") {
+            assert_eq!(event["progress"]["loading"], true, "{event}");
+            n2_shown = true;
+            n2_hung.lock().unwrap().take();
+        }
+    });
+    n1_hung.lock().unwrap().take();
+    n2_hung.lock().unwrap().take();
+    drop(watchdog);
+    assert!(
+        n1_shown,
+        "n1 planned against a hung engine without a word:\n{}",
+        push.stdout
+    );
+    assert!(
+        n2_shown,
+        "n2 loaded into a hung engine without a word:\n{}",
+        push.stdout
+    );
+    cluster.assert_push_ok(&push);
+    for node in &cluster.nodes {
+        node.assert_holds_only(&[("app:1", &image.id)], &[]);
+    }
+}
+
+#[test]
+fn load_into_a_silent_engine_fails_after_engine_stall_secs() {
+    let opts = ClusterOptions {
+        agent_toml: format!("engine_quiet_secs = {ENGINE_QUIET_SECS}\nengine_stall_secs = 5"),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(bin(), 1, &opts);
+    let image = build_test_image_with(&cluster.seed, "app:1", &ImageOptions::default());
+    // n1's engine hangs once n1 has planned, and stays hung for the whole push.
+    let mut hung = None;
+    let cmd = cluster.push_command(&["app:1"], &["--json"]);
+    let push = Push::watch(cmd, |event| {
+        if hung.is_none() && Push::is_planned(event, "n1") {
+            hung = Some(cluster.nodes[0].engine.pause());
+        }
+    });
+    drop(hung);
+    assert_eq!(push.status("n1"), "failed", "{}", push.stdout);
+    let reason = push.reason("n1");
+    assert!(
+        reason.contains("made no progress loading for 5s (engine_stall_secs)")
+            && reason.contains("nothing was tagged"),
+        "{reason}"
+    );
+    // The engine answers again: nothing partial is in it, and a push completes from
+    // the chunks n1 kept.
+    cluster.nodes[0].assert_holds_only(&[], &[]);
+    let again = cluster.push(&["app:1"], &[]);
+    cluster.assert_push_ok(&again);
+    assert_eq!(again.received_chunks("n1"), 0, "{}", again.stdout);
+    cluster.nodes[0].assert_holds_only(&[("app:1", &image.id)], &[]);
 }

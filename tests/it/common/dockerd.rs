@@ -123,6 +123,13 @@ impl Dockerd {
         }
     }
 
+    /// Freezes dockerd (SIGSTOP), as a hung engine: it accepts connections but answers
+    /// nothing, until the returned guard is dropped (SIGCONT).
+    pub fn pause(&self) -> Paused {
+        super::process::signal(self.pid(), super::process::SIGSTOP);
+        Paused(self.pid())
+    }
+
     /// Starts the daemon again on the same data, socket and log, and waits until it
     /// answers. Stops it first if it runs.
     pub fn restart(&mut self) {
@@ -299,6 +306,16 @@ impl Dockerd {
             );
             thread::sleep(Duration::from_millis(25));
         }
+    }
+}
+
+/// A dockerd frozen by [`Dockerd::pause`]: SIGCONT when dropped, so a failing test
+/// never leaves a daemon that cannot be stopped.
+pub struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        super::process::signal(self.0, super::process::SIGCONT);
     }
 }
 

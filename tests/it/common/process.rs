@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 pub const SIGKILL: i32 = 9;
 /// SIGTERM: asks a process (dockerd, an agent) to shut down cleanly.
 pub const SIGTERM: i32 = 15;
+/// SIGSTOP: freezes a process (a hung daemon) until SIGCONT.
+pub const SIGSTOP: i32 = 19;
+/// SIGCONT: lets a process stopped by SIGSTOP run again.
+pub const SIGCONT: i32 = 18;
 
 /// `umount2` flag: detach now, finish when no longer busy. A leftover mount under a
 /// dead daemon's directory must not make the cleanup fail.
