@@ -199,7 +199,10 @@ async fn pusher_left(conn: &Connection) -> String {
             let why = wire::reason_text(&String::from_utf8_lossy(&c.reason));
             format!("the pusher left before this node was done ({why})")
         }
-        _ => std::future::pending().await,
+        other => {
+            tracing::info!("the pusher's connection ended ({other}); going on among the peers");
+            std::future::pending().await
+        }
     }
 }
 
