@@ -106,16 +106,23 @@ fn free_and_push_again(cluster: &Cluster, filler: &Path, id: &str) -> Push {
     push
 }
 
+/// Moves n1's state directory to a small file system (unmounted when the
+/// guard is dropped), restarting its agent on it.
+fn small_state_disk(cluster: &mut Cluster) -> (PathBuf, Tmpfs) {
+    cluster.stop_agent(0);
+    let state = cluster.nodes[0].state_dir.clone();
+    let _ = fs::remove_dir_all(&state);
+    let small = Tmpfs::mount(&state, SMALL_FS);
+    cluster.restart_agent(0);
+    (state, small)
+}
+
 #[test]
 fn full_state_disk_fails_the_node_clearly_until_space_is_freed() {
     let mut cluster = Cluster::start(bin(), 2);
     let image = build_test_image(&cluster.seed, "app:1");
     // n1's state directory moves to a small file system, nearly full.
-    cluster.stop_agent(0);
-    let state = cluster.nodes[0].state_dir.clone();
-    let _ = fs::remove_dir_all(&state);
-    let _small = Tmpfs::mount(&state, SMALL_FS);
-    cluster.restart_agent(0);
+    let (state, _small) = small_state_disk(&mut cluster);
     let filler = fill(&state, LEAVE_FREE);
 
     let push = cluster.push(&["app:1"], &[]);
@@ -165,11 +172,7 @@ fn full_docker_data_root_fails_the_node_clearly_until_space_is_freed() {
 fn state_disk_with_no_byte_free_gets_the_same_clear_line() {
     let mut cluster = Cluster::start(bin(), 2);
     let image = build_test_image(&cluster.seed, "app:1");
-    cluster.stop_agent(0);
-    let state = cluster.nodes[0].state_dir.clone();
-    let _ = fs::remove_dir_all(&state);
-    let _small = Tmpfs::mount(&state, SMALL_FS);
-    cluster.restart_agent(0);
+    let (state, _small) = small_state_disk(&mut cluster);
     // Not a byte left: even the distribution's record cannot be written.
     let filler = fill(&state, 0);
 
