@@ -276,85 +276,111 @@ pub(super) async fn run(
     );
     let id = shared.id;
     tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), "announced");
-    // Connections dialed to peers are served until the distribution ends,
-    // so peers still fetching can request chunks on them.
-    let mut dials = JoinSet::new();
-    // Unregisters when dropped, even if this task is aborted.
-    let mut registered = None;
     let turn = tokio::select! {
         turn = ctx.running.turn(id, &conn, &mut control) => turn,
         _ = conn.closed() => {
             return tracing::info!(dist = %id.short(), "the pusher left while this push waited for its turn");
         }
     };
-    // Marks the distribution live until the end of this function: no chunk
-    // of it is evicted while it plans, fetches, loads or serves peers.
-    let mut lease = None;
-    let attempt = async {
-        let (engine, plan, held) = match prepare(&ctx, id, &manifest, &mut control).await {
-            Ok(prepared) => prepared,
-            Err(reason) => {
-                return Outcome::Failed {
-                    reason,
-                    received: Vec::new(),
-                }
-            }
-        };
-        lease = Some(held);
-        let check = super::room::check(&ctx.keeper, &engine, &manifest, &plan);
-        let room = control
-            .engine_call(&ctx, engine.host(), Progress::default(), check)
-            .await;
-        // Registered before the plan goes out: the pusher starts the peers
-        // only once every plan is in, so none can dial before this.
-        if room.is_ok() && !plan.is_skip() {
-            let (swarm, _task) = Swarm::spawn(shared, &plan.need, &plan.have, ctx.swarm);
-            registered = Some(ctx.registry.register(swarm));
-        }
-        control.send(&Message::Plan(plan.summary.clone())).await;
-        if let Err(reason) = room {
-            return Outcome::Failed {
-                reason,
-                received: Vec::new(),
-            };
-        }
-        let node = Node {
-            ctx: &ctx,
-            conn: &conn,
-            pusher: &pusher,
-            engine,
-        };
-        let swarm = registered.as_ref().map(|r| r.handle());
-        node.distribute(&mut control, &mut dials, swarm, manifest, plan)
-            .await
+    let mut held = Held::default();
+    let attempt = Attempt {
+        ctx: &ctx,
+        conn: &conn,
+        pusher: &pusher,
+        shared,
     };
     let ended = tokio::select! {
-        outcome = attempt => Ok(outcome),
+        outcome = attempt.run(manifest, &mut control, &mut held) => Ok(outcome),
         why = pusher_left(&conn) => Err(why),
         _ = turn.superseded.cancelled() => Err("a new push of the same images took over".to_string()),
     };
     // Released before waiting for Finish: that waits for the pusher's other
     // nodes, which may themselves wait for a turn behind another push.
     drop(turn);
-    let outcome = match ended {
-        Ok(outcome) => outcome,
-        Err(why) => {
-            // Its pusher is gone: nothing to report to, no Finish to wait
-            // for. The chunks it verified stay in the store (the lease
-            // ends, retention keeps them), and the next push plans from them.
-            tracing::info!(dist = %id.short(), "ended: {why}; its verified chunks stay for the next push");
-            drop(registered);
-            dials.shutdown().await;
-            drop(lease);
-            return;
+    match ended {
+        Ok(outcome) => {
+            log_outcome(&id, &outcome);
+            control.send(&Message::Done(outcome)).await;
+            control.wait_finish().await;
         }
-    };
-    log_outcome(&id, &outcome);
-    control.send(&Message::Done(outcome)).await;
-    control.wait_finish().await;
-    drop(registered);
-    dials.shutdown().await;
-    drop(lease);
+        // Its pusher is gone: nothing to report to, no Finish to wait for.
+        // The chunks it verified stay in the store (the lease ends,
+        // retention keeps them), and the next push plans from them.
+        Err(why) => {
+            tracing::info!(dist = %id.short(), "ended: {why}; its verified chunks stay for the next push")
+        }
+    }
+    held.release().await;
+}
+
+/// What a distribution holds until it ends, released in this order.
+#[derive(Default)]
+struct Held {
+    /// The swarm, registered so peers' streams reach it; unregisters when
+    /// dropped, even if the task is aborted.
+    registered: Option<crate::swarm::Registered>,
+    /// Connections dialed to peers, served until the distribution ends, so
+    /// peers still fetching can request chunks on them.
+    dials: JoinSet<()>,
+    /// Marks the distribution live: no chunk of it is evicted while it
+    /// plans, fetches, loads or serves peers.
+    lease: Option<Lease>,
+}
+
+impl Held {
+    async fn release(mut self) {
+        drop(self.registered.take());
+        self.dials.shutdown().await;
+        drop(self.lease);
+    }
+}
+
+/// One announce's way from planning to its outcome.
+struct Attempt<'a> {
+    ctx: &'a Arc<AgentCtx>,
+    conn: &'a Connection,
+    pusher: &'a PeerIdentity,
+    shared: Arc<DistShared>,
+}
+
+impl Attempt<'_> {
+    /// Plans, checks the room, sends the plan, then fetches and loads;
+    /// what it sets up goes into `held`.
+    async fn run(self, manifest: Arc<Manifest>, control: &mut Control, held: &mut Held) -> Outcome {
+        let ctx = self.ctx;
+        let failed = |reason| Outcome::Failed {
+            reason,
+            received: Vec::new(),
+        };
+        let (engine, plan, lease) = match prepare(ctx, self.shared.id, &manifest, control).await {
+            Ok(prepared) => prepared,
+            Err(reason) => return failed(reason),
+        };
+        held.lease = Some(lease);
+        let check = super::room::check(&ctx.keeper, &engine, &manifest, &plan);
+        let room = control
+            .engine_call(ctx, engine.host(), Progress::default(), check)
+            .await;
+        // Registered before the plan goes out: the pusher starts the peers
+        // only once every plan is in, so none can dial before this.
+        if room.is_ok() && !plan.is_skip() {
+            let (swarm, _task) = Swarm::spawn(self.shared, &plan.need, &plan.have, ctx.swarm);
+            held.registered = Some(ctx.registry.register(swarm));
+        }
+        control.send(&Message::Plan(plan.summary.clone())).await;
+        if let Err(reason) = room {
+            return failed(reason);
+        }
+        let node = Node {
+            ctx,
+            conn: self.conn,
+            pusher: self.pusher,
+            engine,
+        };
+        let swarm = held.registered.as_ref().map(|r| r.handle());
+        node.distribute(control, &mut held.dials, swarm, manifest, plan)
+            .await
+    }
 }
 
 /// Everything before fetching: mark the distribution live, reach the

@@ -154,31 +154,36 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
             report => report?,
         };
         view.finish(&report);
-        if let Some(signal) = report.interrupted {
-            let not_done: Vec<&str> = report
-                .nodes
-                .iter()
-                .filter(|n| matches!(n.status, push::NodeStatus::Failed(_)))
-                .map(|n| n.name.as_str())
-                .collect();
-            eprintln!(
-                "p2pimg: interrupted by {}; not done: {}; their agents stopped this push and keep the \
-                 chunks they verified, so pushing again resumes",
-                signal.name(),
-                if not_done.is_empty() {
-                    "none".to_string()
-                } else {
-                    not_done.join(", ")
-                },
-            );
-            return Ok(ExitCode::from(signal.exit_code()));
-        }
-        Ok(if report.success() {
+        Ok(exit_code(&report))
+    })
+}
+
+/// 0 when every node holds the images, 1 when one failed, 130 or 143 when
+/// a signal cut the push short (then a line names the nodes not done).
+fn exit_code(report: &push::PushReport) -> ExitCode {
+    let Some(signal) = report.interrupted else {
+        return if report.success() {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
-        })
-    })
+        };
+    };
+    let not_done: Vec<&str> = report
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.status, push::NodeStatus::Failed(_)))
+        .map(|n| n.name.as_str())
+        .collect();
+    let not_done = match not_done.is_empty() {
+        true => "none".to_string(),
+        false => not_done.join(", "),
+    };
+    eprintln!(
+        "p2pimg: interrupted by {}; not done: {not_done}; their agents stopped this push and keep \
+         the chunks they verified, so pushing again resumes",
+        signal.name(),
+    );
+    ExitCode::from(signal.exit_code())
 }
 
 fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {

@@ -139,6 +139,36 @@ fn default_docker_host() -> String {
     DEFAULT_DOCKER_HOST.into()
 }
 
+/// Checks agent.toml's whole numbers against their ranges, naming the line
+/// of one that is out of range.
+struct Numbers<'a> {
+    text: &'a str,
+    origin: &'a Path,
+}
+
+impl Numbers<'_> {
+    /// `value` if it lies in `range`; an error naming `key`, its line and
+    /// `rule` if not. `None` when the key is absent.
+    fn in_range(
+        &self,
+        key: &'static str,
+        value: Option<Spanned<u64>>,
+        range: std::ops::RangeInclusive<u64>,
+        rule: &'static str,
+    ) -> Result<Option<u64>, ConfigError> {
+        match value {
+            Some(v) if !range.contains(v.get_ref()) => Err(ConfigError::OutOfRange {
+                path: self.origin.into(),
+                line: line_of(self.text, v.span().start),
+                key,
+                value: *v.get_ref(),
+                range: rule,
+            }),
+            v => Ok(v.map(Spanned::into_inner)),
+        }
+    }
+}
+
 impl AgentOptions {
     /// Reads agent.toml at `path`; relative paths in it are taken relative to its directory.
     pub fn load(path: &Path) -> Result<AgentOptions, ConfigError> {
@@ -176,34 +206,24 @@ impl AgentOptions {
                 }
             }),
         };
-        let range = |key, v: &Spanned<u64>, range| ConfigError::OutOfRange {
-            path: origin.into(),
-            line: line_of(text, v.span().start),
-            key,
-            value: *v.get_ref(),
-            range,
-        };
-        let engine_wait_secs = match raw.engine_wait_secs {
-            None => DEFAULT_ENGINE_WAIT_SECS,
-            Some(v) if *v.get_ref() > MAX_ENGINE_WAIT_SECS => {
-                return Err(range("engine_wait_secs", &v, "0 to 86400 (a day)"));
-            }
-            Some(v) => v.into_inner(),
-        };
-        let max_upload_mbit = match raw.max_upload_mbit {
-            Some(v) if *v.get_ref() == 0 => {
-                return Err(range(
-                    "max_upload_mbit",
-                    &v,
-                    "at least 1 Mbit/s (leave it out for no limit)",
-                ));
-            }
-            v => v.map(Spanned::into_inner),
-        };
-        let engine_secs = |key, v: Option<Spanned<u64>>, default| match v {
-            None => Ok(Duration::from_secs(default)),
-            Some(v) if (1..=MAX_ENGINE_SECS).contains(v.get_ref()) => Ok(Duration::from_secs(*v.get_ref())),
-            Some(v) => Err(range(key, &v, ENGINE_SECS_FORM)),
+        let numbers = Numbers { text, origin };
+        let engine_wait_secs = numbers
+            .in_range(
+                "engine_wait_secs",
+                raw.engine_wait_secs,
+                0..=MAX_ENGINE_WAIT_SECS,
+                "0 to 86400 (a day)",
+            )?
+            .unwrap_or(DEFAULT_ENGINE_WAIT_SECS);
+        let max_upload_mbit = numbers.in_range(
+            "max_upload_mbit",
+            raw.max_upload_mbit,
+            1..=u64::MAX,
+            "at least 1 Mbit/s (leave it out for no limit)",
+        )?;
+        let engine_secs = |key, v, default| {
+            let secs = numbers.in_range(key, v, 1..=MAX_ENGINE_SECS, ENGINE_SECS_FORM)?;
+            Ok::<_, ConfigError>(Duration::from_secs(secs.unwrap_or(default)))
         };
         let engine_quiet = engine_secs(
             "engine_quiet_secs",
