@@ -467,7 +467,7 @@ impl Swarm {
                 self.picker.on_failed(id, index);
                 self.picker.peer_lacks(id, index);
             }
-            Err(e @ FetchError::Refused { .. }) => {
+            Err(e @ (FetchError::Refused { .. } | FetchError::Stopped { .. })) => {
                 tracing::debug!("{e}");
                 self.picker.on_failed(id, index);
                 self.forget_peer(id);

@@ -35,6 +35,11 @@ pub enum FetchError {
         code: ErrorCode,
         detail: String,
     },
+    /// The peer ended the request's stream without a byte of answer: it
+    /// stopped serving this distribution (it ended there, or its agent
+    /// stopped). Not a fault: its chunks are fetched elsewhere.
+    #[error("peer stopped serving chunk {index}: the stream ended without an answer")]
+    Stopped { index: u32 },
     /// The peer's answer broke the protocol.
     #[error("peer broke the protocol answering chunk {index}: {detail}")]
     Protocol { index: u32, detail: String },
@@ -84,9 +89,12 @@ pub(super) async fn fetch(
             let detail = format!("answered with {}", other.kind());
             return Err(FetchError::Protocol { index, detail });
         }
-        // A stream ended before or inside the answer, an oversize or
-        // undecodable frame: the peer broke the protocol.
-        Err(e @ (FrameError::Closed | FrameError::TooLarge { .. } | FrameError::Decode(_))) => {
+        // Ended before a byte of the answer: what a peer's stream does
+        // when that peer stops serving the distribution.
+        Err(FrameError::Closed) => return Err(FetchError::Stopped { index }),
+        // Ended inside the answer, an oversize or undecodable frame: the
+        // peer broke the protocol.
+        Err(e @ (FrameError::TooLarge { .. } | FrameError::Decode(_))) => {
             return Err(FetchError::Protocol {
                 index,
                 detail: e.to_string(),

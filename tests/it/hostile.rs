@@ -39,6 +39,9 @@ enum Fault {
     WrongMessage,
     /// Never answers.
     Stall,
+    /// Ends every request's stream without a byte of answer, as a peer whose
+    /// distribution ended does: not a fault, so not dropped.
+    EndsWithoutAnswer,
     /// Answers nothing and opens hundreds of requests it never reads.
     FloodRequests,
 }
@@ -179,6 +182,9 @@ async fn misbehave(mut send: SendStream, state: &BadState) {
             let _ = write_frame(&mut send, &Message::Have { index: 0 }).await;
             let _ = send.finish();
         }
+        Fault::EndsWithoutAnswer => {
+            let _ = send.finish();
+        }
         Fault::Stall | Fault::FloodRequests => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -251,11 +257,18 @@ fn survive(fault: Fault) {
         agent.log()
     );
     let log = agent.log();
-    if !matches!(fault, Fault::Stall | Fault::FloodRequests) {
-        assert!(
+    match fault {
+        Fault::Stall | Fault::FloodRequests => {}
+        // Ending a stream unanswered is what a peer that stops serving does: it is left
+        // alone (not closed on, not banned for 10 minutes), its chunks fetched elsewhere.
+        Fault::EndsWithoutAnswer => assert!(
+            !log.contains("dropping peer"),
+            "{fault:?}: a peer that stopped serving was dropped as a bad one:\n{log}"
+        ),
+        _ => assert!(
             log.contains("dropping peer"),
             "{fault:?}: the bad peer was not dropped:\n{log}"
-        );
+        ),
     }
     // Serving is bounded (32 answers in flight), whatever the requests.
     let rss = peak_rss(agent.pid());
@@ -281,6 +294,11 @@ fn oversize_length_prefix() {
 #[test]
 fn message_out_of_order() {
     survive(Fault::WrongMessage);
+}
+
+#[test]
+fn peer_that_stops_serving_is_not_banned() {
+    survive(Fault::EndsWithoutAnswer);
 }
 
 #[test]
