@@ -13,15 +13,12 @@
 //! interrupted, timed out) ends the distribution at once. One whose
 //! connection is merely lost does not: the node goes on among its peers.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, RecvStream, SendStream, VarInt};
-use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use super::{waits, AgentCtx};
 use crate::agent::plan::{self, NodePlan};
@@ -33,6 +30,10 @@ use crate::engine::{self, Engine};
 use crate::net::{self, PeerIdentity};
 use crate::swarm::{DistShared, Swarm, SwarmHandle};
 use crate::wire::{self, close, read_frame, write_frame, ErrorCode, Message, Outcome, PeerInfo, Progress};
+
+mod turns;
+
+pub(crate) use turns::Running;
 
 /// Least time between two progress reports to the pusher: often enough for
 /// a live view, rare enough to cost nothing next to the chunks.
@@ -52,143 +53,6 @@ const REASON_EVERY: Duration = Duration::from_secs(1);
 /// How long a node whose pusher went away waits for a new chunk from its
 /// peers before giving up: as long as the pusher's own stall limit.
 const ALONE_STALL: Duration = Duration::from_secs(180);
-
-/// How long a live pusher takes to answer the check that it is still there
-/// ([`pusher_answers`]): a round trip and a task's wake-up, so 3 s is
-/// generous even across a loaded link; a crashed one never answers.
-const PUSHER_CHECK: Duration = Duration::from_secs(3);
-/// How often an announce waiting for its turn checks again that the run
-/// holding it still has a pusher: a pusher that crashes meanwhile is
-/// noticed within this.
-const CHECK_AGAIN: Duration = Duration::from_secs(5);
-
-/// What an announce waiting for its turn tells its pusher.
-const WAITING_FOR_OTHER_PUSH: &str = "waiting for another push of the same images to finish on this node";
-
-/// The distributions planning, fetching or loading on this node: one turn
-/// at a time per distribution ID.
-#[derive(Debug, Default)]
-pub(crate) struct Running(Mutex<HashMap<Hash, Arc<Slot>>>);
-
-/// One distribution ID's turn, and who holds it.
-#[derive(Debug, Default)]
-struct Slot {
-    turn: Arc<tokio::sync::Mutex<()>>,
-    holder: Mutex<Option<Holder>>,
-}
-
-/// The run holding a turn: its pusher's connection, and how to end it if a
-/// new announce finds that pusher gone.
-#[derive(Clone, Debug)]
-struct Holder {
-    pusher: Connection,
-    supersede: CancellationToken,
-}
-
-/// A distribution's turn; the next announce of the same ID goes on when it
-/// is dropped.
-struct Turn<'a> {
-    running: &'a Running,
-    id: Hash,
-    slot: Arc<Slot>,
-    /// Cancelled when a new announce of the same ID takes over.
-    superseded: CancellationToken,
-    _held: OwnedMutexGuard<()>,
-}
-
-impl Running {
-    /// Waits until no other run of distribution `id` plans, fetches or
-    /// loads. While it waits, the pusher (on `control`) is told why; a run
-    /// holding the turn whose pusher is gone is ended at once.
-    async fn turn(&self, id: Hash, pusher: &Connection, control: &mut Control) -> Turn<'_> {
-        let slot = self
-            .0
-            .lock()
-            .expect("running lock")
-            .entry(id)
-            .or_default()
-            .clone();
-        let mut told = false;
-        let held = loop {
-            if let Ok(held) = slot.turn.clone().try_lock_owned() {
-                break held;
-            }
-            let holder = slot.holder.lock().expect("holder lock").clone();
-            match &holder {
-                Some(h) if !pusher_answers(&h.pusher).await => {
-                    tracing::info!(dist = %id.short(), "the running push's pusher is gone; this one takes over");
-                    h.supersede.cancel();
-                    // It ends at once and releases the turn.
-                    break slot.turn.clone().lock_owned().await;
-                }
-                _ if !told => {
-                    told = true;
-                    let reason = Some(WAITING_FOR_OTHER_PUSH.to_string());
-                    control
-                        .send(&Message::Progress(Progress {
-                            reason,
-                            ..Progress::default()
-                        }))
-                        .await;
-                }
-                _ => {}
-            }
-            let holder_closed = async {
-                match &holder {
-                    Some(h) => drop(h.pusher.closed().await),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                held = slot.turn.clone().lock_owned() => break held,
-                _ = holder_closed => {}
-                _ = tokio::time::sleep(CHECK_AGAIN) => {}
-            }
-        };
-        let superseded = CancellationToken::new();
-        *slot.holder.lock().expect("holder lock") = Some(Holder {
-            pusher: pusher.clone(),
-            supersede: superseded.clone(),
-        });
-        Turn {
-            running: self,
-            id,
-            slot,
-            superseded,
-            _held: held,
-        }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *self.slot.holder.lock().expect("holder lock") = None;
-        let mut map = self.running.0.lock().expect("running lock");
-        // Two references: the map's and this turn's. More: someone waits.
-        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 2) {
-            map.remove(&self.id);
-        }
-    }
-}
-
-/// Whether the pusher on `conn` is still there: its connection is open and
-/// it answers a stream within [`PUSHER_CHECK`]. A pusher answers any first
-/// frame but `Hello` and `Request` with an `Error` at once; `Query` with no
-/// references is the one the protocol names for this.
-async fn pusher_answers(conn: &Connection) -> bool {
-    if conn.close_reason().is_some() {
-        return false;
-    }
-    let check = async {
-        let (mut send, mut recv) = conn.open_bi().await.ok()?;
-        write_frame(&mut send, &Message::Query { refs: Vec::new() })
-            .await
-            .ok()?;
-        let _ = send.finish();
-        read_frame(&mut recv, wire::MAX_LINK_FRAME).await.ok()
-    };
-    matches!(tokio::time::timeout(PUSHER_CHECK, check).await, Ok(Some(_)))
-}
 
 /// Resolves when the pusher on `conn` leaves for good before the node is
 /// done ([`close::PUSHER_LEFT`]), with why; never if the connection ends
