@@ -148,6 +148,7 @@ fn full_docker_data_root_fails_the_node_clearly_until_space_is_freed() {
     let opts = ClusterOptions {
         engine: |i| DockerdOptions {
             data_root_bytes: (i == 1).then_some(SMALL_FS),
+            ..DockerdOptions::default()
         },
         ..ClusterOptions::default()
     };

@@ -11,6 +11,7 @@ mod concurrent;
 mod diskfull;
 mod engine;
 mod engine_restart;
+mod engines;
 mod harness;
 mod hostile;
 mod load;

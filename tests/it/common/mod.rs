@@ -4,7 +4,8 @@
 //! from the outside.
 //!
 //! - [`process`]: `run_with_timeout`, signals, finding and killing leftover processes.
-//! - [`dockerd`]: [`Dockerd`], a private dockerd per simulated node, under
+//! - [`dockerd`]: [`Dockerd`], a private dockerd per simulated node (20.10, or Docker 26
+//!   with either image store: [`DockerdKind`]), under
 //!   `/tmp/p2pimg-test-*`, removed on drop (and reaped by the next run if a test process
 //!   died without dropping it).
 //! - [`image`]: [`build_test_image`], a multi-layer image from `docker import` of a
@@ -12,6 +13,8 @@
 //! - [`agent`]: [`Agent`], a `p2pimg agent` process, and [`AgentConfig`], its agent.toml.
 //! - [`cluster`]: [`Cluster`], a seed engine and N nodes with agents and a CA; [`Push`], a parsed `push --json`.
 //! - [`netns`]: [`Net`], hosts in network namespaces on a bridge, for cut, slow and lossy links.
+//! - [`podman`]: [`podman::Podman`], a private podman serving the Docker-compatible API,
+//!   under `/tmp/p2pimg-test-*` like a [`Dockerd`].
 //!
 //! Everything that fails panics with a message naming what failed and showing the
 //! daemon's or agent's log: this is a test harness.
@@ -21,11 +24,12 @@ pub mod cluster;
 pub mod dockerd;
 pub mod image;
 pub mod netns;
+pub mod podman;
 pub mod process;
 
 pub use agent::{chunk_files, Agent, AgentConfig};
 pub use cluster::{Cluster, ClusterOptions, Push};
-pub use dockerd::{Dockerd, DockerdOptions};
+pub use dockerd::{Dockerd, DockerdKind, DockerdOptions};
 pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
 pub use netns::Net;
 pub use process::{run_ok, run_with_timeout};
