@@ -82,8 +82,8 @@ pub struct DockerdOptions {
     pub kind: DockerdKind,
 }
 
-/// The engine a [`Dockerd`] runs. Docker 26 starts in about 1.2 s on an idle machine
-/// (20.10: 0.2–0.5 s).
+/// The engine a [`Dockerd`] runs. Docker 26 answers 1.3–1.5 s after it starts on this
+/// 2-core machine (20.10: 0.5–0.9 s here, with other builds running).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DockerdKind {
     /// Debian bookworm's docker.io 20.10 (or `P2PIMG_TEST_DOCKERD`) with a graph driver

@@ -27,7 +27,7 @@ use super::process::{check, run_with_timeout, terminate};
 /// Debian's podman (4.3 in bookworm); `P2PIMG_TEST_PODMAN` overrides it.
 const PODMAN: &str = "/usr/bin/podman";
 
-/// How long the service may take to answer `_ping`: 0.4 s on an idle 2-core machine.
+/// How long the service may take to answer `_ping`: 0.2–0.4 s on this 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the service gets to exit after SIGTERM before it is killed.
@@ -48,6 +48,8 @@ events_logfile_path = "{dir}/events.log"
 tmp_dir = "{dir}/libpod"
 # File locks under tmp_dir, instead of the one /dev/shm segment every root podman shares.
 lock_type = "file"
+# Where an OCI archive given to `POST /images/load` is unpacked (else /var/tmp).
+image_copy_tmp_dir = "{dir}/tmp"
 
 [network]
 network_config_dir = "{dir}/networks"
