@@ -52,6 +52,9 @@ lock_type = "file"
 image_copy_tmp_dir = "{dir}/tmp"
 
 [network]
+# CNI: install-deps.sh gets containernetworking-plugins with podman (no netavark), and the
+# same backend everywhere keeps runs alike; containers run with `--network none` anyway.
+network_backend = "cni"
 network_config_dir = "{dir}/networks"
 "#;
 
