@@ -13,7 +13,7 @@
 //! - [`agent`]: [`Agent`], a `p2pimg agent` process, and [`AgentConfig`], its agent.toml.
 //! - [`cluster`]: [`Cluster`], a seed engine and N nodes with agents and a CA; [`Push`], a parsed `push --json`.
 //! - [`netns`]: [`Net`], hosts in network namespaces on a bridge, for cut, slow and lossy links.
-//! - [`podman`]: [`podman::Podman`], a private podman serving the Docker-compatible API,
+//! - [`podman`]: [`Podman`], a private podman serving the Docker-compatible API,
 //!   under `/tmp/p2pimg-test-*` like a [`Dockerd`].
 //!
 //! Everything that fails panics with a message naming what failed and showing the
@@ -32,4 +32,5 @@ pub use cluster::{Cluster, ClusterOptions, Push};
 pub use dockerd::{Dockerd, DockerdKind, DockerdOptions};
 pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage, HELLO_PATH};
 pub use netns::Net;
+pub use podman::Podman;
 pub use process::{run_ok, run_with_timeout};

@@ -23,6 +23,7 @@ use super::dockerd::{
     log_tail, make_dir, ping, reap_stale_once, remove_daemon_dir, Dockerd, DOCKER_TIMEOUT_SECS,
 };
 use super::process::{check, run_with_timeout, terminate};
+use super::Cluster;
 
 /// Debian's podman (4.3 in bookworm); `P2PIMG_TEST_PODMAN` overrides it.
 const PODMAN: &str = "/usr/bin/podman";
@@ -237,6 +238,22 @@ impl Podman {
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("bad HTTP reply to {method} {path}: {reply:?}"));
         (status, body.to_string())
+    }
+
+    /// Makes this service node `i`'s engine in `cluster`: its agent.toml's `docker_host`
+    /// points here, and its agent restarts on it. The node's own dockerd stays up, unused.
+    pub fn serve_node(&self, cluster: &mut Cluster, i: usize) {
+        let config = &cluster.nodes[i].config;
+        let text = fs::read_to_string(config).expect("read agent.toml");
+        let text: String = text
+            .lines()
+            .map(|l| match l.starts_with("docker_host") {
+                true => format!("docker_host = \"{}\"\n", self.host()),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        fs::write(config, text).expect("write agent.toml");
+        cluster.restart_agent(i);
     }
 
     /// The last `lines` lines of the service's log.
