@@ -75,6 +75,8 @@ fn docker26_containerd_store_builds_runs_and_shows_its_images_in_containerd() {
         "{listed}"
     );
 
+    // Dropped with a container running: its snapshot mount and shim go too.
+    d.docker_ok(["run", "-d", "--network", "none", &image.tag, "/bin/sleep", "600"]);
     let dir = d.dir().to_path_buf();
     drop(d);
     assert_gone(&dir);
@@ -99,6 +101,7 @@ fn docker26_classic_store_builds_and_runs() {
         HELLO_PATH,
     ]);
     assert_eq!(out, image.hello.trim());
+    d.docker_ok(["run", "-d", "--network", "none", &image.tag, "/bin/sleep", "600"]);
     let dir = d.dir().to_path_buf();
     drop(d);
     assert_gone(&dir);
@@ -116,6 +119,7 @@ fn podman_service_loads_a_docker_save_archive_and_runs_it() {
     let id = p.image_id(&image.tag).expect("loaded image");
     assert_eq!(id, image.id, "podman keeps the config digest as image ID");
     assert_eq!(p.run_cat(&image.tag, HELLO_PATH), image.hello.trim());
+    p.podman_ok(["run", "-d", "--network", "none", &image.tag, "/bin/sleep", "600"]);
     assert!(p.version_json()["Components"][0]["Name"] == "Podman Engine");
     let (dir, pid) = (p.dir().to_path_buf(), p.pid());
     drop(p);
