@@ -75,6 +75,13 @@ fn docker26_containerd_store_builds_runs_and_shows_its_images_in_containerd() {
         "{listed}"
     );
 
+    // A restart keeps the store, the namespace and the image.
+    let mut d = d;
+    d.restart();
+    assert!(d.uses_containerd_store());
+    assert_eq!(d.containerd_namespace(), ns);
+    assert_eq!(d.image_id(&image.tag).as_deref(), Some(image.id.as_str()));
+
     // Dropped with a container running: its snapshot mount and shim go too.
     d.docker_ok(["run", "-d", "--network", "none", &image.tag, "/bin/sleep", "600"]);
     let dir = d.dir().to_path_buf();
