@@ -361,3 +361,81 @@ fn unreachable_daemon_says_what_to_do() {
         assert!(text.contains("is containerd running?"), "{text}");
     });
 }
+
+#[test]
+fn concurrent_imports_of_one_image_both_succeed() {
+    run(async {
+        let (daemon, c) = start("race").await;
+        let (base, top) = (base_layer(), top_layer("one"));
+        let layers = [&base, &top];
+        let (a, b) = tokio::join!(import(&c, "app:1", &layers), import(&c, "app:2", &layers));
+        assert_eq!(a, b, "one image, one manifest");
+        assert_eq!(c.snapshots().await.unwrap().len(), 2);
+        assert_eq!(c.images().await.unwrap().len(), 2);
+        let all = daemon.ctr_ok(NAMESPACE, ["snapshots", "--snapshotter", SNAPSHOTTER, "ls"]);
+        assert_eq!(
+            all.lines().count(),
+            3,
+            "the loser's extraction snapshot is removed: {all}"
+        );
+    });
+}
+
+#[test]
+fn garbage_collection_keeps_imports_and_leased_blobs() {
+    run(async {
+        let (daemon, c) = start("gc").await;
+        let (base, top) = (base_layer(), top_layer("one"));
+        import(&c, "app:1", &[&base, &top]).await;
+        let leased = c.leased(Duration::from_secs(600)).await.expect("lease");
+        let (pending, stray) = (top_layer("pending"), top_layer("stray"));
+        write_layers(&leased, &[&pending]).await;
+        write_layers(&c, &[&stray]).await;
+
+        collect_garbage(&daemon);
+        let blobs = c.blobs().await.unwrap();
+        assert!(
+            !blobs.contains(&stray.layer.blob.digest),
+            "a blob nothing refers to is collected"
+        );
+        assert!(
+            blobs.contains(&pending.layer.blob.digest),
+            "the lease keeps its blob"
+        );
+        assert_eq!(
+            blobs.len(),
+            2 + 2 + 1,
+            "the image's layers, config and manifest stay: {blobs:?}"
+        );
+        assert_eq!(
+            c.snapshots().await.unwrap().len(),
+            2,
+            "the image keeps its snapshots"
+        );
+        let out = daemon.ctr_ok(
+            NAMESPACE,
+            [
+                "run",
+                "--rm",
+                "--snapshotter",
+                SNAPSHOTTER,
+                "docker.io/library/app:1",
+                "gc1",
+            ]
+            .into_iter()
+            .chain(["/bin/busybox", "cat", "/top.txt"]),
+        );
+        assert_eq!(out, "one");
+
+        leased.release().await.expect("release");
+        collect_garbage(&daemon);
+        assert!(!c.blobs().await.unwrap().contains(&pending.layer.blob.digest));
+    });
+}
+
+/// Makes containerd collect garbage now: deleting a lease with `--sync` runs a
+/// collection before it answers.
+fn collect_garbage(daemon: &Daemon) {
+    let id = daemon.ctr_ok(NAMESPACE, ["leases", "create"]);
+    daemon.ctr_ok(NAMESPACE, ["leases", "delete", "--sync", &id]);
+}

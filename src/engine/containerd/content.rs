@@ -6,6 +6,7 @@
 //! fill the HTTP/2 window and stall the write); the first failure of either ends both.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use containerd_client::services::v1::content_client::ContentClient;
@@ -18,7 +19,7 @@ use containerd_client::tonic::{Code, Status};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{Containerd, ContainerdError, Descriptor};
+use super::{Containerd, ContainerdError, Descriptor, API_TIMEOUT};
 use crate::content::manifest::sha256_digest;
 
 /// Largest piece of a blob sent in one write request: containerd accepts messages
@@ -29,6 +30,15 @@ const WRITE_QUEUE: usize = 4;
 /// Largest blob read whole into memory (configs, manifests, indexes): real ones are
 /// a few KiB; this bounds what a damaged store can make us allocate.
 const MAX_SMALL_BLOB: i64 = 16 << 20;
+/// How long a write waits for another write of the same blob (containerd locks an
+/// ingest ref while a write holds it): that write may stream a large layer from the
+/// network, as fast as the swarm delivers it.
+const LOCKED_WAIT: Duration = Duration::from_secs(3600);
+/// First and longest pause between two tries at a locked ingest.
+const LOCKED_POLL: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// An open Content.Write: where requests go, where answers come from.
+type OpenWrite = (mpsc::Sender<WriteContentRequest>, Streaming<WriteContentResponse>);
 
 /// How a write ended, short of an error.
 enum Written {
@@ -48,7 +58,8 @@ impl Containerd {
     /// Streams one blob into the content store, checked by containerd against
     /// `blob`'s digest and size, committed with `labels`. A blob already present is
     /// a no-op success (its labels are added). A body that fails, ends short or runs
-    /// long leaves nothing committed: the ingest is aborted.
+    /// long leaves nothing committed: the ingest is aborted. A write of the same blob
+    /// already running (containerd locks its ingest) is waited for.
     pub async fn write_blob(
         &self,
         blob: &Descriptor,
@@ -56,7 +67,11 @@ impl Containerd {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<(), ContainerdError> {
         let ingest = format!("p2pimg-{}", blob.digest);
-        match self.stream_blob(&ingest, blob, &labels, body).await {
+        // No abort before the write is open: the ingest may be another writer's.
+        let Some(open) = self.open_write(&ingest, blob).await? else {
+            return self.add_labels(&blob.digest, labels).await;
+        };
+        match self.finish_write(open, &ingest, blob, &labels, body).await {
             Ok(Written::New) => Ok(()),
             Ok(Written::Present) => self.add_labels(&blob.digest, labels).await,
             Err(e) => {
@@ -158,29 +173,68 @@ impl Containerd {
         self.call(&action, self.content_client().read(req)).await
     }
 
-    /// Runs one Content.Write stream for `blob` under the ingest ref `ingest`.
-    async fn stream_blob(
+    /// Opens a Content.Write stream for `blob` under the ingest ref `ingest` and
+    /// reads containerd's answer to the stat; `None` if the store has the blob.
+    /// While another write holds the ingest, retries for up to [`LOCKED_WAIT`].
+    async fn open_write(
         &self,
+        ingest: &str,
+        blob: &Descriptor,
+    ) -> Result<Option<OpenWrite>, ContainerdError> {
+        let action = format!("write blob {}", blob.digest);
+        let deadline = Instant::now() + LOCKED_WAIT;
+        let mut pause = LOCKED_POLL.0;
+        loop {
+            match self.try_open_write(ingest, blob).await {
+                Err(s) if s.code() == Code::AlreadyExists => return Ok(None),
+                Err(s) if is_locked(&s) && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LOCKED_POLL.1);
+                }
+                Err(s) => return Err(self.api(&action, s)),
+                Ok(open) => return Ok(Some(open)),
+            }
+        }
+    }
+
+    /// One try of [`Containerd::open_write`].
+    async fn try_open_write(&self, ingest: &str, blob: &Descriptor) -> Result<OpenWrite, Status> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        // Queued before the call: containerd answers (and the call returns) only once
+        // it has a first request. A stat with the expected digest makes it refuse
+        // (AlreadyExists) a blob it has.
+        let _ = tx.send(write_request(WriteAction::Stat, ingest, blob)).await;
+        let mut client = self.content_client();
+        let call = client.write(self.request(outbound));
+        let mut inbound = match tokio::time::timeout(API_TIMEOUT, call).await {
+            Ok(answer) => answer?.into_inner(),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no answer within {API_TIMEOUT:?}"
+                )))
+            }
+        };
+        match tokio::time::timeout(API_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(_stat))) => Ok((tx, inbound)),
+            Ok(Ok(None)) => Err(Status::internal("the write ended before its stat was answered")),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer within {API_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Sends `body` and the commit on an open write while reading the answers.
+    async fn finish_write(
+        &self,
+        (tx, inbound): OpenWrite,
         ingest: &str,
         blob: &Descriptor,
         labels: &HashMap<String, String>,
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<Written, ContainerdError> {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let outbound = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        // Sent before the call: containerd answers (and the call returns) only once
-        // it has a first request. Stating with the expected digest makes it refuse
-        // (AlreadyExists) a blob it has.
-        let stat = write_request(WriteAction::Stat, ingest, blob);
-        let _ = tx.send(stat).await;
         let action = format!("write blob {}", blob.digest);
-        let inbound = match self
-            .call(&action, self.content_client().write(self.request(outbound)))
-            .await
-        {
-            Err(e) if e.code() == Some(Code::AlreadyExists) => return Ok(Written::Present),
-            other => other?,
-        };
         let feed = feed(tx, ingest, blob, labels, body, &self.host);
         match futures::future::try_join(feed, drain(inbound)).await {
             Ok(((), true)) => Ok(Written::New),
@@ -262,6 +316,12 @@ async fn drain(mut inbound: Streaming<WriteContentResponse>) -> Result<bool, Fai
         committed |= answer.action == WriteAction::Commit as i32;
     }
     Ok(committed)
+}
+
+/// True for containerd's answer to a write whose ingest ref another write holds
+/// (`ErrUnavailable` "ref … locked"); gRPC's own Unavailable means no connection.
+fn is_locked(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.message().contains("locked")
 }
 
 /// A write request for `blob` carrying its size, and its expected digest on a stat or
