@@ -6,6 +6,7 @@
 //! containerd image store keeps them in `moby`. containerd reads the namespace (and a
 //! lease, when one is held) from gRPC metadata on every request.
 //!
+//! - [`lease`]: leases, which keep what an import writes from the garbage collector.
 //! - [`content`]: the content store: streaming a blob in (Content.Write), reading one.
 //! - [`resolve`]: an image record → its platform manifest, config and layers.
 //! - [`unpack`]: layers into snapshots as containerd's own unpacker does; import.
@@ -16,6 +17,7 @@
 
 mod content;
 mod export;
+mod lease;
 mod resolve;
 mod unpack;
 
@@ -23,16 +25,12 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{Kind, ListSnapshotsRequest};
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
     content_client::ContentClient, images_client::ImagesClient, CreateImageRequest, GetImageRequest, Image,
     ListContentRequest, UpdateImageRequest,
-};
-use containerd_client::services::v1::{
-    CreateRequest as CreateLeaseRequest, DeleteRequest as DeleteLeaseRequest,
 };
 use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::transport::Channel;
@@ -56,9 +54,6 @@ const MAX_MESSAGE: usize = 64 << 20;
 const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// gRPC metadata key containerd reads the lease from.
 const LEASE_HEADER: &str = "containerd-lease";
-/// Lease label that lets containerd's garbage collector drop a lease whose holder
-/// died before releasing it (RFC 3339 time).
-const LEASE_EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 
 /// A connection to one containerd, in one namespace. Clone is cheap.
 #[derive(Clone, Debug)]
@@ -231,43 +226,6 @@ impl Containerd {
         &self.snapshotter
     }
 
-    /// A handle whose requests all hold a new lease, which keeps what they write
-    /// (blobs, snapshots) from containerd's garbage collector until
-    /// [`Containerd::release`] or `expire` from now (if the holder dies first).
-    /// Write an image's layers and import it through one such handle.
-    pub async fn leased(&self, expire: Duration) -> Result<Containerd, ContainerdError> {
-        let id = format!("p2pimg-{}", unique_suffix());
-        let until = SystemTime::now() + expire;
-        let labels = [(LEASE_EXPIRE_LABEL.to_string(), rfc3339(until))].into();
-        let req = self.request(CreateLeaseRequest {
-            id: id.clone(),
-            labels,
-        });
-        self.call(
-            "create a lease",
-            LeasesClient::new(self.channel.clone()).create(req),
-        )
-        .await?;
-        let mut leased = self.clone();
-        leased.lease = metadata(&id);
-        Ok(leased)
-    }
-
-    /// Deletes the lease this handle holds (see [`Containerd::leased`]); what it
-    /// protected stays only if an image refers to it. A no-op without a lease.
-    pub async fn release(&self) -> Result<(), ContainerdError> {
-        let Some(lease) = &self.lease else {
-            return Ok(());
-        };
-        let id = lease.to_str().unwrap_or_default().to_string();
-        let req = self.request(DeleteLeaseRequest { id, sync: false });
-        let mut client = LeasesClient::new(self.channel.clone());
-        match self.call("delete a lease", client.delete(req)).await {
-            Err(e) if e.code() == Some(Code::NotFound) => Ok(()),
-            other => other.map(|_| ()),
-        }
-    }
-
     /// Every image in the namespace. Records whose manifest or config blob is
     /// missing or unparseable are skipped (logged at debug), not errors.
     pub async fn images(&self) -> Result<Vec<ImageRecord>, ContainerdError> {
@@ -283,7 +241,8 @@ impl Containerd {
         Ok(out)
     }
 
-    /// One image by (full) name, `None` if absent.
+    /// One image by (full) name, `None` if absent; an error if its manifest or
+    /// config blob is missing or unusable.
     pub async fn image(&self, name: &str) -> Result<Option<ImageRecord>, ContainerdError> {
         match self.get_image(name).await? {
             Some(image) => self.record(image).await.map(Some),
@@ -515,42 +474,9 @@ fn unique_suffix() -> String {
     format!("{}-{nanos}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// `t` as an RFC 3339 UTC time, such as `2026-12-03T15:20:00Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-/// The Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199); // leap year
-        assert_eq!(rfc3339(t), "2024-02-29T23:59:59Z");
-    }
 
     #[test]
     fn hosts_are_unix_sockets() {

@@ -439,3 +439,65 @@ fn collect_garbage(daemon: &Daemon) {
     let id = daemon.ctr_ok(NAMESPACE, ["leases", "create"]);
     daemon.ctr_ok(NAMESPACE, ["leases", "delete", "--sync", &id]);
 }
+
+#[test]
+fn index_resolves_to_the_host_platform_and_broken_records_are_skipped() {
+    run(async {
+        let (_daemon, c) = start("index").await;
+        let (base, top) = (base_layer(), top_layer("one"));
+        let manifest = import(&c, "app:1", &[&base, &top]).await;
+        let other = sha256(b"a manifest for another platform, never stored");
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                { "mediaType": manifest.media_type, "digest": other, "size": 10,
+                  "platform": { "os": "linux", "architecture": "not-this-one" } },
+                { "mediaType": manifest.media_type, "digest": manifest.digest, "size": manifest.size,
+                  "platform": { "os": "linux", "architecture": host_arch() } },
+            ],
+        });
+        let index_type = "application/vnd.oci.image.index.v1+json";
+        let labels = HashMap::from([(
+            "containerd.io/gc.ref.content.m.0".to_string(),
+            manifest.digest.clone(),
+        )]);
+        let index = c
+            .write_bytes(index_type, index.to_string().into_bytes(), labels)
+            .await
+            .expect("write index");
+        c.set_image("multi:1", &index).await.expect("point at the index");
+        let ghost = Descriptor {
+            media_type: manifest.media_type.clone(),
+            digest: other,
+            size: 10,
+        };
+        c.set_image("ghost:1", &ghost)
+            .await
+            .expect("point at a missing manifest");
+
+        let images = c
+            .images()
+            .await
+            .expect("a broken record is skipped, not an error");
+        let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["docker.io/library/app:1", "docker.io/library/multi:1"]);
+        let multi = &images[1];
+        assert_eq!(multi.target, index);
+        assert_eq!(multi.manifest_digest, manifest.digest);
+        assert_eq!(multi.config_digest, images[0].config_digest);
+        assert!(
+            c.image("docker.io/library/ghost:1").await.is_err(),
+            "asked for by name, it is an error"
+        );
+    });
+}
+
+/// This host's architecture as OCI platforms name it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
