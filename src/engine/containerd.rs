@@ -6,11 +6,11 @@
 //! containerd image store keeps them in `moby`. containerd reads the namespace (and a
 //! lease, when one is held) from gRPC metadata on every request.
 //!
-//! - [`lease`]: leases, which keep what an import writes from the garbage collector.
-//! - [`content`]: the content store: streaming a blob in (Content.Write), reading one.
-//! - [`resolve`]: an image record → its platform manifest, config and layers.
-//! - [`unpack`]: layers into snapshots as containerd's own unpacker does; import.
-//! - [`export`]: images as an OCI-layout tar stream.
+//! - `lease`: leases, which keep what an import writes from the garbage collector.
+//! - `content`: the content store: streaming a blob in (Content.Write), reading one.
+//! - `resolve`: an image record → its platform manifest, config and layers.
+//! - `unpack`: layers into snapshots as containerd's own unpacker does; import.
+//! - `export`: images as an OCI-layout tar stream.
 //!
 //! Every error names the containerd's address, so a message from one of many nodes
 //! says which daemon failed.
@@ -68,7 +68,7 @@ pub struct Containerd {
 }
 
 /// An image record as p2pimg needs it, resolved for this host's platform (for an
-/// index target: the linux/<host arch> manifest).
+/// index target: the manifest for linux on this host's architecture).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageRecord {
     /// The name as containerd stores it, such as `docker.io/library/app:1`.
@@ -77,7 +77,9 @@ pub struct ImageRecord {
     pub target: Descriptor,
     /// The platform manifest's digest (`target.digest` unless the target is an index).
     pub manifest_digest: String,
-    /// `sha256:…` of the config blob: Docker's image ID.
+    /// `sha256:…` of the config blob: the image ID of Docker with its own image
+    /// store and of CRI (`crictl images`). Docker with the containerd image store
+    /// shows `target.digest` as the image ID instead.
     pub config_digest: String,
     /// The config's `rootfs.diff_ids`, bottom first.
     pub diff_ids: Vec<String>,
