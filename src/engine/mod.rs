@@ -12,6 +12,7 @@
 //!   streams it into the engine and tags the result.
 //! - [`progress`]: which `POST /images/load` progress messages are failures.
 
+pub mod containerd;
 pub mod docker;
 pub mod export;
 pub mod load;

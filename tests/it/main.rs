@@ -8,6 +8,7 @@ mod common;
 mod bundle;
 mod cli;
 mod concurrent;
+mod containerd;
 mod diskfull;
 mod engine;
 mod engine_restart;

@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod containerd;
 pub mod dockerd;
 pub mod image;
 pub mod netns;
