@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the p2pimg agent on this node, as a systemd service.
 #
-#   scripts/install.sh --name NODE --cert-dir DIR [--listen ADDR] [--binary PATH] [--no-start]
+#   scripts/install.sh --name NODE --cert-dir DIR [--listen ADDR] [--engine KIND] [--binary PATH] [--no-start]
 #   scripts/install.sh --uninstall
 #
 #   --name NODE      this node's name, as in nodes.toml and its certificate
 #   --cert-dir DIR   holds ca.crt, NODE.crt and NODE.key (from `p2pimg cert issue NODE`);
 #                    they are copied to /etc/p2pimg/ (key 0600, directory 0700)
 #   --listen ADDR    UDP address for agent.toml (default 0.0.0.0:7701)
+#   --engine KIND    the node's container engine for agent.toml: docker (default; classic or
+#                    containerd image store), containerd (Kubernetes nodes, namespace k8s.io)
+#                    or podman (needs its API socket: systemctl enable --now podman.socket)
 #   --binary PATH    the p2pimg binary (default: target/release/p2pimg of this checkout)
 #   --no-start       install only: neither enable nor start the service
 #   --uninstall      stop and disable the service, remove the unit and the binary; keeps
@@ -43,7 +46,7 @@ log() { printf '%s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # systemd_running: true when systemd is PID 1 here and we install into the real root.
@@ -86,7 +89,13 @@ valid_name() {
 }
 
 write_config() {
-    local conf=$1 name=$2 listen=$3
+    local conf=$1 name=$2 listen=$3 engine=$4 engine_host namespace=""
+    case $engine in
+        docker) engine_host="unix:///var/run/docker.sock" ;;
+        containerd) engine_host="unix:///run/containerd/containerd.sock"
+            namespace='containerd_namespace = "k8s.io"' ;;
+        podman) engine_host="unix:///run/podman/podman.sock" ;;
+    esac
     cat >"$conf.tmp.$$" <<EOF
 # p2pimg agent configuration, written by scripts/install.sh, which never overwrites it.
 # After editing it, run: systemctl restart p2pimg-agent
@@ -98,8 +107,16 @@ listen = "$listen"
 # Where verified chunks are kept. Default /var/lib/p2pimg, the unit's StateDirectory; the
 # unit makes only that directory writable, so another one needs a ReadWritePaths= drop-in.
 state_dir = "$ROOT$STATE_DIR"
-# This node's Docker Engine. Default unix:///var/run/docker.sock.
-docker_host = "unix:///var/run/docker.sock"
+# This node's container engine: "docker" (Docker Engine, with its classic or its containerd
+# image store, which is detected), "containerd" (Kubernetes nodes) or "podman". Default "docker".
+engine = "$engine"
+# Its API socket. Default by engine: unix:///var/run/docker.sock,
+# unix:///run/containerd/containerd.sock, unix:///run/podman/podman.sock.
+engine_host = "$engine_host"
+# containerd only: the namespace images go to; k8s.io is where the kubelet looks. Default k8s.io.
+# With Docker's containerd image store, containerd_host and containerd_namespace name Docker's
+# containerd when Docker does not say (Docker < 27): /run/containerd/containerd.sock and moby.
+$namespace
 # The cluster CA, and this node's certificate and key (mode 0600). Required.
 ca = "$ROOT$ETC_DIR/ca.crt"
 cert = "$ROOT$ETC_DIR/$name.crt"
@@ -118,7 +135,7 @@ EOF
 }
 
 do_install() {
-    local name=$1 cert_dir=$2 listen=$3 bin=$4 start=$5
+    local name=$1 cert_dir=$2 listen=$3 bin=$4 start=$5 engine=$6
     local f conf existing
 
     [[ -n "$name" ]] || die "--name NODE is required (the node's name, as in nodes.toml); see --help"
@@ -127,6 +144,8 @@ do_install() {
         die "invalid node name '$name': use 1 to 63 of A-Z a-z 0-9 . _ -, not starting with . or -"
     [[ "$listen" =~ ^([0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]+$ ]] ||
         die "invalid --listen '$listen': write IP:PORT, e.g. 0.0.0.0:7701 or [::]:7701"
+    [[ "$engine" =~ ^(docker|containerd|podman)$ ]] ||
+        die "invalid --engine '$engine': use docker, containerd or podman"
     [[ -d "$cert_dir" ]] || die "certificate directory $cert_dir does not exist (pass the directory holding ca.crt, $name.crt and $name.key)"
     [[ -f "$cert_dir/ca.crt" ]] ||
         die "missing $cert_dir/ca.crt: copy the cluster's ca.crt (from \`p2pimg init\`) into $cert_dir"
@@ -174,7 +193,7 @@ do_install() {
             log "warning: --listen $listen was not applied, because $conf exists: edit its listen line"
         fi
     else
-        write_config "$conf" "$name" "$listen"
+        write_config "$conf" "$name" "$listen" "$engine"
         CHANGED=1
         log "wrote       $conf"
     fi
@@ -245,22 +264,24 @@ do_uninstall() {
 
 main() {
     local name="" cert_dir="" listen=$DEFAULT_LISTEN bin="$REPO/target/release/p2pimg"
-    local start=1 uninstall=0
+    local start=1 uninstall=0 engine=docker
     while [[ $# -gt 0 ]]; do
         case $1 in
-            --name|--cert-dir|--listen|--binary)
+            --name|--cert-dir|--listen|--binary|--engine)
                 [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"
                 case $1 in
                     --name) name=$2 ;;
                     --cert-dir) cert_dir=${2%/} ;;
                     --listen) listen=$2 ;;
                     --binary) bin=$2 ;;
+                    --engine) engine=$2 ;;
                 esac
                 shift 2 ;;
             --name=*) name=${1#*=}; shift ;;
             --cert-dir=*) cert_dir=${1#*=}; cert_dir=${cert_dir%/}; shift ;;
             --listen=*) listen=${1#*=}; shift ;;
             --binary=*) bin=${1#*=}; shift ;;
+            --engine=*) engine=${1#*=}; shift ;;
             --no-start) start=0; shift ;;
             --uninstall) uninstall=1; shift ;;
             -h|--help) usage; exit 0 ;;
@@ -270,7 +291,7 @@ main() {
     if [[ $uninstall -eq 1 ]]; then
         do_uninstall
     else
-        do_install "$name" "$cert_dir" "$listen" "$bin" "$start"
+        do_install "$name" "$cert_dir" "$listen" "$bin" "$start" "$engine"
     fi
 }
 

@@ -96,7 +96,7 @@ impl Control {
             done = &mut call => return done,
             _ = tokio::time::sleep(ctx.engine_quiet) => {}
         }
-        let reason = Some(waits::engine_quiet(host, ctx.engine_quiet));
+        let reason = Some(waits::engine_quiet(ctx.engine.kind, host, ctx.engine_quiet));
         self.send(&Message::Progress(Progress { reason, ..progress }))
             .await;
         call.await
@@ -258,19 +258,19 @@ async fn prepare(
 ) -> Result<(Engine, NodePlan, Lease), String> {
     let lease = begin(ctx, id, manifest).await?;
     let inspect = async {
-        let engine = Engine::connect(&ctx.docker_host)
-            .await
-            .map_err(|e| e.to_string())?;
+        let engine = Engine::connect(&ctx.engine).await.map_err(|e| e.to_string())?;
         let held = engine.held().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((engine, held))
     };
     let (engine, held) = control
-        .engine_call(ctx, &ctx.docker_host, Progress::default(), inspect)
+        .engine_call(ctx, &ctx.engine.host, Progress::default(), inspect)
         .await?;
     let (m, store) = (manifest.clone(), ctx.store.clone());
-    let plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held.image_ids, &held.chain_ids, &store))
+    let mut plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held, &store))
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
+    plan::check_platform(manifest, &plan, engine.about())?;
+    plan.summary.engine = engine.about().to_string();
     Ok((engine, plan, lease))
 }
 
@@ -357,8 +357,7 @@ impl Node<'_> {
         }
         // The load streams from the start: dockerd unpacks the archive as
         // the chunks arrive, and only its import is left after the last.
-        let streaming = engine::load_images(
-            engine,
+        let streaming = engine.load(
             manifest.clone(),
             plan.images.clone(),
             plan.layers.clone(),
@@ -448,14 +447,14 @@ async fn load_again(
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(ENGINE_RETRY_MAX);
-            if let Ok(engine) = Engine::connect(&ctx.docker_host).await {
+            if let Ok(engine) = Engine::connect(&ctx.engine).await {
                 break engine;
             }
         };
         control.send(&Message::Progress(loading.clone())).await;
         let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
         let started = std::time::Instant::now();
-        let load = engine::load_images(&engine, manifest.clone(), images, layers, store, None);
+        let load = engine.load(manifest.clone(), images, layers, store, None);
         loaded = wait_load(ctx, &engine, control, &loading, load).await?;
         ctx.registry.metrics().on_load(loaded.is_ok(), started.elapsed());
     }
@@ -484,7 +483,11 @@ async fn wait_load(
         // Waiting for chunks before this was not the engine's silence.
         let quiet = engine.quiet_for().min(since.elapsed());
         if quiet >= ctx.engine_stall {
-            return Err(waits::engine_stalled(engine.host(), ctx.engine_stall));
+            return Err(waits::engine_stalled(
+                ctx.engine.kind,
+                engine.host(),
+                ctx.engine_stall,
+            ));
         }
         if since.elapsed() >= engine::LOAD_TIMEOUT {
             let secs = engine::LOAD_TIMEOUT.as_secs();
@@ -497,7 +500,7 @@ async fn wait_load(
         let hung = quiet >= ctx.engine_quiet;
         if hung != told {
             told = hung;
-            let reason = hung.then(|| waits::engine_quiet(engine.host(), ctx.engine_quiet));
+            let reason = hung.then(|| waits::engine_quiet(ctx.engine.kind, engine.host(), ctx.engine_quiet));
             let report = Progress {
                 reason,
                 ..loading.clone()
@@ -580,10 +583,8 @@ async fn dial_peer(ctx: Arc<AgentCtx>, swarm: SwarmHandle, peer: PeerInfo) {
 }
 
 async fn tag_all(engine: &Engine, manifest: &Manifest) -> Result<(), String> {
-    for image in &manifest.images {
-        for r in &image.refs {
-            engine.tag(&image.id, r).await.map_err(|e| e.to_string())?;
-        }
+    for index in 0..manifest.images.len() {
+        engine.tag(manifest, index).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

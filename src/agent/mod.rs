@@ -75,7 +75,8 @@ pub enum AgentError {
 /// What every task of the agent shares.
 pub(crate) struct AgentCtx {
     pub name: String,
-    pub docker_host: String,
+    /// The node's engine.
+    pub engine: crate::engine::EngineSpec,
     /// How long a load waits for a restarting engine.
     pub engine_wait: Duration,
     /// How long an engine call goes unanswered before the pusher is told.
@@ -127,7 +128,7 @@ impl Agent {
         let endpoint = net::endpoint(&identity, opts.listen)?;
         let ctx = AgentCtx {
             name: opts.name.clone(),
-            docker_host: opts.docker_host.clone(),
+            engine: opts.engine.clone(),
             engine_wait: opts.engine_wait,
             engine_quiet: opts.engine_quiet,
             engine_stall: opts.engine_stall,
@@ -265,17 +266,20 @@ async fn on_control(
 /// Answers `p2pimg status`: the image ID each reference names in the
 /// engine, without touching any distribution.
 async fn answer_query(ctx: &AgentCtx, mut send: SendStream, refs: Vec<String>) {
-    let ids = async {
-        let engine = crate::engine::Engine::connect(&ctx.docker_host).await?;
-        let mut ids = Vec::with_capacity(refs.len());
+    let status = async {
+        let engine = crate::engine::Engine::connect(&ctx.engine).await?;
+        let (mut ids, mut digests) = (Vec::new(), Vec::new());
         for r in refs.iter().take(crate::content::manifest::MAX_IMAGES) {
-            ids.push(engine.image_id(r).await?);
+            let identity = engine.identify(r).await?;
+            ids.push(identity.as_ref().map(|i| i.id.clone()));
+            digests.push(identity.and_then(|i| i.digest));
         }
-        Ok::<_, crate::engine::EngineError>(ids)
+        let engine = engine.about().to_string();
+        Ok::<_, crate::engine::EngineError>(Message::Status { ids, engine, digests })
     };
-    match ids.await {
-        Ok(ids) => {
-            let _ = crate::wire::write_frame(&mut send, &Message::Status { ids }).await;
+    match status.await {
+        Ok(status) => {
+            let _ = crate::wire::write_frame(&mut send, &status).await;
             let _ = send.finish();
         }
         Err(e) => refuse(send, ErrorCode::Internal, &e.to_string()).await,

@@ -2,10 +2,12 @@
 //! already holds, which layers it lacks (by chain ID), which chunks it must
 //! fetch, and which of those a previous run already verified (resume).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use crate::content::manifest::Manifest;
+use crate::content::platform::Platform;
 use crate::content::store::ChunkStore;
+use crate::engine::{About, Held};
 use crate::wire::Plan;
 
 /// What one node will fetch and load.
@@ -32,24 +34,20 @@ impl NodePlan {
 
 /// Plans against the engine's image IDs and chain IDs. Chunks already in
 /// the store are re-verified (read and hashed) before they count as held.
-pub fn plan(
-    manifest: &Manifest,
-    image_ids: &HashSet<String>,
-    chain_ids: &HashSet<String>,
-    store: &ChunkStore,
-) -> NodePlan {
+pub fn plan(manifest: &Manifest, held: &Held, store: &ChunkStore) -> NodePlan {
     let present: Vec<bool> = manifest
         .images
         .iter()
-        .map(|i| image_ids.contains(&i.id))
+        .map(|i| held.image_ids.contains(&i.id))
         .collect();
     let images: Vec<usize> = (0..manifest.images.len()).filter(|&i| !present[i]).collect();
     let mut layers = BTreeSet::new();
     for &i in &images {
         let image = &manifest.images[i];
         for (pos, chain) in image.chain_ids(manifest).iter().enumerate() {
-            if !chain_ids.contains(chain) {
-                layers.insert(image.layers[pos] as usize);
+            let layer = image.layers[pos] as usize;
+            if !held.has_layer(chain, &manifest.layers[layer].diff_id) {
+                layers.insert(layer);
             }
         }
     }
@@ -77,6 +75,28 @@ pub fn plan(
     }
 }
 
+/// Refuses images built for another platform than the node's, before
+/// anything is fetched: the engine would take them, and every container
+/// from them would fail at its first exec.
+pub fn check_platform(manifest: &Manifest, plan: &NodePlan, engine: &About) -> Result<(), String> {
+    for &i in &plan.images {
+        let image = &manifest.images[i];
+        let Some(built) = Platform::of_config(&image.config) else {
+            continue;
+        };
+        if !engine.platform.runs(&built) {
+            let name = image.refs.first().unwrap_or(&image.id);
+            return Err(format!(
+                "image {name} is built for {built} but this node is {node} ({kind}); nothing was loaded \
+                 (push an image built for {node}; multi-platform images are not supported yet)",
+                node = engine.platform,
+                kind = engine.kind,
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn summarize(manifest: &Manifest, present: Vec<bool>, need: &[bool], have: &[bool]) -> Plan {
     let missing = || {
         manifest
@@ -90,6 +110,7 @@ fn summarize(manifest: &Manifest, present: Vec<bool>, need: &[bool], have: &[boo
         need_chunks: missing().count() as u32,
         need_bytes: missing().map(|(c, _)| u64::from(c.zsize)).sum(),
         stored_chunks: need.iter().zip(have).filter(|(&n, &h)| n && h).count() as u32,
+        engine: String::new(),
     }
 }
 
@@ -98,6 +119,15 @@ mod tests {
     use super::*;
     use crate::content::chunk::encode_chunk;
     use crate::content::manifest::chain_ids;
+    use crate::engine::HeldLayers;
+    use std::collections::HashSet;
+
+    fn held<const I: usize, const C: usize>(ids: [String; I], chains: [String; C]) -> Held {
+        Held {
+            image_ids: HashSet::from(ids),
+            layers: HeldLayers::Chains(HashSet::from(chains)),
+        }
+    }
 
     fn setup() -> (Manifest, tempfile::TempDir, ChunkStore) {
         let m = crate::content::manifest::tests::sample();
@@ -109,7 +139,7 @@ mod tests {
     #[test]
     fn empty_engine_needs_everything() {
         let (m, _d, store) = setup();
-        let p = plan(&m, &HashSet::new(), &HashSet::new(), &store);
+        let p = plan(&m, &held([], []), &store);
         assert_eq!(p.images, [0]);
         assert_eq!(p.layers.len(), 2);
         assert!(p.need.iter().all(|n| *n));
@@ -120,8 +150,7 @@ mod tests {
     #[test]
     fn image_present_is_a_skip() {
         let (m, _d, store) = setup();
-        let ids = HashSet::from([m.images[0].id.clone()]);
-        let p = plan(&m, &ids, &HashSet::new(), &store);
+        let p = plan(&m, &held([m.images[0].id.clone()], []), &store);
         assert!(p.is_skip());
         assert_eq!(p.summary.need_chunks, 0);
         assert_eq!(p.summary.present, [true]);
@@ -131,7 +160,7 @@ mod tests {
     fn held_base_layer_is_not_fetched() {
         let (m, _d, store) = setup();
         let base_chain = chain_ids([m.layers[0].diff_id.as_str()]).remove(0);
-        let p = plan(&m, &HashSet::new(), &HashSet::from([base_chain]), &store);
+        let p = plan(&m, &held([], [base_chain]), &store);
         assert_eq!(p.layers, BTreeSet::from([1]));
         let top = &m.layers[1];
         assert_eq!(p.summary.need_chunks, top.chunk_count);
@@ -142,13 +171,50 @@ mod tests {
         // A chain ID, not a diffID, says a layer is present: the top layer's
         // diffID alone as a chain means "this layer at the bottom".
         let (m, _d, store) = setup();
-        let p = plan(
-            &m,
-            &HashSet::new(),
-            &HashSet::from([m.layers[1].diff_id.clone()]),
-            &store,
-        );
+        let p = plan(&m, &held([], [m.layers[1].diff_id.clone()]), &store);
         assert_eq!(p.layers.len(), 2);
+    }
+
+    #[test]
+    fn containerd_holds_layers_by_blob_whatever_the_base() {
+        // In a content store the blob named by the diffID is the layer,
+        // wherever the image that brought it had it.
+        let (m, _d, store) = setup();
+        let held = Held {
+            image_ids: HashSet::new(),
+            layers: HeldLayers::Blobs(HashSet::from([m.layers[1].diff_id.clone()])),
+        };
+        assert_eq!(plan(&m, &held, &store).layers, BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn an_image_for_another_platform_is_refused_with_both_named() {
+        use crate::engine::{About, Kind};
+        let (mut m, _d, store) = setup();
+        let p = plan(&m, &held([], []), &store);
+        let node = About {
+            kind: Kind::Containerd,
+            version: String::new(),
+            store: "namespace k8s.io".into(),
+            platform: Platform::from_uname("linux", "x86_64"),
+        };
+        assert_eq!(
+            check_platform(&m, &p, &node),
+            Ok(()),
+            "the sample declares no platform"
+        );
+        m.images[0].config = br#"{"architecture":"arm64","os":"linux","rootfs":{}}"#.to_vec();
+        let err = check_platform(&m, &p, &node).unwrap_err();
+        assert!(
+            err.contains("built for linux/arm64") && err.contains("this node is linux/amd64"),
+            "{err}"
+        );
+        let skip = NodePlan::default();
+        assert_eq!(
+            check_platform(&m, &skip, &node),
+            Ok(()),
+            "an image held is not checked"
+        );
     }
 
     #[test]
@@ -162,7 +228,7 @@ mod tests {
         m.chunks[0].zsize = e0.zsize;
         store.put(&e0.hash, &z0).unwrap();
         store.put(&m.chunks[1].hash, b"garbage").unwrap();
-        let p = plan(&m, &HashSet::new(), &HashSet::new(), &store);
+        let p = plan(&m, &held([], []), &store);
         assert!(p.have[0] && !p.have[1]);
         assert_eq!(p.summary.stored_chunks, 1);
         assert!(!store.contains(&m.chunks[1].hash), "damaged chunk removed");

@@ -4,8 +4,6 @@
 //! either fails at once with a message naming the disk and the space
 //! needed, and nothing is fetched or loaded.
 
-use std::path::PathBuf;
-
 use crate::agent::plan::NodePlan;
 use crate::content::manifest::Manifest;
 use crate::content::retention::Keeper;
@@ -41,14 +39,9 @@ async fn check_engine(engine: &Engine, needed: u64) -> Result<(), String> {
     if needed == 0 || engine.host().starts_with("tcp://") || engine.host().starts_with("http") {
         return Ok(());
     }
-    let root = match engine.docker().info().await {
-        Ok(info) => info.docker_root_dir.map(PathBuf::from),
-        Err(e) => {
-            tracing::debug!("cannot ask the engine for its data root: {e}");
-            None
-        }
+    let Some(root) = engine.data_root().await else {
+        return Ok(());
     };
-    let Some(root) = root else { return Ok(()) };
     let space = match tokio::task::spawn_blocking({
         let root = root.clone();
         move || crate::content::disk::space(&root)

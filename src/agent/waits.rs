@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::engine::Kind;
 use crate::swarm::SwarmProgress;
 use crate::wire::reason_text;
 
@@ -49,30 +50,32 @@ pub(super) fn fetch_reason(p: &SwarmProgress, claim_waits: usize, quiet: Duratio
     Some(reason)
 }
 
-/// Why a node with every chunk is not loading: its Docker Engine went away
+/// Why a node with every chunk is not loading: its engine went away
 /// (`error`) and the agent waits up to `limit` for it to answer again.
 pub(super) fn engine_reason(error: &str, limit: Duration) -> String {
     let secs = limit.as_secs();
     reason_text(&format!(
-        "its Docker Engine is gone; loading again once it answers (for up to {secs}s, engine_wait_secs): {error}"
+        "its engine is gone; loading again once it answers (for up to {secs}s, engine_wait_secs): {error}"
     ))
 }
 
-/// Why a node waits on its Docker Engine at `host`: a call to it (planning,
-/// tagging, a load) has gone unanswered for `quiet`.
-pub(super) fn engine_quiet(host: &str, quiet: Duration) -> String {
+/// Why a node waits on its engine of `kind` at `host`: a call to it
+/// (planning, tagging, a load) has gone unanswered for `quiet`.
+pub(super) fn engine_quiet(kind: Kind, host: &str, quiet: Duration) -> String {
     let secs = quiet.as_secs();
+    let (product, daemon) = (kind.product(), kind.daemon());
     reason_text(&format!(
-        "the Docker Engine at {host} has not answered for {secs}s (is dockerd hung or stopped?)"
+        "the {product} at {host} has not answered for {secs}s (is {daemon} hung or stopped?)"
     ))
 }
 
 /// Why a load failed whose engine at `host` said nothing for `stall`.
-pub(super) fn engine_stalled(host: &str, stall: Duration) -> String {
+pub(super) fn engine_stalled(kind: Kind, host: &str, stall: Duration) -> String {
     let secs = stall.as_secs();
+    let (product, daemon) = (kind.product(), kind.daemon());
     format!(
-        "the Docker Engine at {host} made no progress loading for {secs}s (engine_stall_secs); \
-         nothing was tagged; check that dockerd runs and is not hung (its log), then push again"
+        "the {product} at {host} made no progress loading for {secs}s (engine_stall_secs); \
+         nothing was tagged; check that {daemon} runs and is not hung (its log), then push again"
     )
 }
 
@@ -158,12 +161,17 @@ mod tests {
 
     #[test]
     fn a_silent_engine_is_named_with_how_long() {
-        let reason = engine_quiet("unix:///run/docker.sock", Duration::from_secs(30));
+        let reason = engine_quiet(Kind::Docker, "unix:///run/docker.sock", Duration::from_secs(30));
         assert_eq!(
             reason,
             "the Docker Engine at unix:///run/docker.sock has not answered for 30s (is dockerd hung or stopped?)"
         );
-        let failed = engine_stalled("unix:///run/docker.sock", Duration::from_secs(300));
+        let containerd = engine_quiet(Kind::Containerd, "unix:///c.sock", Duration::from_secs(30));
+        assert!(
+            containerd.starts_with("the containerd daemon at unix:///c.sock")
+                && containerd.contains("is containerd hung")
+        );
+        let failed = engine_stalled(Kind::Docker, "unix:///run/docker.sock", Duration::from_secs(300));
         assert!(
             failed.contains("no progress loading for 300s (engine_stall_secs)"),
             "{failed}"

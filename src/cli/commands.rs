@@ -85,6 +85,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Logs what the agent's engine is, or a warning naming why it cannot be
+/// reached (the agent still starts: the engine is asked again at each push).
+async fn say_engine(spec: crate::engine::EngineSpec) {
+    match crate::engine::Engine::connect(&spec).await {
+        Ok(engine) => tracing::info!(engine = %engine.about(), "engine found"),
+        Err(e) => tracing::warn!("{e}; pushes to this node fail until it answers"),
+    }
+}
+
 fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
     logging(log, "info", std::io::stderr);
     let opts = AgentOptions::load(&config)?;
@@ -102,7 +111,8 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
             println!("metrics on http://{}/metrics", listener.local_addr()?);
             tokio::spawn(crate::ops::metrics::serve(listener, opts.state_dir.clone(), agent.metrics()));
         }
-        tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), docker = %opts.docker_host, "agent started");
+        tracing::info!(name = %opts.name, state_dir = %opts.state_dir.display(), engine = %opts.engine.kind, engine_host = %opts.engine.host, "agent started");
+        tokio::spawn(say_engine(opts.engine.clone()));
         let requested = agent.run(stop).await;
         Ok(if requested { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
@@ -119,7 +129,7 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
     let source = match args.bundle {
         Some(file) => Source::Bundle(file),
         None => Source::Engine {
-            docker_host: args.docker_host,
+            engine: args.engine.spec(),
             images: args.images,
             pack: args.pack.options(),
         },
@@ -193,13 +203,16 @@ fn bundle(log: LogFormat, cmd: BundleCommand) -> anyhow::Result<ExitCode> {
             images,
             from_tar,
             output,
-            docker_host,
+            engine,
             pack,
         } => {
             push::check_request(&images, &[])?;
             let input = match from_tar {
                 Some(tar) => Input::Tar(tar),
-                None => Input::Engine { docker_host, images },
+                None => Input::Engine {
+                    engine: engine.spec(),
+                    images,
+                },
             };
             return create_bundle(input, &pack.options(), &output);
         }
@@ -260,7 +273,7 @@ fn status(log: LogFormat, args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", report::status_table(&args.images, &answers));
     }
-    let all_answered = answers.iter().all(|a| a.ids.is_ok());
+    let all_answered = answers.iter().all(|a| a.answer.is_ok());
     Ok(if all_answered {
         ExitCode::SUCCESS
     } else {

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Inventory, NodeEntry};
 use crate::content::pack::{PackOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
+use crate::engine::{EngineSpec, Kind};
 use crate::net::identity::{self, Role};
 use report::ProgressMode;
 
@@ -104,9 +105,8 @@ struct PushArgs {
     /// Most the seed uploads, in Mbit/s (agents have `max_upload_mbit` in agent.toml).
     #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u64).range(1..))]
     max_upload_mbit: Option<u64>,
-    /// The seed's Docker Engine.
-    #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
-    docker_host: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Where the seed keeps chunks while pushing (default: a temporary directory, removed
     /// afterwards). Locked while the push runs, so not an agent's state_dir; after the push it
     /// keeps only this push's chunks, unless --keep.
@@ -193,6 +193,48 @@ impl Targets {
     }
 }
 
+/// The seed's engine, which the images are exported from.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// The kind of engine the images are in: docker (Docker Engine, classic or containerd
+    /// image store, detected), containerd (e.g. a Kubernetes control-plane node) or podman.
+    #[arg(long, value_name = "KIND", default_value = "docker", value_parser = parse_kind)]
+    engine: Kind,
+    /// The engine's API socket [default: $DOCKER_HOST for docker, else the kind's usual
+    /// socket: /var/run/docker.sock, /run/containerd/containerd.sock, /run/podman/podman.sock].
+    #[arg(long, visible_alias = "docker-host", value_name = "URL")]
+    engine_host: Option<String>,
+    /// containerd's namespace: for --engine containerd [default: k8s.io], or Docker's
+    /// containerd image store [default: what Docker says, else moby].
+    #[arg(long, value_name = "NS")]
+    containerd_namespace: Option<String>,
+    /// The socket of the containerd under Docker's containerd image store, where Docker does
+    /// not say it [default: /run/containerd/containerd.sock].
+    #[arg(long, value_name = "URL")]
+    containerd_host: Option<String>,
+}
+
+impl EngineArgs {
+    fn spec(self) -> EngineSpec {
+        let from_env = || match self.engine {
+            Kind::Docker => std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+            _ => None,
+        };
+        let host = self.engine_host.clone().or_else(from_env);
+        EngineSpec {
+            kind: self.engine,
+            host: host.unwrap_or_else(|| self.engine.default_host().to_string()),
+            namespace: self.containerd_namespace,
+            containerd_host: self.containerd_host,
+        }
+    }
+}
+
+fn parse_kind(text: &str) -> Result<Kind, String> {
+    Kind::parse(text)
+        .ok_or_else(|| format!("{text:?} is not an engine kind: use docker, containerd or podman"))
+}
+
 /// How images are cut into chunks.
 #[derive(clap::Args)]
 struct PackArgs {
@@ -226,9 +268,8 @@ enum BundleCommand {
         /// The bundle file to write.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
-        /// The Docker Engine to export from.
-        #[arg(long, env = "DOCKER_HOST", default_value = "unix:///var/run/docker.sock")]
-        docker_host: String,
+        #[command(flatten)]
+        engine: EngineArgs,
         #[command(flatten)]
         pack: PackArgs,
     },

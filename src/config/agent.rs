@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::engine::{EngineSpec, Kind};
 use crate::net::identity::{self, Identity};
 
 use super::*;
@@ -16,8 +17,6 @@ use super::*;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7701";
 /// Default agent state directory: the FHS place for a daemon's persistent state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/p2pimg";
-/// Default Docker Engine endpoint: the socket dockerd creates on every Linux install.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 /// Default time a finished distribution's chunks are kept: a day covers a push
 /// retried or repeated to more nodes the same working day, and resuming one
 /// that failed, without keeping every image ever pushed.
@@ -32,8 +31,8 @@ pub struct AgentOptions {
     pub listen: SocketAddr,
     /// Where chunks and completion records live.
     pub state_dir: PathBuf,
-    /// The local Docker Engine endpoint.
-    pub docker_host: String,
+    /// The node's container engine: its kind, socket and namespace.
+    pub engine: EngineSpec,
     /// The cluster CA certificate.
     pub ca: PathBuf,
     /// This node's certificate.
@@ -74,8 +73,16 @@ struct RawAgent {
     listen: SocketAddr,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
-    #[serde(default = "default_docker_host")]
-    docker_host: String,
+    #[serde(default)]
+    engine: Option<Spanned<String>>,
+    #[serde(default)]
+    engine_host: Option<Spanned<String>>,
+    #[serde(default)]
+    docker_host: Option<Spanned<String>>,
+    #[serde(default)]
+    containerd_namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    containerd_host: Option<Spanned<String>>,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -135,10 +142,6 @@ fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
 
-fn default_docker_host() -> String {
-    DEFAULT_DOCKER_HOST.into()
-}
-
 /// Checks agent.toml's whole numbers against their ranges, naming the line
 /// of one that is out of range.
 struct Numbers<'a> {
@@ -178,6 +181,7 @@ impl AgentOptions {
     /// Parses agent.toml `text`; `origin` names the file and anchors relative paths.
     pub fn parse(text: &str, origin: &Path) -> Result<AgentOptions, ConfigError> {
         let raw: RawAgent = parse_toml(text, origin)?;
+        let engine = engine_spec(&raw, text, origin)?;
         let line = line_of(text, raw.name.span().start);
         let name = raw.name.into_inner();
         identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
@@ -240,7 +244,7 @@ impl AgentOptions {
             name,
             listen: raw.listen,
             state_dir: base.join(raw.state_dir),
-            docker_host: raw.docker_host,
+            engine,
             ca: base.join(raw.ca),
             cert: base.join(raw.cert),
             key: base.join(raw.key),
@@ -316,4 +320,71 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(unit)
+}
+
+/// What agent.toml's `engine` may be.
+const ENGINE_KINDS: &str = "one of \"docker\", \"containerd\", \"podman\"";
+
+/// The engine agent.toml names: `engine` (default `docker`), its socket
+/// `engine_host` (`docker_host` still works for Docker), and for containerd
+/// (or Docker's containerd image store) `containerd_namespace` and
+/// `containerd_host`. A key that does not apply to the kind is an error,
+/// not silently ignored.
+fn engine_spec(raw: &RawAgent, text: &str, origin: &Path) -> Result<EngineSpec, ConfigError> {
+    let bad = |key, v: &Spanned<String>, expected| ConfigError::BadValue {
+        path: origin.into(),
+        line: line_of(text, v.span().start),
+        key,
+        value: v.get_ref().clone(),
+        expected,
+    };
+    let kind = match &raw.engine {
+        None => Kind::Docker,
+        Some(v) => Kind::parse(v.get_ref()).ok_or_else(|| bad("engine", v, ENGINE_KINDS))?,
+    };
+    let conflict = |key, v: &Spanned<String>, reason| ConfigError::DoesNotApply {
+        path: origin.into(),
+        line: line_of(text, v.span().start),
+        key,
+        reason,
+    };
+    let misplaced = [
+        (
+            "docker_host",
+            &raw.docker_host,
+            kind != Kind::Docker,
+            "is for engine = \"docker\"; set engine_host to the engine's socket",
+        ),
+        (
+            "docker_host",
+            &raw.docker_host,
+            raw.engine_host.is_some(),
+            "and engine_host are both set; keep engine_host",
+        ),
+        (
+            "containerd_namespace",
+            &raw.containerd_namespace,
+            kind == Kind::Podman,
+            "does not apply to podman, which has no namespaces",
+        ),
+        (
+            "containerd_host",
+            &raw.containerd_host,
+            kind != Kind::Docker,
+            "is for Docker's containerd image store; with engine = \"containerd\" set engine_host",
+        ),
+    ];
+    for (key, value, wrong, reason) in misplaced {
+        if let (Some(v), true) = (value, wrong) {
+            return Err(conflict(key, v, reason));
+        }
+    }
+    let text_of = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
+    let host = text_of(&raw.engine_host).or(text_of(&raw.docker_host));
+    Ok(EngineSpec {
+        kind,
+        host: host.unwrap_or_else(|| kind.default_host().to_string()),
+        namespace: text_of(&raw.containerd_namespace),
+        containerd_host: text_of(&raw.containerd_host),
+    })
 }

@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use crate::net::identity::IdentityError;
 
 pub use agent::{
-    parse_duration, parse_size, AgentOptions, DEFAULT_DOCKER_HOST, DEFAULT_LISTEN, DEFAULT_RETAIN,
-    DEFAULT_STATE_DIR, MAX_ENGINE_WAIT_SECS,
+    parse_duration, parse_size, AgentOptions, DEFAULT_LISTEN, DEFAULT_RETAIN, DEFAULT_STATE_DIR,
+    MAX_ENGINE_WAIT_SECS,
 };
 pub use inventory::{Inventory, NodeEntry};
 
@@ -96,6 +96,14 @@ pub enum ConfigError {
         key: &'static str,
         value: String,
         expected: &'static str,
+    },
+    /// A key in agent.toml does not apply with the others set.
+    #[error("{} line {line}: {key} {reason}", path.display())]
+    DoesNotApply {
+        path: PathBuf,
+        line: usize,
+        key: &'static str,
+        reason: &'static str,
     },
     /// A number in agent.toml is outside what it may be.
     #[error("{} line {line}: {key} = {value} is out of range: {range}", path.display())]

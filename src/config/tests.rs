@@ -109,7 +109,10 @@ fn agent_defaults_and_relative_paths() {
     let opts = AgentOptions::parse(text, Path::new("/etc/p2pimg/agent.toml")).unwrap();
     assert_eq!(opts.listen, DEFAULT_LISTEN.parse().unwrap());
     assert_eq!(opts.state_dir, Path::new(DEFAULT_STATE_DIR));
-    assert_eq!(opts.docker_host, DEFAULT_DOCKER_HOST);
+    assert_eq!(
+        opts.engine,
+        crate::engine::EngineSpec::docker("unix:///var/run/docker.sock")
+    );
     assert_eq!(opts.ca, Path::new("/etc/p2pimg/ca.crt"));
     assert_eq!(opts.cert, Path::new("/etc/p2pimg/certs/n1.crt"));
     assert_eq!(opts.key, Path::new("/etc/p2pimg/n1.key"));
@@ -119,6 +122,62 @@ fn agent_defaults_and_relative_paths() {
     assert_eq!(opts.engine_wait, Duration::from_secs(5));
     assert_eq!(opts.retain, DEFAULT_RETAIN);
     assert_eq!(opts.store_budget, None);
+}
+
+#[test]
+fn agent_engine_kinds_sockets_and_namespaces() {
+    use crate::engine::{EngineSpec, Kind};
+    let base = "name = \"n1\"\nca = \"ca.crt\"\ncert = \"n1.crt\"\nkey = \"n1.key\"\n";
+    let parse = |extra: &str| AgentOptions::parse(&format!("{base}{extra}"), Path::new("agent.toml"));
+    let engine = |extra: &str| parse(extra).unwrap().engine;
+    let err = |extra: &str| parse(extra).unwrap_err().to_string();
+    assert_eq!(
+        engine("docker_host = \"unix:///d.sock\"\n"),
+        EngineSpec::docker("unix:///d.sock")
+    );
+    assert_eq!(
+        engine("engine = \"podman\"\n"),
+        EngineSpec::of(Kind::Podman, "unix:///run/podman/podman.sock")
+    );
+    let containerd = engine("engine = \"containerd\"\n");
+    assert_eq!(
+        containerd,
+        EngineSpec::of(Kind::Containerd, "unix:///run/containerd/containerd.sock")
+    );
+    let custom =
+        engine("engine = \"containerd\"\nengine_host = \"/c.sock\"\ncontainerd_namespace = \"ns\"\n");
+    assert_eq!(
+        (custom.host.as_str(), custom.namespace.as_deref()),
+        ("/c.sock", Some("ns"))
+    );
+    let store = engine("containerd_host = \"unix:///c.sock\"\ncontainerd_namespace = \"moby2\"\n");
+    assert_eq!(store.containerd_host.as_deref(), Some("unix:///c.sock"));
+
+    let bad_kind = err("engine = \"crio\"\n");
+    assert!(
+        bad_kind.contains("line 5") && bad_kind.contains("\"docker\", \"containerd\", \"podman\""),
+        "{bad_kind}"
+    );
+    let docker_host = err("engine = \"containerd\"\ndocker_host = \"/d.sock\"\n");
+    assert!(
+        docker_host.contains("docker_host is for engine = \"docker\""),
+        "{docker_host}"
+    );
+    let both = err("docker_host = \"/d.sock\"\nengine_host = \"/e.sock\"\n");
+    assert!(
+        both.contains("docker_host and engine_host are both set"),
+        "{both}"
+    );
+    let podman_ns = err("engine = \"podman\"\ncontainerd_namespace = \"k8s.io\"\n");
+    assert!(
+        podman_ns.contains("line 6: containerd_namespace does not apply to podman"),
+        "{podman_ns}"
+    );
+    let ctd_host = err("engine = \"containerd\"\ncontainerd_host = \"/c.sock\"\n");
+    assert!(
+        ctd_host.contains("containerd_host is for Docker's containerd image store"),
+        "{ctd_host}"
+    );
 }
 
 #[test]

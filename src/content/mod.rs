@@ -4,6 +4,8 @@
 //! - [`hash`]: the BLAKE3 `Hash` that addresses chunks and manifests.
 //! - [`manifest`]: images, layers, chunks; the content ID and validation.
 //! - [`reference`]: image references, by Docker's grammar.
+//! - [`oci`]: the canonical OCI manifest of an image as p2pimg carries it.
+//! - [`platform`]: OCI platforms (`linux/amd64`) of images and nodes.
 //! - [`chunk`]: one chunk's zstd encoding and its verification.
 //! - [`pack`]: a layer's tar → stored chunks, on worker threads.
 //! - [`store`]: verified chunks on disk.
@@ -23,7 +25,9 @@ pub mod disk;
 pub mod hash;
 pub mod lock;
 pub mod manifest;
+pub mod oci;
 pub mod pack;
+pub mod platform;
 pub mod reference;
 pub mod retention;
 pub mod store;

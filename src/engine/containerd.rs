@@ -396,6 +396,12 @@ impl Containerd {
 }
 
 impl ContainerdError {
+    /// True when containerd did not answer at all (down, restarting, its
+    /// socket gone): trying again once it is back may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ContainerdError::Unreachable { .. }) || self.code() == Some(Code::Unavailable)
+    }
+
     /// The gRPC status code of a failed API call.
     pub fn code(&self) -> Option<Code> {
         match self {

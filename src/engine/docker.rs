@@ -1,4 +1,4 @@
-//! `Engine`: the local Docker Engine over its API (bollard): connect, inspect,
+//! `DockerApi`: a Docker Engine (or podman) over its API (bollard): connect, inspect,
 //! list what it holds, export (`GET /images/get`), load (`POST /images/load`)
 //! and tag.
 //!
@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::progress::{progress_error, progress_text};
+use super::{Held, HeldLayers};
 use crate::content::manifest::chain_ids;
+use crate::content::platform::Platform;
 
 /// Seconds an ordinary API call may take: bollard's own default, long enough
 /// for a busy engine, short enough that a hung one is reported.
@@ -34,13 +36,13 @@ pub const LOAD_TIMEOUT: Duration = TRANSFER_TIMEOUT;
 /// the fetch has limits of its own (a stall limit, the push's `--timeout`),
 /// and the caller bounds what follows with [`LOAD_TIMEOUT`].
 const STREAMING_LOAD_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Images inspected at once by [`Engine::held`]: enough to hide round trips,
+/// Images inspected at once by [`DockerApi::held`]: enough to hide round trips,
 /// few enough not to load a node's engine.
 const INSPECT_CONCURRENCY: usize = 8;
 
 /// A connection to one Docker Engine.
 #[derive(Clone, Debug)]
-pub struct Engine {
+pub struct DockerApi {
     docker: Docker,
     host: String,
     /// When a load last heard from the engine: it took a frame of the
@@ -59,14 +61,30 @@ pub struct ResolvedImage {
     pub diff_ids: Vec<String>,
 }
 
-/// What an engine already holds: a node with the image ID needs nothing, one
-/// with a layer's chain ID needs none of that layer's chunks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Held {
-    /// IDs of every image, tagged or not.
-    pub image_ids: HashSet<String>,
-    /// Chain IDs of every layer stack prefix of every image.
-    pub chain_ids: HashSet<String>,
+/// `GET /info`'s `driver-type` of an engine whose images live in containerd
+/// (Docker 25+ with the containerd image store; the default from 29).
+const CONTAINERD_SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
+
+/// What a Docker-API engine says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerAbout {
+    /// The engine is podman's Docker-compatible service.
+    pub podman: bool,
+    /// Its version, such as `26.1.5`.
+    pub version: String,
+    /// Its storage driver (`overlay2`, or `overlayfs`, the containerd
+    /// snapshotter, with the containerd image store).
+    pub driver: String,
+    /// Its images live in containerd (the containerd image store).
+    pub containerd_store: bool,
+    /// That containerd's socket, where the engine says (API 1.46+).
+    pub containerd_address: Option<String>,
+    /// The containerd namespace of its images, where the engine says.
+    pub containerd_namespace: Option<String>,
+    /// The platform it runs on.
+    pub platform: Platform,
+    /// Its data root, where it keeps images.
+    pub data_root: Option<String>,
 }
 
 /// A Docker Engine operation that failed.
@@ -108,15 +126,31 @@ pub enum EngineError {
     /// unpack failure, an unparseable stream or an HTTP error.
     #[error("the Docker Engine at {host} did not load the images: {message}")]
     Load { host: String, message: String },
+    /// containerd refused or failed (containerd itself, or the one under
+    /// Docker's containerd image store).
+    #[error(transparent)]
+    Containerd(#[from] super::containerd::ContainerdError),
+    /// A Docker Engine with the containerd image store whose containerd
+    /// cannot be reached: p2pimg reads and loads its images there.
+    #[error(
+        "the Docker Engine at {host} keeps its images in containerd (the containerd image store), \
+         and p2pimg cannot use that containerd: {source} (set containerd_host in agent.toml / \
+         --containerd-host to its socket, usually unix:///run/containerd/containerd.sock, and \
+         containerd_namespace if dockerd runs with --containerd-namespace)"
+    )]
+    DockerContainerd {
+        host: String,
+        source: super::containerd::ContainerdError,
+    },
     /// A reference cannot be applied as a tag.
     #[error("cannot tag {reference}: {reason} (use NAME:TAG, such as app:1.4)")]
     BadReference { reference: String, reason: String },
 }
 
-impl Engine {
+impl DockerApi {
     /// Connects to `host` (`unix:///path`, a socket path, `tcp://host:port` or
     /// `http://host:port`), negotiates the API version and pings.
-    pub async fn connect(host: &str) -> Result<Engine, EngineError> {
+    pub async fn connect(host: &str) -> Result<DockerApi, EngineError> {
         let docker = open(host)?;
         let unreachable = |source| EngineError::Unreachable {
             host: host.to_string(),
@@ -124,7 +158,7 @@ impl Engine {
         };
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
-        Ok(Engine {
+        Ok(DockerApi {
             docker,
             host: host.to_string(),
             heard: Arc::new(Mutex::new(Instant::now())),
@@ -147,6 +181,47 @@ impl Engine {
 
     fn on_heard(&self) {
         *self.heard.lock().expect("heard lock") = Instant::now();
+    }
+
+    /// What the engine says about itself (`GET /version`, `GET /info`):
+    /// product, version, image store, platform, data root.
+    pub async fn about(&self) -> Result<DockerAbout, EngineError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| self.api("read its version", e))?;
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.api("read its info", e))?;
+        let podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let driver_status = info.driver_status.unwrap_or_default();
+        let containerd_store = driver_status
+            .iter()
+            .any(|pair| pair.len() == 2 && pair[0] == "driver-type" && pair[1] == CONTAINERD_SNAPSHOTTER);
+        let containerd = info.containerd.unwrap_or_default();
+        Ok(DockerAbout {
+            podman,
+            version: version.version.unwrap_or_default(),
+            driver: info.driver.unwrap_or_default(),
+            containerd_store,
+            containerd_address: containerd.address.filter(|a| !a.is_empty()),
+            containerd_namespace: containerd
+                .namespaces
+                .and_then(|n| n.containers)
+                .filter(|n| !n.is_empty()),
+            platform: Platform::from_uname(
+                info.os_type.as_deref().unwrap_or("linux"),
+                info.architecture.as_deref().unwrap_or_default(),
+            ),
+            data_root: info.docker_root_dir.filter(|d| !d.is_empty()),
+        })
     }
 
     /// The underlying bollard client, for calls this type does not wrap.
@@ -190,16 +265,18 @@ impl Engine {
             .into_iter()
             .map(|summary| async move { self.inspect_layers(&summary.id).await });
         let mut inspected = futures::stream::iter(inspections).buffer_unordered(INSPECT_CONCURRENCY);
-        let mut held = Held::default();
+        let (mut image_ids, mut chains) = (HashSet::new(), HashSet::new());
         while let Some(found) = inspected.next().await {
             // An image removed between the listing and its inspection is not held.
             if let Some((id, diff_ids)) = found? {
-                held.image_ids.insert(id);
-                held.chain_ids
-                    .extend(chain_ids(diff_ids.iter().map(String::as_str)));
+                image_ids.insert(id);
+                chains.extend(chain_ids(diff_ids.iter().map(String::as_str)));
             }
         }
-        Ok(held)
+        Ok(Held {
+            image_ids,
+            layers: HeldLayers::Chains(chains),
+        })
     }
 
     /// The engine's `docker save` archive of `refs` (`GET /images/get`), as a
@@ -391,7 +468,7 @@ fn is_not_found(e: &BollardError) -> bool {
 }
 
 /// The message for a failed load, by what went wrong with the response.
-impl Engine {
+impl DockerApi {
     fn unreachable(&self, source: BollardError) -> EngineError {
         EngineError::Unreachable {
             host: self.host.clone(),
@@ -405,7 +482,13 @@ impl EngineError {
     /// socket gone), as opposed to answering with an error: trying again once
     /// it is back may succeed.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, EngineError::Unreachable { .. })
+        match self {
+            EngineError::Unreachable { .. } => true,
+            EngineError::Containerd(e) | EngineError::DockerContainerd { source: e, .. } => {
+                e.is_unreachable()
+            }
+            _ => false,
+        }
     }
 }
 
@@ -459,21 +542,21 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_engine_names_the_host_and_the_fix() {
-        let err = Engine::connect("unix:///nonexistent/p2pimg/docker.sock")
+        let err = DockerApi::connect("unix:///nonexistent/p2pimg/docker.sock")
             .await
             .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, EngineError::Unreachable { .. }), "{text}");
         assert!(text.contains("unix:///nonexistent/p2pimg/docker.sock"), "{text}");
         assert!(text.contains("--docker-host"), "{text}");
-        let err = Engine::connect("ssh://node1").await.unwrap_err();
+        let err = DockerApi::connect("ssh://node1").await.unwrap_err();
         assert!(matches!(err, EngineError::BadHost { .. }), "{err}");
     }
 
     #[tokio::test]
     async fn refused_tcp_port_is_unreachable() {
         // Port 1 on loopback: nothing listens there, the connection is refused.
-        let err = Engine::connect("tcp://127.0.0.1:1").await.unwrap_err();
+        let err = DockerApi::connect("tcp://127.0.0.1:1").await.unwrap_err();
         assert!(matches!(err, EngineError::Unreachable { .. }), "{err}");
     }
 }

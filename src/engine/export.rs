@@ -2,7 +2,7 @@
 //! and a manifest as it arrives, without ever holding the archive.
 //!
 //! ```text
-//!  Engine::export (async Stream<Bytes>) ─► StreamReader ─► SyncIoBridge
+//!  Engine::export    (async Stream<Bytes>) ─► StreamReader ─► SyncIoBridge
 //!                                            └─► parse_save (blocking thread)
 //! ```
 
@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::docker::{Engine, EngineError};
+use super::docker::EngineError;
+use super::node::Engine;
 use super::save::{parse_save, SaveError};
 use crate::content::manifest::Manifest;
 use crate::content::pack::PackOptions;

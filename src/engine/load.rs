@@ -5,7 +5,7 @@
 //! ```text
 //!  blocking thread                         async task (load_images)
 //!  write_load_tar ─► FrameWriter ─► mpsc (bounded, LOAD_QUEUE_FRAMES × 1 MiB)
-//!                                     └─► body stream ─► Engine::load ─► dockerd
+//!                                     └─► body stream ─► DockerApi::load ─► dockerd
 //! ```
 //!
 //! The archive is the legacy layout dockerd 20.10 reads: `manifest.json`,
@@ -34,7 +34,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::docker::{split_reference, Engine, EngineError};
+use super::docker::{split_reference, DockerApi, EngineError};
 use crate::content::arrivals::{Arrivals, WaitError};
 use crate::content::manifest::{digest_hex, ChunkEntry, Manifest, ManifestError};
 use crate::content::store::{ChunkStore, StoreError};
@@ -107,6 +107,18 @@ struct LoadEntry {
     layers: Vec<String>,
 }
 
+/// How the load archive is laid out, by what the engine reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// `docker save`'s legacy layout (`manifest.json`, `<diffid>/layer.tar`):
+    /// Docker Engine's classic store loads it with layers left out.
+    #[default]
+    DockerSave,
+    /// An OCI image layout (`index.json`, `blobs/sha256/…`): podman loads
+    /// it with layers left out (a legacy archive must be complete there).
+    Oci,
+}
+
 /// Writes the archive that loads `images` into an engine that lacks exactly
 /// the layers in `layers`; returns the bytes written. Every layer byte comes
 /// from [`ChunkStore::read_verified`].
@@ -122,12 +134,12 @@ pub fn write_load_tar(
         arrivals: &Arrivals::all(manifest.chunks.len()),
         cancelled: &|| false,
     };
-    write_streaming_tar(manifest, images, layers, &chunks, out)
+    write_streaming_tar(manifest, images, layers, &chunks, out, Layout::DockerSave)
 }
 
 /// Where the layers' bytes come from: verified chunks in `store`, each
 /// waited for in `arrivals` first, until `cancelled()`.
-struct Chunks<'a> {
+pub(super) struct Chunks<'a> {
     /// The node's chunk store.
     store: &'a ChunkStore,
     /// Which chunks are in the store yet.
@@ -144,18 +156,24 @@ fn write_streaming_tar(
     layers: &BTreeSet<usize>,
     chunks: &Chunks<'_>,
     out: impl Write,
+    layout: Layout,
 ) -> Result<u64, LoadTarError> {
     manifest.validate()?;
     check_range("image", images.iter().copied(), manifest.images.len())?;
     check_range("layer", layers.iter().copied(), manifest.layers.len())?;
     let mut tar = tar::Builder::new(CountingWriter { inner: out, count: 0 });
+    if layout == Layout::Oci {
+        super::oci_layout::write(&mut tar, manifest, images, layers, chunks)?;
+        tar.finish()?;
+        return Ok(tar.get_ref().count);
+    }
     append(&mut tar, "manifest.json", &load_manifest_json(manifest, images))?;
     for &i in images {
         let image = &manifest.images[i];
         append(&mut tar, &config_name(&image.id), &image.config)?;
     }
     for &i in layers {
-        append_layer(&mut tar, manifest, i, chunks)?;
+        append_layer(&mut tar, manifest, i, chunks, Layout::DockerSave)?;
     }
     tar.finish()?;
     Ok(tar.get_ref().count)
@@ -218,20 +236,29 @@ fn file_header(size: u64) -> tar::Header {
     header
 }
 
-fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<(), LoadTarError> {
+pub(super) fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+) -> Result<(), LoadTarError> {
     let mut header = file_header(data.len() as u64);
     tar.append_data(&mut header, name, data)?;
     Ok(())
 }
 
 /// Appends one layer, its content read chunk by chunk and verified.
-fn append_layer<W: Write>(
+pub(super) fn append_layer<W: Write>(
     tar: &mut tar::Builder<W>,
     manifest: &Manifest,
     index: usize,
     chunks: &Chunks<'_>,
+    layout: Layout,
 ) -> Result<(), LoadTarError> {
     let layer = &manifest.layers[index];
+    let name = match layout {
+        Layout::DockerSave => layer_name(&layer.diff_id),
+        Layout::Oci => super::oci_layout::blob_name(&layer.diff_id),
+    };
     let mut header = file_header(layer.size);
     let first = layer.first_chunk as usize;
     let mut reader = LayerReader {
@@ -241,7 +268,7 @@ fn append_layer<W: Write>(
         current: io::Cursor::new(Vec::new()),
         failed: None,
     };
-    let written = tar.append_data(&mut header, layer_name(&layer.diff_id), &mut reader);
+    let written = tar.append_data(&mut header, name, &mut reader);
     let diff_id = layer.diff_id.clone();
     match reader.failed {
         Some(ReadFailure::Store(source)) => Err(LoadTarError::Chunk { diff_id, source }),
@@ -334,7 +361,29 @@ impl<W: Write> Write for CountingWriter<W> {
 /// not timed out while the node fetches: the caller bounds the rest, from
 /// the last chunk on, with [`super::LOAD_TIMEOUT`].
 pub async fn load_images(
-    engine: &Engine,
+    engine: &DockerApi,
+    manifest: Arc<Manifest>,
+    images: Vec<usize>,
+    layers: BTreeSet<usize>,
+    store: ChunkStore,
+    arrivals: Option<Arc<Arrivals>>,
+) -> Result<(), LoadError> {
+    load_as(
+        engine,
+        Layout::DockerSave,
+        manifest,
+        images,
+        layers,
+        store,
+        arrivals,
+    )
+    .await
+}
+
+/// [`load_images`] in the layout the engine reads.
+pub(super) async fn load_as(
+    engine: &DockerApi,
+    layout: Layout,
     manifest: Arc<Manifest>,
     images: Vec<usize>,
     layers: BTreeSet<usize>,
@@ -342,7 +391,8 @@ pub async fn load_images(
     arrivals: Option<Arc<Arrivals>>,
 ) -> Result<(), LoadError> {
     check_range("image", images.iter().copied(), manifest.images.len()).map_err(LoadError::Tar)?;
-    upload(engine, manifest.clone(), images.clone(), layers, store, arrivals).await?;
+    let (m, i) = (manifest.clone(), images.clone());
+    upload(engine, layout, m, i, layers, store, arrivals).await?;
     for &i in &images {
         let image = &manifest.images[i];
         if engine.image_id(&image.id).await?.as_deref() != Some(image.id.as_str()) {
@@ -363,7 +413,8 @@ pub async fn load_images(
 /// dropping the request: the connection closes mid-body and dockerd
 /// abandons the load.
 async fn upload(
-    engine: &Engine,
+    engine: &DockerApi,
+    layout: Layout,
     manifest: Arc<Manifest>,
     images: Vec<usize>,
     layers: BTreeSet<usize>,
@@ -386,7 +437,7 @@ async fn upload(
             cancelled: &|| writer_cancel.is_cancelled(),
         };
         let mut frames = FrameWriter::new(tx, writer_cancel.clone());
-        write_streaming_tar(&manifest, &images, &layers, &chunks, &mut frames)?;
+        write_streaming_tar(&manifest, &images, &layers, &chunks, &mut frames, layout)?;
         frames.finish()?;
         let _ = done_tx.send(());
         Ok::<(), LoadTarError>(())

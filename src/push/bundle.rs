@@ -19,6 +19,7 @@ use super::scratch::{Scratch, ScratchError, BUNDLE_PREFIX};
 use crate::content::bundle::{kind_of, open_nonblocking, write_bundle, BundleError};
 use crate::content::manifest::Manifest;
 use crate::content::pack::PackOptions;
+use crate::engine::EngineSpec;
 use crate::ops::signal::Stop;
 
 /// How long a stopped `bundle create` waits for its export to end once the
@@ -39,10 +40,7 @@ pub struct Made {
 #[derive(Clone, Debug)]
 pub enum Input {
     /// Exported from the Docker Engine at this address.
-    Engine {
-        docker_host: String,
-        images: Vec<String>,
-    },
+    Engine { engine: EngineSpec, images: Vec<String> },
     /// A `docker save` archive: a file, or a pipe (`/dev/stdin`).
     Tar(PathBuf),
 }
@@ -84,7 +82,7 @@ pub async fn create(
             let (file, meta) = open_tar(&path)?;
             Source::Tar { path, file, meta }
         }
-        Input::Engine { docker_host, images } => Source::Engine { docker_host, images },
+        Input::Engine { engine, images } => Source::Engine { engine, images },
     };
     let input_meta = match &source {
         Source::Tar { meta, .. } => Some(meta),
@@ -116,7 +114,7 @@ pub async fn create(
 /// An [`Input`] ready to read.
 enum Source {
     Engine {
-        docker_host: String,
+        engine: EngineSpec,
         images: Vec<String>,
     },
     Tar {
@@ -135,9 +133,7 @@ async fn pack_and_write(
     output: &Output,
 ) -> Result<Made, CreateError> {
     let manifest = match source {
-        Source::Engine { docker_host, images } => {
-            super::export(&docker_host, &images, pack, scratch.store()).await?
-        }
+        Source::Engine { engine, images } => super::export(&engine, &images, pack, scratch.store()).await?,
         Source::Tar { path, file, meta } => parse_tar(&path, file, &meta, pack, scratch).await?,
     };
     let (store, file, tmp) = (scratch.store().clone(), output.file()?, output.tmp.clone());

@@ -32,7 +32,8 @@ use crate::content::manifest::Manifest;
 use crate::content::pack::PackOptions;
 use crate::content::reference::{self, Reference, ReferenceError};
 use crate::content::store::ChunkStore;
-use crate::engine::{self, Engine};
+use crate::engine::node::full_name;
+use crate::engine::{self, Engine, EngineSpec};
 use crate::net::identity::Identity;
 use crate::ops::signal::Stop;
 use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
@@ -43,8 +44,8 @@ use crate::wire::{close, PeerBytes, PeerInfo, Plan, Progress};
 pub enum Source {
     /// Exported from a Docker Engine.
     Engine {
-        /// The seed's Docker Engine.
-        docker_host: String,
+        /// The seed's engine.
+        engine: EngineSpec,
         /// Image references on it.
         images: Vec<String>,
         /// How layers are cut and compressed.
@@ -339,11 +340,7 @@ async fn load_source(
 ) -> Result<Arc<Manifest>, PushError> {
     let t = Instant::now();
     let manifest = match source {
-        Source::Engine {
-            docker_host,
-            images,
-            pack,
-        } => export(docker_host, images, pack, store).await?,
+        Source::Engine { engine, images, pack } => export(engine, images, pack, store).await?,
         Source::Bundle(path) => {
             let (path, store) = (path.clone(), store.clone());
             tokio::task::spawn_blocking(move || -> Result<Manifest, PushError> {
@@ -402,20 +399,38 @@ fn with_tags(manifest: Arc<Manifest>, tags: &[String]) -> Result<Arc<Manifest>, 
     Ok(Arc::new(m))
 }
 
-/// Exports `images` from the engine at `docker_host` into `store`,
+/// Exports `images` from the engine `spec` names into `store`,
 /// failing early, with the image's name, if one is missing.
 pub async fn export(
-    docker_host: &str,
+    spec: &EngineSpec,
     images: &[String],
     pack: &PackOptions,
     store: &ChunkStore,
 ) -> Result<Manifest, PushError> {
     check_request(images, &[])?;
-    let engine = Engine::connect(docker_host).await?;
+    let engine = Engine::connect(spec).await?;
     engine.resolve(images).await?;
-    engine::export_to_manifest(&engine, images, store, pack)
+    let mut manifest = engine::export_to_manifest(&engine, images, store, pack)
         .await
-        .map_err(|e| PushError::Export(e.to_string()))
+        .map_err(|e| PushError::Export(e.to_string()))?;
+    as_asked(&mut manifest, images);
+    Ok(manifest)
+}
+
+/// Writes each exported reference the way it was asked for: podman exports
+/// `app:1` as `localhost/app:1` (or `docker.io/library/app:1`), and nodes
+/// should be tagged `app:1`, as with any other seed.
+fn as_asked(manifest: &mut Manifest, asked: &[String]) {
+    let same = |exported: &str, asked: &str| {
+        exported.strip_prefix("localhost/") == Some(asked) || full_name(exported) == full_name(asked)
+    };
+    for image in &mut manifest.images {
+        for r in &mut image.refs {
+            if let Some(a) = asked.iter().find(|a| same(r, a)) {
+                r.clone_from(a);
+            }
+        }
+    }
 }
 
 /// Sends Start once every node has planned, or [`START_GRACE`] after the
@@ -520,4 +535,21 @@ async fn run_sessions(
     }
     reports.sort_by_key(|(i, _)| *i);
     reports.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_names_go_back_to_what_was_asked() {
+        let mut m = crate::content::manifest::tests::sample();
+        m.images[0].refs = vec![
+            "localhost/app:1".into(),
+            "docker.io/library/tool:2".into(),
+            "localhost/other:3".into(),
+        ];
+        as_asked(&mut m, &["app:1".into(), "tool:2".into()]);
+        assert_eq!(m.images[0].refs, ["app:1", "tool:2", "localhost/other:3"]);
+    }
 }

@@ -23,9 +23,20 @@ pub struct NodeImages {
     pub name: String,
     /// Its address.
     pub addr: SocketAddr,
-    /// Per asked reference, the image ID in its engine (`None`: absent);
-    /// or why the node could not be asked.
-    pub ids: Result<Vec<Option<String>>, String>,
+    /// What the node said, or why it could not be asked.
+    pub answer: Result<Answer, String>,
+}
+
+/// One node's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// Its engine: kind, version, store, platform.
+    pub engine: String,
+    /// Per asked reference, the image ID (config digest) in its engine
+    /// (`None`: absent).
+    pub ids: Vec<Option<String>>,
+    /// Per asked reference, the manifest digest, where the store keeps one.
+    pub digests: Vec<Option<String>>,
 }
 
 /// Why status could not start.
@@ -52,7 +63,7 @@ pub async fn status(
     for (i, node) in nodes.iter().enumerate() {
         let (endpoint, node, refs) = (endpoint.clone(), node.clone(), refs.to_vec());
         asks.spawn(async move {
-            let ids = tokio::time::timeout(ANSWER_TIMEOUT, ask(&endpoint, &node, refs))
+            let answer = tokio::time::timeout(ANSWER_TIMEOUT, ask(&endpoint, &node, refs))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {}s", ANSWER_TIMEOUT.as_secs())));
             (
@@ -60,7 +71,7 @@ pub async fn status(
                 NodeImages {
                     name: node.name,
                     addr: node.addr,
-                    ids,
+                    answer,
                 },
             )
         });
@@ -74,11 +85,7 @@ pub async fn status(
     Ok(answers.into_iter().map(|(_, a)| a).collect())
 }
 
-async fn ask(
-    endpoint: &quinn::Endpoint,
-    node: &NodeEntry,
-    refs: Vec<String>,
-) -> Result<Vec<Option<String>>, String> {
+async fn ask(endpoint: &quinn::Endpoint, node: &NodeEntry, refs: Vec<String>) -> Result<Answer, String> {
     let (conn, _) = net::connect(endpoint, node.addr, Some(&node.name))
         .await
         .map_err(|e| e.to_string())?;
@@ -94,7 +101,7 @@ async fn ask(
         .await
         .map_err(|e| e.to_string())?
     {
-        Message::Status { ids } => Ok(ids),
+        Message::Status { ids, engine, digests } => Ok(Answer { engine, ids, digests }),
         Message::Error { message, .. } => Err(message),
         other => Err(format!("protocol error: answered with {}", other.kind())),
     }

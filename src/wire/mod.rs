@@ -98,8 +98,14 @@ pub enum Message {
     /// Pusher → agent, first frame of a status stream: which image does
     /// each of these references name in your engine?
     Query { refs: Vec<String> },
-    /// Agent → pusher: per reference, the image ID, or none.
-    Status { ids: Vec<Option<String>> },
+    /// Agent → pusher: per reference, the image ID (config digest), or
+    /// none; then the node's engine and, per reference, the manifest digest
+    /// where its store keeps one (both appended: see PROTOCOL.md).
+    Status {
+        ids: Vec<Option<String>>,
+        engine: String,
+        digests: Vec<Option<String>>,
+    },
 }
 
 impl Message {
@@ -154,6 +160,10 @@ pub struct Plan {
     pub need_bytes: u64,
     /// Chunks it needs that were already verified in its store (resume).
     pub stored_chunks: u32,
+    /// The node's engine: kind, version, store and platform, such as
+    /// `containerd (namespace k8s.io, linux/amd64)`. Appended: see
+    /// PROTOCOL.md's Versioning.
+    pub engine: String,
 }
 
 /// An agent's progress on a distribution.

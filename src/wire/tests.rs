@@ -46,8 +46,10 @@ fn golden() -> Vec<(Message, &'static str)> {
         (
             Message::Status {
                 ids: vec![Some("x".into()), None],
+                engine: "d".into(),
+                digests: vec![Some("y".into()), None],
             },
-            "000000060c0201017800",
+            "0000000d0c020101780001640201017900",
         ),
         (Message::Have { index: 300 }, "0000000307ac02"),
         (
@@ -99,8 +101,9 @@ fn golden() -> Vec<(Message, &'static str)> {
                 need_chunks: 2,
                 need_bytes: 1000,
                 stored_chunks: 1,
+                engine: "e".into(),
             }),
-            "000000080102010002e80701",
+            "0000000a0102010002e807010165",
         ),
         (
             Message::Start {
@@ -257,6 +260,39 @@ fn a_pusher_from_before_reason_still_reads_progress() {
     );
 }
 
+/// `Plan` and `Status` as pushers before the engines release decode them.
+#[derive(Debug, PartialEq, Deserialize)]
+enum MessageBeforeEngines {
+    Announce(()),
+    Plan {
+        present: Vec<bool>,
+        need_chunks: u32,
+        need_bytes: u64,
+        stored_chunks: u32,
+    },
+}
+
+/// `Plan.engine` is the last field of its frame: a pusher from before it
+/// still reads an agent's plan.
+#[test]
+fn a_pusher_from_before_engines_still_reads_plans() {
+    let msg = Message::Plan(Plan {
+        present: vec![true],
+        need_chunks: 2,
+        need_bytes: 3,
+        stored_chunks: 1,
+        engine: "containerd (namespace k8s.io, linux/amd64)".into(),
+    });
+    let old: MessageBeforeEngines = postcard::from_bytes(&encode(&msg)[4..]).unwrap();
+    let expected = MessageBeforeEngines::Plan {
+        present: vec![true],
+        need_chunks: 2,
+        need_bytes: 3,
+        stored_chunks: 1,
+    };
+    assert_eq!(old, expected);
+}
+
 #[test]
 fn progress_reasons_are_checked_on_receipt() {
     let with = |reason: &str| Progress {
@@ -328,14 +364,22 @@ fn arb_message() -> impl Strategy<Value = Message> {
             }),
         (arb_hash(), any::<u32>()).prop_map(|(dist, index)| Message::Request { dist, index }),
         prop::collection::vec(any::<u8>(), 0..300).prop_map(|data| Message::Chunk { data }),
-        (any::<Vec<bool>>(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(present, c, b, s)| {
-            Message::Plan(Plan {
-                present,
-                need_chunks: c,
-                need_bytes: b,
-                stored_chunks: s,
-            })
-        }),
+        (
+            any::<Vec<bool>>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            ".{0,40}"
+        )
+            .prop_map(|(present, c, b, s, engine)| {
+                Message::Plan(Plan {
+                    present,
+                    need_chunks: c,
+                    need_bytes: b,
+                    stored_chunks: s,
+                    engine,
+                })
+            }),
         (
             any::<u32>(),
             any::<u64>(),

@@ -13,7 +13,8 @@ use p2pimg::content::manifest::Manifest;
 use p2pimg::content::pack::PackOptions;
 use p2pimg::content::store::{ChunkStore, StoreError};
 use p2pimg::engine::{
-    export_to_manifest, load_images, Engine, EngineError, ExportError, LoadError, LoadTarError,
+    export_to_manifest, load_images, DockerApi, Engine, EngineError, EngineSpec, ExportError, HeldLayers,
+    LoadError, LoadTarError,
 };
 
 /// Limit for one whole test: two daemons, an image build, an export and a load take
@@ -61,7 +62,9 @@ async fn export(source: &Dockerd, tag: &str, with_base: bool) -> Exported {
     let image = build_test_image(source, tag);
     let state = tempfile::tempdir().expect("state dir");
     let store = ChunkStore::open(state.path()).expect("chunk store");
-    let engine = Engine::connect(&source.host()).await.expect("connect to source");
+    let engine = Engine::connect(&EngineSpec::docker(&source.host()))
+        .await
+        .expect("connect to source");
     let mut refs = vec![tag.to_string()];
     if with_base {
         refs.push(image.base.clone());
@@ -109,13 +112,14 @@ fn export_parse_and_load_two_images_elsewhere() {
         assert_eq!(diff_ids.len(), 3, "base + two COPY layers, the base listed once");
         assert_eq!(base.layers, [app.layers[0]]);
 
-        let source = Engine::connect(&a.host()).await.unwrap();
+        let source = DockerApi::connect(&a.host()).await.unwrap();
         let resolved = source.resolve(&["app:1.4".to_string()]).await.unwrap();
         assert_eq!(resolved[0].id, ex.image.id);
         assert_eq!(resolved[0].diff_ids, diff_ids);
         let missing = source.resolve(&["nope:9".to_string()]).await.unwrap_err();
         assert!(matches!(missing, EngineError::NoSuchImage { .. }), "{missing}");
         assert!(missing.to_string().contains(&a.host()), "{missing}");
+        let source = Engine::connect(&EngineSpec::docker(&a.host())).await.unwrap();
         let missing = export_to_manifest(&source, &["nope:9".to_string()], &ex.store, &OPTS)
             .await
             .unwrap_err();
@@ -130,7 +134,7 @@ fn export_parse_and_load_two_images_elsewhere() {
         manifest.images[app_index]
             .refs
             .push("localhost:5000/team/app".into());
-        let target = Engine::connect(&b.host()).await.unwrap();
+        let target = DockerApi::connect(&b.host()).await.unwrap();
         let layers = all_layers(&manifest);
         load_images(
             &target,
@@ -164,7 +168,7 @@ fn engine_holding_the_base_gets_only_the_missing_layers() {
         let (a, c) = two_daemons("engine-part");
         let ex = export(&a, "app:2", false).await;
         a.copy_image_to(&c, &ex.image.base);
-        let target = Engine::connect(&c.host()).await.unwrap();
+        let target = DockerApi::connect(&c.host()).await.unwrap();
         let held = target.held().await.unwrap();
         assert!(held.image_ids.contains(&ex.image.base_id));
         assert!(!held.image_ids.contains(&ex.image.id));
@@ -175,10 +179,10 @@ fn engine_holding_the_base_gets_only_the_missing_layers() {
             .layers
             .iter()
             .zip(&chains)
-            .filter(|(_, chain)| !held.chain_ids.contains(*chain))
+            .filter(|(_, chain)| !chains_of(&held).contains(*chain))
             .map(|(&layer, _)| layer as usize)
             .collect();
-        assert!(held.chain_ids.contains(&chains[0]), "base layer held");
+        assert!(chains_of(&held).contains(&chains[0]), "base layer held");
         assert_eq!(
             missing,
             BTreeSet::from([1, 2]),
@@ -198,7 +202,7 @@ fn engine_holding_the_base_gets_only_the_missing_layers() {
         assert_eq!(c.image_id("app:2").as_deref(), Some(ex.image.id.as_str()));
         assert_eq!(cat_hello(&c, "app:2"), ex.image.hello.trim());
         let held = target.held().await.unwrap();
-        assert!(chains.iter().all(|chain| held.chain_ids.contains(chain)));
+        assert!(chains.iter().all(|chain| chains_of(&held).contains(chain)));
     });
 }
 
@@ -207,7 +211,7 @@ fn failed_loads_load_nothing_and_tag_nothing() {
     run(async {
         let (a, d) = two_daemons("engine-fail");
         let ex = export(&a, "app:3", false).await;
-        let target = Engine::connect(&d.host()).await.unwrap();
+        let target = DockerApi::connect(&d.host()).await.unwrap();
 
         // An archive without the layers the engine lacks: dockerd reports the missing
         // file in the progress stream (HTTP 200 already sent).
@@ -259,7 +263,15 @@ fn failed_loads_load_nothing_and_tag_nothing() {
 }
 
 /// No image, no tag, no layer, and no load still in progress on `d`.
-async fn assert_nothing_loaded(d: &Dockerd, engine: &Engine, ex: &Exported) {
+/// The chain IDs a classic-store engine holds.
+fn chains_of(held: &p2pimg::engine::Held) -> &std::collections::HashSet<String> {
+    match &held.layers {
+        HeldLayers::Chains(chains) => chains,
+        other => panic!("a classic store keys layers by chain ID: {other:?}"),
+    }
+}
+
+async fn assert_nothing_loaded(d: &Dockerd, engine: &DockerApi, ex: &Exported) {
     // dockerd unpacks an upload into data/tmp/docker-import-*; once the load is over,
     // failed or abandoned, that directory is gone. Wait for it (the abort is
     // asynchronous: dockerd notices the closed connection on its next read).
@@ -282,7 +294,7 @@ async fn assert_nothing_loaded(d: &Dockerd, engine: &Engine, ex: &Exported) {
         "nothing at all was loaded"
     );
     let held = engine.held().await.unwrap();
-    assert!(held.image_ids.is_empty() && held.chain_ids.is_empty());
+    assert!(held.image_ids.is_empty() && held.layers == HeldLayers::Chains(Default::default()));
     // data/image/<storage driver>/layerdb/sha256 holds one directory per layer.
     for driver in std::fs::read_dir(d.dir().join("data/image")).unwrap().flatten() {
         let layerdb = driver.path().join("layerdb/sha256");
@@ -319,7 +331,7 @@ fn a_load_streams_while_chunks_arrive_and_loads_nothing_if_fetching_stops() {
         // Half the chunks are in: dockerd is already unpacking before the rest arrive.
         let arrivals = Arc::new(Arrivals::new(vec![false; n]));
         (0..n as u32 / 2).for_each(|i| arrivals.mark(i));
-        let target = Engine::connect(&b.host()).await.unwrap();
+        let target = DockerApi::connect(&b.host()).await.unwrap();
         let load = tokio::spawn({
             let (manifest, store, arrivals) = (ex.manifest.clone(), ex.store.clone(), arrivals.clone());
             async move { load_images(&target, manifest, vec![0], layers, store, Some(arrivals)).await }
@@ -338,7 +350,7 @@ fn a_load_streams_while_chunks_arrive_and_loads_nothing_if_fetching_stops() {
         // Fetching fails halfway: the upload is cut, nothing is loaded or tagged.
         let arrivals = Arc::new(Arrivals::new(vec![false; n]));
         (0..n as u32 / 2).for_each(|i| arrivals.mark(i));
-        let target = Engine::connect(&c.host()).await.unwrap();
+        let target = DockerApi::connect(&c.host()).await.unwrap();
         let load = tokio::spawn({
             let (manifest, store, arrivals) = (ex.manifest.clone(), ex.store.clone(), arrivals.clone());
             let layers = all_layers(&manifest);
@@ -351,7 +363,7 @@ fn a_load_streams_while_chunks_arrive_and_loads_nothing_if_fetching_stops() {
             matches!(&err, LoadError::Tar(LoadTarError::Fetch { reason, .. }) if reason.contains("no peer holds")),
             "{err}"
         );
-        let engine = Engine::connect(&c.host()).await.unwrap();
+        let engine = DockerApi::connect(&c.host()).await.unwrap();
         assert_nothing_loaded(&c, &engine, &ex).await;
     });
 }

@@ -95,7 +95,7 @@ fn engine_down_or_restarted_mid_distribution() {
         assert!(
             waited
                 .iter()
-                .any(|r| r.contains("Docker Engine is gone") && r.contains("engine_wait_secs")),
+                .any(|r| r.contains("its engine is gone") && r.contains("engine_wait_secs")),
             "{name}'s progress should say it waits for its Docker Engine: {waited:?}"
         );
         println!("{name} waited: {waited:?}");

@@ -174,24 +174,37 @@ fn podman_imports_a_rootfs_and_the_docker_cli_runs_it_through_the_socket() {
     );
 }
 
-/// What p2pimg needs of a podman node today, through the Docker-compatible API: a first
-/// push (every layer in the load archive) loads, and the image is found by its config
-/// digest, which podman keeps as its image ID. (A later push that leaves out layers the
-/// node holds does not load yet: podman's docker-archive reader wants every layer file.)
+/// A podman node through its Docker-compatible API: a first push loads under the config
+/// digest (podman's image ID too); a push of an image on top of one it holds sends only
+/// the layers above, in an OCI layout (podman refuses a `docker save` archive with layers
+/// left out), and runs; a third push skips it.
 #[test]
-fn podman_node_loads_a_first_push_under_the_config_digest() {
+fn podman_node_loads_whole_then_partial_then_skips() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_p2pimg"));
     let mut cluster = Cluster::start(bin, 2);
     let p = Podman::start("podnode");
     p.serve_node(&mut cluster, 1);
     let image = build_test_image(&cluster.seed, "app:1");
+    let base = cluster.push(&[&image.base], &["--node", "n2"]);
+    cluster.assert_push_ok(&base);
+    assert_eq!(
+        p.image_id(&image.base_id).as_deref(),
+        Some(image.base_id.as_str())
+    );
+
     let push = cluster.push(&["app:1"], &[]);
     cluster.assert_push_ok(&push);
+    assert_eq!(push.status("n2"), "loaded", "{}", push.stdout);
     assert_eq!(p.image_id(&image.id).as_deref(), Some(image.id.as_str()));
     let (status, body) = p.api("GET", &format!("/images/{}/json", image.id));
     assert_eq!(status, 200, "{body}");
-    // A short name from a docker-save archive becomes localhost/NAME on podman.
-    let tags = serde_json::from_str::<serde_json::Value>(&body).expect("inspect JSON")["RepoTags"].clone();
-    assert_eq!(tags, serde_json::json!(["localhost/app:1"]));
+    // n1 lacked the base and fetched it; n2, holding it, only the layers above.
+    let (all, top) = (push.received_total("n1"), push.received_total("n2"));
+    assert!(top > 0 && top < all, "n2 fetched {top} bytes, n1 (no base) {all}");
     assert_eq!(p.run_cat("app:1", HELLO_PATH), image.hello.trim());
+
+    let again = cluster.push(&["app:1"], &[]);
+    cluster.assert_push_ok(&again);
+    assert_eq!(again.status("n2"), "skipped", "{}", again.stdout);
+    assert_eq!(again.received_total("n1") + again.received_total("n2"), 0);
 }

@@ -126,6 +126,7 @@ async fn lie_to_pusher(mut send: SendStream, mut recv: RecvStream, images: usize
         need_chunks: 0,
         need_bytes: 0,
         stored_chunks: 0,
+        engine: "hostile".into(),
     };
     let _ = write_frame(&mut send, &Message::Plan(plan)).await;
     let _ = read_frame(&mut recv, wire::MAX_FRAME).await; // Start

@@ -13,6 +13,7 @@ mod diskfull;
 mod engine;
 mod engine_restart;
 mod engines;
+mod fleet;
 mod harness;
 mod hostile;
 mod load;

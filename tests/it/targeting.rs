@@ -59,7 +59,12 @@ fn select_by_label_and_tag_on_arrival() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["name"].as_str().unwrap().to_string(), a["ids"]["Ok"][0].clone()))
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["answer"]["Ok"]["ids"][0].clone(),
+            )
+        })
         .collect();
     let expected = serde_json::Value::from(image.id.clone());
     assert_eq!(ids[0], ("n1".into(), expected.clone()), "{out}");

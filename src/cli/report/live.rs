@@ -285,6 +285,7 @@ mod tests {
                 need_chunks: 2,
                 need_bytes: 2_000_000,
                 stored_chunks: 0,
+                engine: String::new(),
             },
         });
         v.on_event(&PushEvent::Progress {

@@ -5,6 +5,7 @@
 mod fleet;
 mod live;
 
+use crate::push::status::{Answer, NodeImages};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Instant;
@@ -322,24 +323,46 @@ pub fn bundle_listing(path: &std::path::Path, m: &crate::content::manifest::Mani
 }
 
 /// The `status` table: one line per node, one column per reference.
-pub fn status_table(refs: &[String], nodes: &[crate::push::status::NodeImages]) -> String {
+pub fn status_table(refs: &[String], nodes: &[NodeImages]) -> String {
     let mut out = String::new();
     let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(out, "{:width$}  {}", "NODE", refs.join("  "));
+    let engine_of = |n: &NodeImages| n.answer.as_ref().map_or(String::new(), |a| a.engine.clone());
+    let engine_width = nodes.iter().map(|n| engine_of(n).len()).max().unwrap_or(0).max(6);
+    let _ = writeln!(
+        out,
+        "{:width$}  {:engine_width$}  {}",
+        "NODE",
+        "ENGINE",
+        refs.join("  ")
+    );
     for node in nodes {
-        let cells = match &node.ids {
-            Ok(ids) => {
-                let short = |id: &Option<String>| {
-                    id.as_deref()
-                        .map_or("-".to_string(), |i| i[..i.len().min(19)].into())
-                };
-                ids.iter().map(short).collect::<Vec<_>>().join("  ")
-            }
+        let cells = match &node.answer {
+            Ok(answer) => status_cells(answer),
             Err(reason) => format!("cannot ask: {reason}"),
         };
-        let _ = writeln!(out, "{:width$}  {cells}", node.name);
+        let engine = engine_of(node);
+        let _ = writeln!(out, "{:width$}  {engine:engine_width$}  {cells}", node.name);
     }
     out
+}
+
+/// Per reference: the image ID, and the manifest digest where the node's
+/// store keeps one; `-` where the image is absent.
+fn status_cells(answer: &Answer) -> String {
+    let short = |d: &str| d[..d.len().min(19)].to_string();
+    let cell = |(id, digest): (&Option<String>, Option<&Option<String>>)| match (id, digest) {
+        (None, _) => "-".to_string(),
+        (Some(id), Some(Some(digest))) => format!("{} (manifest {})", short(id), short(digest)),
+        (Some(id), _) => short(id),
+    };
+    let digests = answer.digests.iter().map(Some).chain(std::iter::repeat(None));
+    answer
+        .ids
+        .iter()
+        .zip(digests)
+        .map(cell)
+        .collect::<Vec<_>>()
+        .join("  ")
 }
 
 #[cfg(test)]
@@ -361,6 +384,7 @@ mod tests {
             need_chunks: 10,
             need_bytes: 1000,
             stored_chunks: 0,
+            engine: String::new(),
         };
         assert!(p
             .line(&PushEvent::Planned {
@@ -409,6 +433,7 @@ mod tests {
             need_chunks: 10,
             need_bytes: 1000,
             stored_chunks: 0,
+            engine: String::new(),
         };
         p.line(&PushEvent::Planned {
             node: "n1".into(),

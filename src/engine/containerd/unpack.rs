@@ -17,15 +17,15 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::ApplyRequest;
 use containerd_client::tonic::Code;
 use containerd_client::types::Mount;
-use serde::Serialize;
 
 use super::{full_name, unique_suffix, Containerd, ContainerdError, Descriptor, LayerBlob, APPLY_TIMEOUT};
 use crate::content::manifest::{chain_ids, config_diff_ids};
+use crate::content::oci;
 
 /// Media type of the manifests p2pimg writes.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_MANIFEST: &str = oci::MANIFEST_TYPE;
 /// Media type of the configs p2pimg writes.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_CONFIG: &str = oci::CONFIG_TYPE;
 /// Snapshot label naming the chain ID an unpack committed (containerd's `labelSnapshotRef`).
 const SNAPSHOT_REF_LABEL: &str = "containerd.io/snapshot.ref";
 /// Blob label recording a verified layer's diffID, set by containerd's unpacker.
@@ -36,35 +36,6 @@ const PREPARE_TRIES: usize = 3;
 /// How long the lease of an import that holds none of its own lasts if p2pimg dies
 /// mid-import: long enough for the slowest unpack, short enough to free the disk.
 const IMPORT_LEASE: Duration = Duration::from_secs(6 * 3600);
-
-/// An OCI image manifest, fields in the order they are serialized.
-#[derive(Serialize)]
-struct ManifestJson<'a> {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType")]
-    media_type: &'a str,
-    config: JsonDescriptor<'a>,
-    layers: Vec<JsonDescriptor<'a>>,
-}
-
-#[derive(Serialize)]
-struct JsonDescriptor<'a> {
-    #[serde(rename = "mediaType")]
-    media_type: &'a str,
-    digest: &'a str,
-    size: i64,
-}
-
-impl<'a> From<&'a Descriptor> for JsonDescriptor<'a> {
-    fn from(d: &'a Descriptor) -> Self {
-        JsonDescriptor {
-            media_type: &d.media_type,
-            digest: &d.digest,
-            size: d.size,
-        }
-    }
-}
 
 impl Containerd {
     /// Unpacks `layers` (bottom first) into the snapshotter: for each, the snapshot
@@ -313,20 +284,18 @@ fn manifest_labels(config: &Descriptor, layers: &[&Descriptor]) -> HashMap<Strin
     std::iter::once(config).chain(layers).collect()
 }
 
-/// The OCI manifest of `config` and `layers`: compact JSON with a fixed field order,
-/// so the same image always makes the same bytes and digest.
+/// The OCI manifest of `config` and `layers` ([`oci::manifest_bytes`]: the
+/// same image always makes the same bytes and digest).
 pub(super) fn manifest_json(config: &Descriptor, layers: &[&Descriptor]) -> Vec<u8> {
-    let manifest = ManifestJson {
-        schema_version: 2,
-        media_type: OCI_MANIFEST,
-        config: JsonDescriptor {
-            media_type: OCI_CONFIG,
-            ..config.into()
-        },
-        layers: layers.iter().map(|&l| l.into()).collect(),
-    };
-    // Serializing plain strings and numbers cannot fail.
-    serde_json::to_vec(&manifest).unwrap_or_default()
+    let layers = layers
+        .iter()
+        .map(|l| oci::Descriptor {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size.max(0) as u64,
+        })
+        .collect();
+    oci::manifest_bytes((&config.digest, config.size.max(0) as u64), layers)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use super::*;
 use crate::content::manifest::{sha256_digest, ImageEntry, LayerEntry};
 use crate::content::pack::{pack_layer, PackOptions};
+use crate::engine::Engine;
 
 /// Small chunks, so each layer spans several.
 const OPTS: PackOptions = PackOptions {
@@ -122,6 +123,44 @@ fn full_archive_has_manifest_configs_then_layers() {
     );
 }
 
+#[test]
+fn oci_layout_names_blobs_by_digest_and_leaves_held_layers_out() {
+    let f = fixture();
+    let chunks = Chunks {
+        store: &f.store,
+        arrivals: &Arrivals::all(f.manifest.chunks.len()),
+        cancelled: &|| false,
+    };
+    let mut out = Vec::new();
+    let only_top = BTreeSet::from([1]);
+    write_streaming_tar(&f.manifest, &[0], &only_top, &chunks, &mut out, Layout::Oci).unwrap();
+    let entries: BTreeMap<_, _> = read_tar(&out).into_iter().collect();
+    let image = &f.manifest.images[0];
+    let blob = |digest: &str| format!("blobs/sha256/{}", hex(digest));
+    let sizes = image.layers.iter().map(|&l| {
+        let layer = &f.manifest.layers[l as usize];
+        (layer.diff_id.as_str(), layer.size)
+    });
+    let (manifest_bytes, descriptor) = crate::content::oci::image_manifest(&image.config, sizes);
+    let expected = BTreeMap::from([
+        (
+            "oci-layout".to_string(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        (blob(&image.id), image.config.clone()),
+        (blob(&descriptor.digest), manifest_bytes),
+        (blob(&f.manifest.layers[1].diff_id), f.layer_data[1].clone()),
+        ("index.json".to_string(), entries["index.json"].clone()),
+    ]);
+    assert_eq!(entries, expected, "the base layer, held, is left out");
+    let index: serde_json::Value = serde_json::from_slice(&entries["index.json"]).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], descriptor.digest);
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "app:1.4"
+    );
+}
+
 /// Writes the full archive of both images while `arrive` marks chunks from
 /// another thread.
 fn write_while_arriving(
@@ -139,7 +178,14 @@ fn write_while_arriving(
         cancelled: &|| false,
     };
     let mut out = Vec::new();
-    let written = write_streaming_tar(&f.manifest, &[0, 1], &(0..3).collect(), &chunks, &mut out);
+    let written = write_streaming_tar(
+        &f.manifest,
+        &[0, 1],
+        &(0..3).collect(),
+        &chunks,
+        &mut out,
+        Layout::DockerSave,
+    );
     marker.join().unwrap();
     written.map(|_| out)
 }
@@ -290,7 +336,7 @@ async fn frames_are_one_mib_and_cancel_releases_the_writer() {
 
 /// The agent and `push` run these inside spawned tasks: they must be `Send`.
 #[allow(dead_code, clippy::manual_async_fn)]
-fn public_futures_are_send(engine: &Engine, manifest: Arc<Manifest>, store: ChunkStore) {
+fn public_futures_are_send(engine: &DockerApi, node: &Engine, manifest: Arc<Manifest>, store: ChunkStore) {
     fn send<T: Send>(_: T) {}
     send(load_images(
         engine,
@@ -306,8 +352,13 @@ fn public_futures_are_send(engine: &Engine, manifest: Arc<Manifest>, store: Chun
     send(engine.image_id(""));
     send(engine.load(futures::stream::empty(), false));
     send(engine.export(&[]));
+    send(node.held());
+    send(node.load(manifest.clone(), vec![], BTreeSet::new(), store.clone(), None));
+    send(node.tag(&manifest, 0));
+    send(node.identify(""));
+    send(node.resolve(&[]));
     send(super::super::export_to_manifest(
-        engine,
+        node,
         &[],
         &store,
         &PackOptions::default(),

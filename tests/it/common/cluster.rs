@@ -148,6 +148,23 @@ impl Cluster {
         self.write_inventory();
     }
 
+    /// Points node `i`'s agent at another engine: agent.toml's `docker_host` line becomes
+    /// `engine` (such as `engine = "podman"\nengine_host = "unix:///…"`), and the agent
+    /// restarts on it. The node's own dockerd stays up, unused.
+    pub fn use_engine(&mut self, i: usize, engine: &str) {
+        let config = &self.nodes[i].config;
+        let text = fs::read_to_string(config).expect("read agent.toml");
+        let text: String = text
+            .lines()
+            .map(|l| match l.starts_with("docker_host") {
+                true => format!("{}\n", engine.trim_end()),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        fs::write(config, text).expect("write agent.toml");
+        self.restart_agent(i);
+    }
+
     /// The network, which [`ClusterOptions::netns`] asks for.
     pub fn net(&self) -> &Net {
         self.net.as_ref().expect("a cluster started with netns")
@@ -194,7 +211,7 @@ impl Cluster {
         if !extra.contains(&"--cluster-dir") {
             cmd.arg("--cluster-dir").arg(self.ca_dir());
         }
-        if !extra.contains(&"--docker-host") {
+        if !extra.contains(&"--docker-host") && !extra.contains(&"--engine-host") {
             cmd.args(["--docker-host", &self.seed.host()]);
         }
         cmd.args(extra);

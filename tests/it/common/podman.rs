@@ -240,20 +240,11 @@ impl Podman {
         (status, body.to_string())
     }
 
-    /// Makes this service node `i`'s engine in `cluster`: its agent.toml's `docker_host`
-    /// points here, and its agent restarts on it. The node's own dockerd stays up, unused.
+    /// Makes this service node `i`'s engine in `cluster` (`engine = "podman"` in its
+    /// agent.toml), and restarts its agent on it.
     pub fn serve_node(&self, cluster: &mut Cluster, i: usize) {
-        let config = &cluster.nodes[i].config;
-        let text = fs::read_to_string(config).expect("read agent.toml");
-        let text: String = text
-            .lines()
-            .map(|l| match l.starts_with("docker_host") {
-                true => format!("docker_host = \"{}\"\n", self.host()),
-                false => format!("{l}\n"),
-            })
-            .collect();
-        fs::write(config, text).expect("write agent.toml");
-        cluster.restart_agent(i);
+        let engine = format!("engine = \"podman\"\nengine_host = \"{}\"", self.host());
+        cluster.use_engine(i, &engine);
     }
 
     /// The last `lines` lines of the service's log.

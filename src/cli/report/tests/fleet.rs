@@ -11,6 +11,7 @@ fn planned(node: &str, need: u64, present: bool) -> PushEvent {
             need_chunks: (need / 100) as u32,
             need_bytes: need,
             stored_chunks: 0,
+            engine: String::new(),
         },
     }
 }
