@@ -139,14 +139,19 @@ async fn write_layers(c: &Containerd, layers: &[&Layer]) {
     }
 }
 
-/// Writes the layers and imports them as `name`; the manifest descriptor.
+/// Writes the layers and imports them as `name`, under a lease as the agent does (blobs no
+/// image names yet are garbage to containerd's collector); the manifest descriptor.
 async fn import(c: &Containerd, name: &str, layers: &[&Layer]) -> Descriptor {
-    write_layers(c, layers).await;
+    let leased = c.leased(Duration::from_secs(600)).await.expect("lease");
+    write_layers(&leased, layers).await;
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.layer.diff_id.as_str()).collect();
     let blobs: Vec<LayerBlob> = layers.iter().map(|l| l.layer.clone()).collect();
-    c.import_image(&[name.to_string()], config(&diff_ids), &blobs)
+    let manifest = leased
+        .import_image(&[name.to_string()], config(&diff_ids), &blobs)
         .await
-        .expect("import image")
+        .expect("import image");
+    leased.release().await.expect("release the lease");
+    manifest
 }
 
 #[test]
@@ -272,7 +277,9 @@ fn failed_or_short_blob_stream_leaves_no_blob() {
             "only the header, no ingest left: {active}"
         );
 
-        // The same blob written whole afterwards is fine, and a second write is a no-op.
+        // The same blob written whole afterwards is fine, and a second write is a no-op
+        // (leased: an unnamed blob is garbage to containerd's collector).
+        let c = c.leased(Duration::from_secs(600)).await.expect("lease");
         write_layers(&c, &[&base, &base]).await;
         assert!(c.blobs().await.unwrap().contains(&base.layer.blob.digest));
     });
@@ -283,6 +290,9 @@ fn wrong_diff_id_is_refused() {
     run(async {
         let (daemon, c) = start("diffid").await;
         let base = base_layer();
+        // Under a lease, as the agent writes: containerd's startup collection could take
+        // an unnamed blob before the import.
+        let c = c.leased(Duration::from_secs(600)).await.expect("lease");
         write_layers(&c, &[&base]).await;
         let mut lying = base.layer.clone();
         lying.diff_id = sha256(b"not this layer");
@@ -462,11 +472,17 @@ fn index_resolves_to_the_host_platform_and_broken_records_are_skipped() {
             "containerd.io/gc.ref.content.m.0".to_string(),
             manifest.digest.clone(),
         )]);
-        let index = c
+        // Leased until named, as every write: an unnamed blob is garbage to containerd.
+        let leased = c.leased(Duration::from_secs(600)).await.expect("lease");
+        let index = leased
             .write_bytes(index_type, index.to_string().into_bytes(), labels)
             .await
             .expect("write index");
-        c.set_image("multi:1", &index).await.expect("point at the index");
+        leased
+            .set_image("multi:1", &index)
+            .await
+            .expect("point at the index");
+        leased.release().await.expect("release");
         let ghost = Descriptor {
             media_type: manifest.media_type.clone(),
             digest: other,
