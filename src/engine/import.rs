@@ -12,7 +12,6 @@
 //! committed (containerd checks the size and digest of every blob), and an
 //! image is named only once all of it is unpacked.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::containerd::{Containerd, ContainerdError, Descriptor, LayerBlob};
 use super::docker::EngineError;
-use super::load::{LoadError, LoadTarError};
+use super::load::{LoadError, LoadRequest, LoadTarError};
 use super::node::{Heard, Naming};
 use crate::content::arrivals::{Arrivals, WaitError};
 use crate::content::manifest::{ImageEntry, Manifest};
@@ -43,14 +42,7 @@ pub(super) struct Import<'a> {
 
 impl Import<'_> {
     /// Writes `layers`, then imports `images`, then checks each is there.
-    pub(super) async fn run(
-        &self,
-        manifest: Arc<Manifest>,
-        images: Vec<usize>,
-        layers: BTreeSet<usize>,
-        store: ChunkStore,
-        arrivals: Option<Arc<Arrivals>>,
-    ) -> Result<(), LoadError> {
+    pub(super) async fn run(&self, request: LoadRequest) -> Result<(), LoadError> {
         // Blobs written before the manifest that names them would be garbage
         // to containerd's collector: hold them under a lease until named.
         let leased = self.containerd.leased(LEASE).await.map_err(engine_error)?;
@@ -59,21 +51,21 @@ impl Import<'_> {
             heard: self.heard,
             naming: self.naming,
         };
-        let result = import.run_leased(manifest, images, layers, store, arrivals).await;
+        let result = import.run_leased(request).await;
         if let Err(e) = leased.release().await {
             tracing::debug!("cannot release the import's lease (it expires by itself): {e}");
         }
         result
     }
 
-    async fn run_leased(
-        &self,
-        manifest: Arc<Manifest>,
-        images: Vec<usize>,
-        layers: BTreeSet<usize>,
-        store: ChunkStore,
-        arrivals: Option<Arc<Arrivals>>,
-    ) -> Result<(), LoadError> {
+    async fn run_leased(&self, request: LoadRequest) -> Result<(), LoadError> {
+        let LoadRequest {
+            manifest,
+            images,
+            layers,
+            store,
+            arrivals,
+        } = request;
         self.heard.now();
         let arrivals = arrivals.unwrap_or_else(|| Arc::new(Arrivals::all(manifest.chunks.len())));
         let cancel = CancellationToken::new();

@@ -368,31 +368,42 @@ pub async fn load_images(
     store: ChunkStore,
     arrivals: Option<Arc<Arrivals>>,
 ) -> Result<(), LoadError> {
-    load_as(
-        engine,
-        Layout::DockerSave,
+    let request = LoadRequest {
         manifest,
         images,
         layers,
         store,
         arrivals,
-    )
-    .await
+    };
+    load_as(engine, Layout::DockerSave, request).await
+}
+
+/// What a node loads: `images` of `manifest`, sending only `layers` (the
+/// ones its engine lacks), read from verified chunks in `store`; with
+/// `arrivals`, waited for as they arrive while the node still fetches.
+#[derive(Clone)]
+pub struct LoadRequest {
+    /// The distribution's manifest.
+    pub manifest: Arc<Manifest>,
+    /// The images to load, as indices into the manifest's.
+    pub images: Vec<usize>,
+    /// The layers the engine lacks.
+    pub layers: BTreeSet<usize>,
+    /// Where the chunks are.
+    pub store: ChunkStore,
+    /// Which chunks are in yet, for a load that starts while fetching.
+    pub arrivals: Option<Arc<Arrivals>>,
 }
 
 /// [`load_images`] in the layout the engine reads.
 pub(super) async fn load_as(
     engine: &DockerApi,
     layout: Layout,
-    manifest: Arc<Manifest>,
-    images: Vec<usize>,
-    layers: BTreeSet<usize>,
-    store: ChunkStore,
-    arrivals: Option<Arc<Arrivals>>,
+    request: LoadRequest,
 ) -> Result<(), LoadError> {
+    let (manifest, images) = (request.manifest.clone(), request.images.clone());
     check_range("image", images.iter().copied(), manifest.images.len()).map_err(LoadError::Tar)?;
-    let (m, i) = (manifest.clone(), images.clone());
-    upload(engine, layout, m, i, layers, store, arrivals).await?;
+    upload(engine, layout, request).await?;
     for &i in &images {
         let image = &manifest.images[i];
         if engine.image_id(&image.id).await?.as_deref() != Some(image.id.as_str()) {
@@ -412,15 +423,14 @@ pub(super) async fn load_as(
 /// still fetches. On a writer failure this returns before the body ends,
 /// dropping the request: the connection closes mid-body and dockerd
 /// abandons the load.
-async fn upload(
-    engine: &DockerApi,
-    layout: Layout,
-    manifest: Arc<Manifest>,
-    images: Vec<usize>,
-    layers: BTreeSet<usize>,
-    store: ChunkStore,
-    arrivals: Option<Arc<Arrivals>>,
-) -> Result<(), LoadError> {
+async fn upload(engine: &DockerApi, layout: Layout, request: LoadRequest) -> Result<(), LoadError> {
+    let LoadRequest {
+        manifest,
+        images,
+        layers,
+        store,
+        arrivals,
+    } = request;
     let streaming = arrivals.is_some();
     let arrivals = arrivals.unwrap_or_else(|| Arc::new(Arrivals::all(manifest.chunks.len())));
     let (tx, rx) = mpsc::channel(LOAD_QUEUE_FRAMES);

@@ -38,6 +38,6 @@ pub mod save;
 pub use docker::{split_reference, DockerApi, EngineError, ResolvedImage, LOAD_TIMEOUT};
 pub use export::{export_to_manifest, ExportError};
 pub use kinds::{About, EngineSpec, Held, HeldLayers, Identity, Kind};
-pub use load::{load_images, write_load_tar, Layout, LoadError, LoadTarError};
+pub use load::{load_images, write_load_tar, Layout, LoadError, LoadRequest, LoadTarError};
 pub use node::Engine;
 pub use save::{check_repo_tags, parse_save, SaveError};

@@ -12,7 +12,6 @@
 //! knows an image by its config digest (Docker's image ID) and its layers'
 //! diffIDs, so the same image is recognised on every node.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,11 +23,9 @@ use futures::{StreamExt, TryStreamExt};
 use super::containerd::{Containerd, ContainerdError, Descriptor};
 use super::docker::{DockerAbout, DockerApi, EngineError};
 use super::kinds::*;
-use super::load::{load_as, Layout, LoadError};
-use crate::content::arrivals::Arrivals;
+use super::load::{load_as, Layout, LoadError, LoadRequest};
 use crate::content::manifest::{chain_ids, Manifest};
 use crate::content::platform::Platform;
-use crate::content::store::ChunkStore;
 
 /// A connection to a node's engine. Clones share the connection.
 #[derive(Clone, Debug)]
@@ -149,18 +146,11 @@ impl Engine {
         }
     }
 
-    /// Loads `images` of `manifest` from verified chunks, sending only
-    /// `layers` (the ones the engine lacks), and applies their references.
-    /// With `arrivals`, it starts while chunks are still arriving. Nothing
-    /// is tagged unless every layer arrived and the engine took the image.
-    pub async fn load(
-        &self,
-        manifest: Arc<Manifest>,
-        images: Vec<usize>,
-        layers: BTreeSet<usize>,
-        store: ChunkStore,
-        arrivals: Option<Arc<Arrivals>>,
-    ) -> Result<(), LoadError> {
+    /// Loads what `request` asks from verified chunks, sending only the
+    /// layers the engine lacks, and applies the images' references. With
+    /// arrivals, it starts while chunks are still arriving. Nothing is
+    /// tagged unless every layer arrived and the engine took the image.
+    pub async fn load(&self, request: LoadRequest) -> Result<(), LoadError> {
         match &self.backend {
             Backend::Docker(api) => {
                 // podman loads a layout with layers left out only as OCI.
@@ -168,7 +158,7 @@ impl Engine {
                     Kind::Podman => Layout::Oci,
                     _ => Layout::DockerSave,
                 };
-                load_as(api, layout, manifest, images, layers, store, arrivals).await
+                load_as(api, layout, request).await
             }
             Backend::Containerd {
                 images: ctd,
@@ -181,7 +171,7 @@ impl Engine {
                     heard,
                     naming,
                 };
-                load.run(manifest, images, layers, store, arrivals).await
+                load.run(request).await
             }
         }
     }

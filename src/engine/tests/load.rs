@@ -353,7 +353,13 @@ fn public_futures_are_send(engine: &DockerApi, node: &Engine, manifest: Arc<Mani
     send(engine.load(futures::stream::empty(), false));
     send(engine.export(&[]));
     send(node.held());
-    send(node.load(manifest.clone(), vec![], BTreeSet::new(), store.clone(), None));
+    send(node.load(LoadRequest {
+        manifest: manifest.clone(),
+        images: vec![],
+        layers: BTreeSet::new(),
+        store: store.clone(),
+        arrivals: None,
+    }));
     send(node.tag(&manifest, 0));
     send(node.identify(""));
     send(node.resolve(&[]));
