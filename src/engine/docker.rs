@@ -186,16 +186,10 @@ impl DockerApi {
     /// What the engine says about itself (`GET /version`, `GET /info`):
     /// product, version, image store, platform, data root.
     pub async fn about(&self) -> Result<DockerAbout, EngineError> {
-        let version = self
-            .docker
-            .version()
-            .await
-            .map_err(|e| self.api("read its version", e))?;
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| self.api("read its info", e))?;
+        // Both at once: podman takes up to a second for each.
+        let (version, info) = tokio::join!(self.docker.version(), self.docker.info());
+        let version = version.map_err(|e| self.api("read its version", e))?;
+        let info = info.map_err(|e| self.api("read its info", e))?;
         let podman = version
             .components
             .iter()

@@ -138,6 +138,15 @@ fn one_push_reaches_every_kind_of_engine_and_a_second_sends_nothing() {
 
     let push = c.push(&["app:1"], &[]);
     c.assert_push_ok(&push);
+    // The per-engine figures (time to loaded, bytes from the seed and from peers), shown
+    // with --nocapture.
+    for line in push
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"finished\"") || l.contains("\"n5\""))
+    {
+        eprintln!("mixed fleet: {line}");
+    }
     eprintln!("mixed fleet report: {}", push.report());
     let all = push.received_total("n1");
     for (i, name) in ["n1", "n2", "n3", "n4", "n5"].iter().enumerate() {
