@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Inventory, NodeEntry};
+use crate::config::{ConfigError, Inventory, NodeEntry, NodePatterns};
 use crate::content::pack::{PackOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
 use crate::engine::{EngineSpec, Kind};
 use crate::net::identity::{self, Role};
@@ -173,10 +173,13 @@ struct Targets {
     /// The node inventory.
     #[arg(long, default_value = "nodes.toml")]
     nodes: PathBuf,
-    /// Only these nodes (repeatable); default: every node of the inventory.
-    #[arg(long = "node", value_name = "NAME")]
+    /// Only these nodes (repeatable): names or ranges, as worker-[01-20] or 'web[1-3,7],db1'
+    /// (a bracket holds numbers and ranges; padding is kept); default: every node of the
+    /// inventory. A name or range that matches no node is an error.
+    #[arg(long = "node", value_name = "PATTERN")]
     only: Vec<String>,
-    /// Only nodes whose labels match, e.g. role=worker,zone=a.
+    /// Only nodes whose labels match, e.g. role=worker,zone=a; with --node, the nodes
+    /// matching both.
     #[arg(long, value_name = "KEY=VALUE,…")]
     select: Option<String>,
     /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
@@ -188,7 +191,9 @@ struct Targets {
 }
 
 impl Targets {
+    /// The chosen nodes; a malformed `--node` is refused before the inventory is read.
     fn nodes(&self) -> anyhow::Result<Vec<NodeEntry>> {
+        NodePatterns::parse(&self.only).map_err(ConfigError::from)?;
         Ok(Inventory::load(&self.nodes)?.select(&self.only, self.select.as_deref())?)
     }
 }
@@ -296,8 +301,22 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("p2pimg: {}", message(&e));
-            ExitCode::FAILURE
+            failure_code(&e)
         }
+    }
+}
+
+/// 2, clap's status for a usage error, when the nodes asked for with `--node` and
+/// `--select` are malformed or match nothing; 1 for every other failure.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<ConfigError>() {
+        Some(
+            ConfigError::Pattern(_)
+            | ConfigError::BadSelector { .. }
+            | ConfigError::NoneSelected { .. }
+            | ConfigError::NoneInBoth { .. },
+        ) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 
