@@ -2,6 +2,7 @@
 //! themselves ([`commands`]), and what people see of a push ([`report`]).
 //! `main.rs` only calls [`main`].
 
+mod certs;
 mod commands;
 pub mod report;
 
@@ -69,15 +70,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key.
+    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key;
+    /// or with --nodes, for every node of an inventory that has none yet.
     Issue {
         /// The node's name, as in nodes.toml and agent.toml.
-        name: String,
+        #[arg(required_unless_present = "nodes", conflicts_with = "nodes")]
+        name: Option<String>,
+        /// Instead of NAME: every node of this inventory whose certificate and key are not
+        /// in --dir yet (existing ones are kept, never overwritten); also writes a
+        /// directory per node holding ca.crt, NODE.crt and NODE.key, for
+        /// `scripts/install.sh --cert-dir`.
+        #[arg(long, value_name = "FILE")]
+        nodes: Option<PathBuf>,
+        /// With --nodes: where the per-node directories go, OUT/NODE/ (directories 0700,
+        /// keys 0600) [default: DIR/nodes, so ./cluster/nodes/NODE/].
+        #[arg(long, value_name = "OUT", requires = "nodes")]
+        out: Option<PathBuf>,
         /// The cluster directory made by `p2pimg init`.
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
-        /// `node` identities serve and fetch; only `pusher` identities may announce a push.
-        #[arg(long, default_value = "node")]
+        /// `node` identities serve and fetch; only `pusher` identities may announce a push
+        /// (--nodes always issues `node` identities).
+        #[arg(long, default_value = "node", conflicts_with = "nodes")]
         role: Role,
         /// Validity in days, 1 to 36500 (100 years).
         #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
