@@ -28,7 +28,7 @@ pub use agent::{
     MAX_ENGINE_WAIT_SECS,
 };
 pub use inventory::{Inventory, NodeEntry};
-pub use ranges::{fold, NodePatterns, PatternError};
+pub use ranges::{NodePatterns, PatternError};
 
 /// Errors from reading and checking configuration files.
 #[derive(Debug, thiserror::Error)]

@@ -444,7 +444,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// `names` written as patterns, in the order first met: `web[1-3],db1`,
 /// `worker-[01-20]`; past [`MAX_LISTED`] groups, "…".
-pub fn fold(names: &[&str]) -> String {
+pub(super) fn fold(names: &[&str]) -> String {
     let mut groups: Vec<Group> = Vec::new();
     for name in names {
         let (head, digits, tail) = split_number(name);
@@ -491,35 +491,44 @@ impl Group<'_> {
 
 /// Sorted numbers as bracket items: consecutive ones written alike join into `lo-hi`.
 fn runs(numbers: &[&str]) -> Vec<String> {
-    let mut runs: Vec<(Span, &str, &str)> = Vec::new();
-    for d in numbers {
-        let Some(n) = number(d) else {
-            runs.push((Span::single(u64::MAX, 0), d, d));
-            continue;
-        };
+    let mut runs: Vec<Run> = Vec::new();
+    for digits in numbers {
         match runs.last_mut() {
-            Some((span, _, last)) if span.hi.checked_add(1) == Some(n) && span.format(n) == *d => {
-                span.hi = n;
-                *last = d;
+            Some(run) if run.continued_by(digits) => {
+                run.last = digits;
+                run.hi = number(digits);
             }
-            _ => runs.push((Span::single(n, padded(d)), d, d)),
+            _ => runs.push(Run {
+                first: digits,
+                last: digits,
+                hi: number(digits),
+                width: padded(digits),
+            }),
         }
     }
-    let write = |(_, first, last): &(Span, &str, &str)| match first == last {
-        true => first.to_string(),
-        false => format!("{first}-{last}"),
-    };
-    runs.iter().map(write).collect()
+    runs.iter().map(Run::write).collect()
 }
 
-impl Span {
-    /// The item holding `n` alone, written `width` wide.
-    fn single(n: u64, width: usize) -> Span {
-        Span {
-            lo: n,
-            hi: n,
-            width,
-            text: String::new(),
+/// Consecutive numbers written alike, `first` to `last` (whose value is `hi`; `None` past
+/// [`MAX_DIGITS`]), padded to `width`.
+struct Run<'a> {
+    first: &'a str,
+    last: &'a str,
+    hi: Option<u64>,
+    width: usize,
+}
+
+impl Run<'_> {
+    /// Whether `digits` is the number after `last`, written as this run writes numbers.
+    fn continued_by(&self, digits: &str) -> bool {
+        let next = self.hi.and_then(|hi| hi.checked_add(1));
+        next.is_some_and(|n| number(digits) == Some(n) && format!("{n:0w$}", w = self.width) == digits)
+    }
+
+    fn write(&self) -> String {
+        match self.first == self.last {
+            true => self.first.to_string(),
+            false => format!("{}-{}", self.first, self.last),
         }
     }
 }
