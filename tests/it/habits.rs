@@ -365,3 +365,75 @@ fn cert_issue_for_an_inventory_keeps_and_issues() {
     assert_eq!(push.status("n3"), "loaded");
     assert_eq!(cluster.nodes[1].engine.image_id("app:1"), Some(image.id));
 }
+
+/// Each thing `cert issue --nodes` cannot keep or complete stops it with one line naming
+/// the file, before it writes anything: no certificate issued, no per-node directory.
+#[test]
+fn cert_issue_for_an_inventory_refuses_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other) = (dir.path().join("ca"), dir.path().join("other"));
+    for cluster in [&ca, &other] {
+        run_ok(Command::new(bin()).args(["init", "--dir"]).arg(cluster), 30);
+    }
+    let names: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+    let nodes = inventory(dir.path(), &names);
+    let issue = [
+        "cert",
+        "issue",
+        "--nodes",
+        path_str(&nodes),
+        "--dir",
+        path_str(&ca),
+    ];
+    let one = |name: &str, cluster: &Path| {
+        let args = ["cert", "issue", name, "--dir", path_str(cluster)];
+        run_ok(Command::new(bin()).args(args), 30);
+    };
+    let refused = |needles: &[&str]| {
+        let (code, stdout, stderr) = p2pimg(&issue);
+        assert_eq!(code, 1, "{stdout}\n{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        for needle in needles.iter().chain(&["nothing was written"]) {
+            assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
+        }
+        assert!(
+            !ca.join("n1.crt").exists() && !ca.join("nodes").exists(),
+            "{stdout}"
+        );
+    };
+
+    // n3 has a certificate without its key.
+    one("n3", &ca);
+    fs::remove_file(ca.join("n3.key")).unwrap();
+    refused(&["node n3", "n3.crt exists but", "n3.key does not"]);
+    // n3's certificate and key are another cluster's.
+    fs::remove_file(ca.join("n3.crt")).unwrap();
+    one("n3", &other);
+    for file in ["n3.crt", "n3.key"] {
+        fs::rename(other.join(file), ca.join(file)).unwrap();
+    }
+    refused(&["cannot keep", "n3.crt", "not issued by the CA"]);
+    // n3's key is readable by others.
+    for file in ["n3.crt", "n3.key"] {
+        fs::remove_file(ca.join(file)).unwrap();
+    }
+    one("n3", &ca);
+    fs::set_permissions(ca.join("n3.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&["cannot keep", "chmod 600"]);
+    fs::set_permissions(ca.join("n3.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A per-node directory holds something else under --out.
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join("n2")).unwrap();
+    fs::write(out.join("n2").join("ca.crt"), "not this CA").unwrap();
+    let with_out = [&issue[..], &["--out", path_str(&out)]].concat();
+    let (code, _, stderr) = p2pimg(&with_out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("out/n2/ca.crt exists and differs"), "{stderr}");
+    assert!(!ca.join("n1.crt").exists() && !out.join("n1").exists());
+    // Fixed, it does the whole job.
+    fs::remove_file(out.join("n2").join("ca.crt")).unwrap();
+    let (code, stdout, stderr) = p2pimg(&with_out);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("2 issued, 1 kept"), "{stdout}");
+    assert!(out.join("n1").join("n1.key").exists());
+}
