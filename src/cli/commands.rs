@@ -22,10 +22,16 @@ pub(super) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init { dir } => init(dir),
         Command::Cert(CertCommand::Issue {
             name,
+            nodes,
+            out,
             dir,
             role,
             days,
-        }) => issue(name, dir, role, days),
+        }) => match (name, nodes) {
+            (_, Some(nodes)) => super::certs::issue_inventory(&nodes, &dir, out.as_deref(), days),
+            (Some(name), None) => issue(name, dir, role, days),
+            (None, None) => unreachable!("clap requires NAME or --nodes"),
+        },
         Command::Agent { config } => agent(cli.log_format, config),
         Command::Push(args) => push_images(cli.log_format, args),
         Command::Bundle(cmd) => bundle(cli.log_format, cmd),
@@ -47,7 +53,8 @@ fn init(dir: PathBuf) -> anyhow::Result<ExitCode> {
         println!("wrote {}", file.display());
     }
     println!(
-        "next: `p2pimg cert issue NODE --dir {}` for each node",
+        "next: `p2pimg cert issue --nodes nodes.toml --dir {}` for every node of the inventory \
+         (or `cert issue NODE` for one)",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)

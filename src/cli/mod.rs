@@ -2,6 +2,7 @@
 //! themselves ([`commands`]), and what people see of a push ([`report`]).
 //! `main.rs` only calls [`main`].
 
+mod certs;
 mod commands;
 pub mod report;
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Inventory, NodeEntry};
+use crate::config::{ConfigError, Inventory, NodeEntry, NodePatterns};
 use crate::content::pack::{PackOptions, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL};
 use crate::engine::{EngineSpec, Kind};
 use crate::net::identity::{self, Role};
@@ -69,15 +70,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key.
+    /// Issue a certificate and key for a node (or another pusher): DIR/NAME.crt, DIR/NAME.key;
+    /// or with --nodes, for every node of an inventory that has none yet.
     Issue {
         /// The node's name, as in nodes.toml and agent.toml.
-        name: String,
+        #[arg(required_unless_present = "nodes", conflicts_with = "nodes")]
+        name: Option<String>,
+        /// Instead of NAME: every node of this inventory whose certificate and key are not
+        /// in --dir yet (existing ones are kept, never overwritten); also writes a
+        /// directory per node holding ca.crt, NODE.crt and NODE.key, for
+        /// `scripts/install.sh --cert-dir`.
+        #[arg(long, value_name = "FILE")]
+        nodes: Option<PathBuf>,
+        /// With --nodes: where the per-node directories go, OUT/NODE/ (directories 0700,
+        /// keys 0600) [default: DIR/nodes, so ./cluster/nodes/NODE/].
+        #[arg(long, value_name = "OUT", requires = "nodes")]
+        out: Option<PathBuf>,
         /// The cluster directory made by `p2pimg init`.
         #[arg(long, default_value = "./cluster")]
         dir: PathBuf,
-        /// `node` identities serve and fetch; only `pusher` identities may announce a push.
-        #[arg(long, default_value = "node")]
+        /// `node` identities serve and fetch; only `pusher` identities may announce a push
+        /// (--nodes always issues `node` identities).
+        #[arg(long, default_value = "node", conflicts_with = "nodes")]
         role: Role,
         /// Validity in days, 1 to 36500 (100 years).
         #[arg(long, default_value_t = identity::DEFAULT_VALID_DAYS)]
@@ -173,10 +187,13 @@ struct Targets {
     /// The node inventory.
     #[arg(long, default_value = "nodes.toml")]
     nodes: PathBuf,
-    /// Only these nodes (repeatable); default: every node of the inventory.
-    #[arg(long = "node", value_name = "NAME")]
+    /// Only these nodes (repeatable): names or ranges, as worker-[01-20] or 'web[1-3,7],db1'
+    /// (a bracket holds numbers and ranges; padding is kept); default: every node of the
+    /// inventory. A name or range that matches no node is an error.
+    #[arg(long = "node", value_name = "PATTERN")]
     only: Vec<String>,
-    /// Only nodes whose labels match, e.g. role=worker,zone=a.
+    /// Only nodes whose labels match, e.g. role=worker,zone=a; with --node, the nodes
+    /// matching both.
     #[arg(long, value_name = "KEY=VALUE,…")]
     select: Option<String>,
     /// The cluster directory made by `p2pimg init` (ca.crt and the pusher's certificate and key).
@@ -188,7 +205,9 @@ struct Targets {
 }
 
 impl Targets {
+    /// The chosen nodes; a malformed `--node` is refused before the inventory is read.
     fn nodes(&self) -> anyhow::Result<Vec<NodeEntry>> {
+        NodePatterns::parse(&self.only).map_err(ConfigError::from)?;
         Ok(Inventory::load(&self.nodes)?.select(&self.only, self.select.as_deref())?)
     }
 }
@@ -296,8 +315,22 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("p2pimg: {}", message(&e));
-            ExitCode::FAILURE
+            failure_code(&e)
         }
+    }
+}
+
+/// 2, clap's status for a usage error, when the nodes asked for with `--node` and
+/// `--select` are malformed or match nothing; 1 for every other failure.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<ConfigError>() {
+        Some(
+            ConfigError::Pattern(_)
+            | ConfigError::BadSelector { .. }
+            | ConfigError::NoneSelected { .. }
+            | ConfigError::NoneInBoth { .. },
+        ) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 

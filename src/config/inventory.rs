@@ -12,6 +12,8 @@ use toml::Spanned;
 
 use crate::net::identity;
 
+use super::ranges::{fold, NodePatterns};
+
 use super::*;
 
 /// One node of the inventory.
@@ -71,38 +73,49 @@ impl Inventory {
         Ok(Inventory { nodes })
     }
 
-    /// The nodes named in `names` (all when empty) whose labels match every
-    /// `key=value` of `selector` (comma-separated), in inventory order.
-    pub fn select(&self, names: &[String], selector: Option<&str>) -> Result<Vec<NodeEntry>, ConfigError> {
+    /// The nodes `--node` and `--select` choose, in inventory order: those matching one
+    /// of the `patterns` (every node when there are none; see [`super::ranges`]) and whose
+    /// labels match every `key=value` of `selector` (comma-separated).
+    pub fn select(&self, patterns: &[String], selector: Option<&str>) -> Result<Vec<NodeEntry>, ConfigError> {
+        let named = NodePatterns::parse(patterns)?;
         let wanted = parse_selector(selector.unwrap_or(""))?;
-        let matches = |node: &NodeEntry| {
-            wanted
-                .iter()
-                .all(|(k, v)| node.labels.get(*k) == Some(&v.to_string()))
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let by_name = match named.is_empty() {
+            true => vec![true; names.len()],
+            false => named.matches(&names)?,
         };
-        let nodes: Vec<NodeEntry> = self.only(names)?.into_iter().filter(|n| matches(n)).collect();
-        if nodes.is_empty() {
-            return Err(ConfigError::NoneSelected {
-                selector: selector.unwrap_or("").to_string(),
+        let by_label: Vec<bool> = self.nodes.iter().map(|n| labels_match(n, &wanted)).collect();
+        let picked = |flags: &[bool]| -> Vec<&str> {
+            names
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| **f)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        let selector = selector.unwrap_or("").to_string();
+        if !by_label.contains(&true) {
+            return Err(ConfigError::NoneSelected { selector });
+        }
+        let both: Vec<bool> = by_name.iter().zip(&by_label).map(|(a, b)| *a && *b).collect();
+        if !both.contains(&true) {
+            return Err(ConfigError::NoneInBoth {
+                patterns: patterns.join(" --node "),
+                named: fold(&picked(&by_name)),
+                selector,
+                labelled: fold(&picked(&by_label)),
             });
         }
-        Ok(nodes)
+        let nodes = self.nodes.iter().zip(both).filter(|(_, b)| *b);
+        Ok(nodes.map(|(n, _)| n.clone()).collect())
     }
+}
 
-    /// The nodes named in `names`, in inventory order; all nodes when
-    /// `names` is empty.
-    pub fn only(&self, names: &[String]) -> Result<Vec<NodeEntry>, ConfigError> {
-        if let Some(unknown) = names
-            .iter()
-            .find(|n| !self.nodes.iter().any(|node| &&node.name == n))
-        {
-            return Err(ConfigError::UnknownNode {
-                name: unknown.clone(),
-            });
-        }
-        let wanted = |node: &&NodeEntry| names.is_empty() || names.contains(&node.name);
-        Ok(self.nodes.iter().filter(wanted).cloned().collect())
-    }
+/// Whether `node` carries every `key=value` of `wanted`.
+fn labels_match(node: &NodeEntry, wanted: &[(&str, &str)]) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| node.labels.get(*k).map(String::as_str) == Some(*v))
 }
 
 /// Names and addresses met so far, with their lines, to report duplicates.

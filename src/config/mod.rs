@@ -1,6 +1,8 @@
 //! Configuration files: the inventory of nodes a pusher distributes to (`nodes.toml`) and the
 //! agent's options (`agent.toml`). Both are strict: unknown keys are errors, and every error
-//! names the file and, where it can, the line, so a typo is fixed in one look.
+//! names the file and, where it can, the line, so a typo is fixed in one look. The nodes a
+//! command acts on are chosen from the inventory by `--node` patterns (`worker-[01-20]`,
+//! [`NodePatterns`]) and `--select` labels, both I/O-free.
 //!
 //! ```toml
 //! # nodes.toml
@@ -11,6 +13,7 @@
 //! ```
 mod agent;
 mod inventory;
+mod ranges;
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,19 +28,31 @@ pub use agent::{
     MAX_ENGINE_WAIT_SECS,
 };
 pub use inventory::{Inventory, NodeEntry};
+pub use ranges::{NodePatterns, PatternError};
 
 /// Errors from reading and checking configuration files.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A node asked for on the command line is not in the inventory.
-    #[error("node {name:?} is not in the inventory")]
-    UnknownNode { name: String },
+    /// A `--node` pattern is malformed or matches no node of the inventory.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
     /// A label selector is not `key=value[,key=value…]`.
     #[error("bad selector {selector:?}: write key=value, several joined by commas (role=worker,zone=a)")]
     BadSelector { selector: String },
     /// No node matches the selection.
-    #[error("no node of the inventory matches the selection {selector:?}")]
+    #[error("--select {selector} matches no node of the inventory")]
     NoneSelected { selector: String },
+    /// `--node` and `--select` each match nodes, but none matches both.
+    #[error(
+        "no node matches both --node {patterns} ({named}) and --select {selector} ({labelled}); \
+             they are combined as an intersection"
+    )]
+    NoneInBoth {
+        patterns: String,
+        named: String,
+        selector: String,
+        labelled: String,
+    },
     /// The file could not be read.
     #[error("cannot read {}: {source} (check the path, or pass another file)", path.display())]
     Read { path: PathBuf, source: io::Error },

@@ -301,8 +301,49 @@ fn select_by_name_and_labels() {
     ));
     assert!(matches!(
         inv.select(&["nope".into()], None),
-        Err(ConfigError::UnknownNode { .. })
+        Err(ConfigError::Pattern(PatternError::Unmatched { .. }))
     ));
+}
+
+#[test]
+fn node_patterns_and_selector_intersect() {
+    let inv = inventory(include_str!("../../nodes.example.toml")).unwrap();
+    let names = |nodes: Vec<NodeEntry>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    let select = |nodes: &[&str], selector: Option<&str>| {
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        inv.select(&nodes, selector)
+    };
+    assert_eq!(
+        names(select(&["worker-a[1-2],gateway"], None).unwrap()),
+        ["worker-a1", "worker-a2", "gateway"]
+    );
+    let msg = select(&["worker-[a-b]1"], None).unwrap_err().to_string();
+    assert!(msg.contains("`a-b` in `[a-b]` is not a number"), "{msg}");
+    assert_eq!(
+        names(select(&["worker-a[1-2]", "worker-b1"], Some("zone=a")).unwrap()),
+        ["worker-a1", "worker-a2"]
+    );
+    // In inventory order, each node once, however the patterns overlap.
+    assert_eq!(
+        names(select(&["gateway", "worker-a[1-2]", "worker-a1"], None).unwrap()),
+        ["worker-a1", "worker-a2", "gateway"]
+    );
+    let msg = select(&["gateway"], Some("role=worker")).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "no node matches both --node gateway (gateway) and --select role=worker \
+         (worker-a[1-2],worker-b1); they are combined as an intersection"
+    );
+    let msg = select(&["worker-a[1-2]"], Some("zone=z"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(msg, "--select zone=z matches no node of the inventory");
+    // A malformed pattern is refused before the selector is looked at.
+    let err = select(&["web[3-1]"], Some("role")).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Pattern(PatternError::Malformed { .. })),
+        "{err}"
+    );
 }
 
 #[test]

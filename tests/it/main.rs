@@ -14,6 +14,7 @@ mod engine;
 mod engine_restart;
 mod engines;
 mod fleet;
+mod habits;
 mod harness;
 mod hostile;
 mod load;
