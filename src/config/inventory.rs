@@ -65,10 +65,11 @@ impl Inventory {
             return Err(ConfigError::Empty { path: origin.into() });
         }
         let mut seen = Seen::default();
+        let lines = Lines::of(text);
         let nodes = raw
             .node
             .into_iter()
-            .map(|node| seen.check(node, text, origin))
+            .map(|node| seen.check(node, &lines, origin))
             .collect::<Result<_, _>>()?;
         Ok(Inventory { nodes })
     }
@@ -127,9 +128,9 @@ struct Seen {
 
 impl Seen {
     /// Validates one node and records it; errors point at the offending line.
-    fn check(&mut self, node: RawNode, text: &str, path: &Path) -> Result<NodeEntry, ConfigError> {
-        let name_line = line_of(text, node.name.span().start);
-        let addr_line = line_of(text, node.addr.span().start);
+    fn check(&mut self, node: RawNode, lines: &Lines, path: &Path) -> Result<NodeEntry, ConfigError> {
+        let name_line = lines.line(node.name.span().start);
+        let addr_line = lines.line(node.addr.span().start);
         let name = node.name.into_inner();
         identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
             path: path.into(),

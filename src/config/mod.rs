@@ -164,6 +164,28 @@ fn parse_toml<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, Confi
 }
 
 /// 1-based line number of byte `offset` in `text`.
+/// The line numbers of a file's byte offsets, its newlines found once: an
+/// inventory of 10,000 nodes asks for 20,000 lines, and counting from the
+/// start each time took 54 s.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Lines {
+        Lines(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// The line (from 1) of byte `offset`, as [`line_of`] counts it.
+    fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1

@@ -363,3 +363,12 @@ fn engine_silence_limits_default_and_are_bounded() {
         assert!(err.to_string().contains("from 1 to 86400"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn lines_counts_as_line_of() {
+    let text = "a\nbb\n\nccc";
+    let lines = Lines::of(text);
+    for offset in 0..=text.len() + 2 {
+        assert_eq!(lines.line(offset), line_of(text, offset), "offset {offset}");
+    }
+}
