@@ -15,7 +15,8 @@ pub const TEST_ENV: &str = "P2PIMG_TEST_TIMEOUTS";
 
 /// How long the network waits before a peer counts as gone. Passed to the
 /// endpoint (`connect`, `keep_alive`, `idle`), the pusher's sessions
-/// (`reach`, `stall`) and the agent (`stall`, with the pusher gone).
+/// (`reach`, `stall`) and seed (`seed_stall`), and the agent (`stall`, with
+/// the pusher gone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// How long a dial may take. Default 10 s: ample for a handshake across
@@ -40,6 +41,14 @@ pub struct Timeouts {
     /// takes 8 s even at 1 Mbit/s, and the swarm's fetch timeout (60 s)
     /// moves a stuck request to another peer well before.
     pub stall: Duration,
+    /// How long the seed lets a node go without a verified chunk, with
+    /// nothing offered outstanding, before it offers the node chunks others
+    /// hold or were offered. Default 8 s: a scheduling choice of the seed
+    /// (the swarm policy's `STALL_AFTER`, which says why), but one that only
+    /// works while it stays under `idle`: when a node's link dies with chunks
+    /// offered to it, the healthy nodes needing them wait this long, not the
+    /// idle timeout. So it is here, to be shortened along with `idle`.
+    pub seed_stall: Duration,
 }
 
 impl Default for Timeouts {
@@ -50,6 +59,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(30),
             reach: Duration::from_secs(30),
             stall: Duration::from_secs(180),
+            seed_stall: Duration::from_secs(8),
         }
     }
 }
@@ -100,6 +110,7 @@ impl Timeouts {
             "idle" => &mut self.idle,
             "reach" => &mut self.reach,
             "stall" => &mut self.stall,
+            "seed_stall" => &mut self.seed_stall,
             other => return Err(format!("no timeout named {other:?}")),
         })
     }
@@ -141,7 +152,7 @@ mod tests {
     #[test]
     fn the_defaults_are_the_products() {
         let t = Timeouts::default();
-        let secs = [t.connect, t.keep_alive, t.idle, t.reach, t.stall].map(|d| d.as_secs());
-        assert_eq!(secs, [10, 5, 30, 30, 180]);
+        let all = [t.connect, t.keep_alive, t.idle, t.reach, t.stall, t.seed_stall];
+        assert_eq!(all.map(|d| d.as_secs()), [10, 5, 30, 30, 180, 8]);
     }
 }

@@ -263,6 +263,7 @@ pub async fn push_with(
         &vec![true; chunks],
         SwarmOptions {
             seeding: true,
+            seed_stall: timeouts.seed_stall,
             ..SwarmOptions::default()
         },
     );
