@@ -133,8 +133,11 @@ mod tests {
 
     #[test]
     fn a_spec_overrides_only_what_it_names() {
-        let t = Timeouts::default().with("idle=4000, reach=2500").unwrap();
+        let t = Timeouts::default()
+            .with("keep_alive=1000,idle=4000, reach=2500")
+            .unwrap();
         let expected = Timeouts {
+            keep_alive: Duration::from_secs(1),
             idle: Duration::from_secs(4),
             reach: Duration::from_millis(2500),
             ..Timeouts::default()
