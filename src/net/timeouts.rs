@@ -1,9 +1,9 @@
 //! [`Timeouts`]: every limit that decides when a peer counts as gone, in one
 //! place, the way quinn-proto's `TransportConfig` holds QUIC's. The product
 //! runs with [`Timeouts::default`]; tests shorten them instead of waiting
-//! them out, through the library ([`crate::push::push_with`],
-//! [`crate::agent::Agent::start_with`]) or, for the built binary, through
-//! [`TEST_ENV`] (debug builds only, see [`Timeouts::from_test_env`]).
+//! them out, through the library (the pusher and the agent take them as an
+//! argument) or, for the built binary, through [`TEST_ENV`] (debug builds
+//! only, see [`Timeouts::from_test_env`]).
 
 use std::time::Duration;
 
