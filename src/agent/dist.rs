@@ -50,10 +50,6 @@ const ENGINE_RETRY_MAX: Duration = Duration::from_secs(4);
 /// chunk arrives: reasons appear in the pusher's view within a second or so.
 const REASON_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a node whose pusher went away waits for a new chunk from its
-/// peers before giving up: as long as the pusher's own stall limit.
-const ALONE_STALL: Duration = Duration::from_secs(180);
-
 /// Resolves when the pusher on `conn` leaves for good before the node is
 /// done ([`close::PUSHER_LEFT`]), with why; never if the connection ends
 /// any other way (the node then goes on among its peers).
@@ -367,14 +363,14 @@ impl Node<'_> {
         tokio::pin!(streaming);
         let mut streamed = None;
         let fetched = tokio::select! {
-            fetched = follow_progress(swarm, control) => fetched,
+            fetched = follow_progress(swarm, control, ctx.timeouts.stall) => fetched,
             // Ended first: it failed, or it took the last chunk a moment
             // before the swarm reported it. Fetching goes on, so peers
             // still get what this node holds; an error is reported once it
             // is done.
             loaded = &mut streaming => {
                 streamed = Some(loaded);
-                follow_progress(swarm, control).await
+                follow_progress(swarm, control, ctx.timeouts.stall).await
             }
         };
         let received = swarm.received().await;
@@ -530,8 +526,13 @@ fn current(swarm: &SwarmHandle) -> Progress {
 /// why the node waits when no chunk comes ([`waits::fetch_reason`]). If the
 /// pusher goes away the node keeps fetching from its peers: once every
 /// chunk is among the agents, the seed may leave. Alone, it gives up after
-/// [`ALONE_STALL`] without a new chunk.
-async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(), String> {
+/// `alone_stall` without a new chunk: as long as the pusher's own stall
+/// limit ([`net::Timeouts::stall`]).
+async fn follow_progress(
+    swarm: &SwarmHandle,
+    control: &mut Control,
+    alone_stall: Duration,
+) -> Result<(), String> {
     let mut progress = swarm.progress();
     let mut pusher_here = true;
     let mut sent = None;
@@ -561,10 +562,9 @@ async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(
             sent = Some(report);
         }
         // With the pusher there, its own stall timeout decides.
-        if !pusher_here && quiet >= ALONE_STALL {
-            let secs = ALONE_STALL.as_secs();
+        if !pusher_here && quiet >= alone_stall {
             return Err(format!(
-                "the pusher went away and no peer had the missing chunks for {secs}s"
+                "the pusher went away and no peer had the missing chunks for {alone_stall:?}"
             ));
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
@@ -577,7 +577,8 @@ async fn follow_progress(swarm: &SwarmHandle, control: &mut Control) -> Result<(
 /// Connects to a peer and opens a swarm stream; the connection is also
 /// served, so the peer can request chunks on it.
 async fn dial_peer(ctx: Arc<AgentCtx>, swarm: SwarmHandle, peer: PeerInfo) {
-    match net::connect(&ctx.endpoint, peer.addr, Some(&peer.name)).await {
+    let within = ctx.timeouts.connect;
+    match net::connect_within(&ctx.endpoint, peer.addr, Some(&peer.name), within).await {
         Ok((conn, identity)) => {
             if let Err(e) = swarm.connect_peer(peer.name.clone(), conn.clone()).await {
                 tracing::warn!(peer = %peer.name, "cannot open a swarm stream: {e}");

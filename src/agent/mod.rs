@@ -40,7 +40,7 @@ use crate::content::lock::DirLock;
 use crate::content::retention::{Keeper, RetentionOptions};
 use crate::content::store::ChunkStore;
 use crate::net::identity::Role;
-use crate::net::{self, PeerIdentity};
+use crate::net::{self, PeerIdentity, Timeouts};
 use crate::ops::metrics::Metrics;
 use crate::swarm::serve::{refuse, serve_connection};
 use crate::swarm::{Registry, SwarmOptions};
@@ -88,6 +88,8 @@ pub(crate) struct AgentCtx {
     pub keeper: Keeper,
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
+    /// Dials to peers (`connect`) and how long to fetch alone (`stall`).
+    pub timeouts: Timeouts,
     pub swarm: SwarmOptions,
     /// Certificate names refused whatever their signature says.
     pub deny: HashSet<String>,
@@ -109,8 +111,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads the identity, opens the store and binds the endpoint.
+    /// Loads the identity, opens the store and binds the endpoint. The
+    /// timeouts are the defaults, unless a test shortened them for this
+    /// process ([`Timeouts::from_test_env`], debug builds only).
     pub fn start(opts: &AgentOptions) -> Result<Agent, AgentError> {
+        Agent::start_with(opts, Timeouts::from_test_env())
+    }
+
+    /// [`Agent::start`] with these `timeouts` (tests shorten them).
+    pub fn start_with(opts: &AgentOptions, timeouts: Timeouts) -> Result<Agent, AgentError> {
         let identity = opts.load_identity()?;
         if identity.role != Role::Node {
             let cert = opts.cert.display().to_string();
@@ -125,7 +134,7 @@ impl Agent {
             budget: opts.store_budget,
         };
         let (keeper, keeper_thread) = Keeper::spawn(store.clone(), retention, metrics.clone())?;
-        let endpoint = net::endpoint(&identity, opts.listen)?;
+        let endpoint = net::endpoint_with(&identity, opts.listen, net::transport_config_with(&timeouts))?;
         let ctx = AgentCtx {
             name: opts.name.clone(),
             engine: opts.engine.clone(),
@@ -136,6 +145,7 @@ impl Agent {
             keeper,
             registry: Registry::with_upload_limit(opts.max_upload_mbit, metrics),
             endpoint,
+            timeouts,
             swarm: SwarmOptions::default(),
             deny: opts.deny.iter().cloned().collect(),
             running: dist::Running::default(),

@@ -24,20 +24,15 @@ use rustls::RootCertStore;
 use tokio::time::Instant;
 
 pub mod identity;
+mod timeouts;
+
+pub use timeouts::{Timeouts, TEST_ENV};
 
 use crate::wire;
 use identity::{Identity, Role};
 
 /// TLS server name of every connection; every leaf certificate carries it as a DNS SAN.
 pub const SERVER_NAME: &str = identity::CERT_DNS_NAME;
-/// How long a dial may take: ample for a handshake across a LAN or WAN (a few RTTs), short
-/// enough that a push to a dead node reports it quickly.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Keep-alive interval: well under [`IDLE_TIMEOUT`] and under typical 30 s NAT/conntrack UDP
-/// timeouts, so an idle but healthy connection between agents stays open.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// A peer silent for this long (6 missed keep-alives) is considered gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-stream receive window: 16 MiB holds several multi-MB chunks in flight, covering the
 /// bandwidth-delay product of a 1 Gbit/s link at ~100 ms RTT (12.5 MB) on a single stream.
 const STREAM_RECEIVE_WINDOW: u32 = 16 << 20;
@@ -86,9 +81,9 @@ pub enum NetError {
         addr: SocketAddr,
         source: quinn::ConnectError,
     },
-    /// No handshake completed within the connect timeout.
-    #[error("no answer from {addr} within {}s: check that the p2pimg agent is running there and that the address, UDP port and firewall allow it", CONNECT_TIMEOUT.as_secs())]
-    Timeout { addr: SocketAddr },
+    /// No handshake completed within the connect timeout (`after`).
+    #[error("no answer from {addr} within {after:?}: check that the p2pimg agent is running there and that the address, UDP port and firewall allow it")]
+    Timeout { addr: SocketAddr, after: Duration },
     /// The peer rejected our certificate, or presented one not signed by the cluster CA.
     #[error("{addr} refused the connection or presented a certificate not signed by this cluster's CA: {detail} (both sides need certificates from the same `p2pimg init`)")]
     Untrusted { addr: SocketAddr, detail: String },
@@ -215,14 +210,19 @@ fn client_config(
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
 }
 
-/// Keep-alive, idle timeout, flow-control windows and stream limits shared by both sides.
+/// [`transport_config_with`] the default [`Timeouts`].
 pub fn transport_config() -> TransportConfig {
+    transport_config_with(&Timeouts::default())
+}
+
+/// Keep-alive and idle timeout from `timeouts`; flow-control windows and stream limits; shared
+/// by both sides.
+pub fn transport_config_with(timeouts: &Timeouts) -> TransportConfig {
+    let idle = IdleTimeout::try_from(timeouts.idle).unwrap_or(IdleTimeout::from(VarInt::MAX));
     let mut transport = TransportConfig::default();
     transport
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a VarInt"),
-        ))
+        .keep_alive_interval(Some(timeouts.keep_alive))
+        .max_idle_timeout(Some(idle))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
@@ -234,22 +234,36 @@ pub fn transport_config() -> TransportConfig {
     transport
 }
 
-/// Dials `addr`, waits until the peer has accepted our certificate, and returns the connection
-/// with the peer's identity. With `expected_name`, a peer by any other name is an error.
+/// [`connect_within`] the default connect timeout.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
     expected_name: Option<&str>,
 ) -> Result<(quinn::Connection, PeerIdentity), NetError> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    connect_within(endpoint, addr, expected_name, Timeouts::default().connect).await
+}
+
+/// Dials `addr`, waits until the peer has accepted our certificate, and returns the connection
+/// with the peer's identity; fails with [`NetError::Timeout`] after `limit` (the
+/// [`Timeouts::connect`] of the caller). With `expected_name`, a peer by any other name is an
+/// error.
+pub async fn connect_within(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    expected_name: Option<&str>,
+    limit: Duration,
+) -> Result<(quinn::Connection, PeerIdentity), NetError> {
+    let deadline = Instant::now() + limit;
+    let timeout = NetError::Timeout { addr, after: limit };
     let connecting = endpoint
         .connect(addr, SERVER_NAME)
         .map_err(|source| NetError::Connect { addr, source })?;
     let conn = match tokio::time::timeout_at(deadline, connecting).await {
-        Err(_) => return Err(NetError::Timeout { addr }),
+        Err(_) => return Err(timeout),
+        Ok(Err(ConnectionError::TimedOut)) => return Err(timeout),
         Ok(result) => result.map_err(|e| connection_error(addr, e))?,
     };
-    await_confirmation(&conn, deadline).await?;
+    await_confirmation(&conn, deadline, limit).await?;
     let peer = peer_identity(&conn)?;
     match expected_name {
         Some(expected) if expected != peer.name => {
@@ -275,12 +289,16 @@ pub async fn accept(incoming: quinn::Incoming) -> Result<(quinn::Connection, Pee
 
 /// Waits for the server's HANDSHAKE_DONE, which it sends only after accepting our certificate,
 /// so that a refusal surfaces here rather than on the first stream.
-async fn await_confirmation(conn: &quinn::Connection, deadline: Instant) -> Result<(), NetError> {
+async fn await_confirmation(
+    conn: &quinn::Connection,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<(), NetError> {
     let addr = conn.remote_address();
     while conn.stats().frame_rx.handshake_done == 0 {
         tokio::select! {
             err = conn.closed() => return Err(connection_error(addr, err)),
-            _ = tokio::time::sleep_until(deadline) => return Err(NetError::Timeout { addr }),
+            _ = tokio::time::sleep_until(deadline) => return Err(NetError::Timeout { addr, after: limit }),
             _ = tokio::time::sleep(CONFIRM_POLL) => {}
         }
     }
@@ -296,7 +314,11 @@ pub fn connection_error(addr: SocketAddr, err: ConnectionError) -> NetError {
         _ => false,
     };
     match err {
-        ConnectionError::TimedOut => NetError::Timeout { addr },
+        // Reported as a dial that got no answer, as before the connect timeout was a setting.
+        ConnectionError::TimedOut => NetError::Timeout {
+            addr,
+            after: Timeouts::default().connect,
+        },
         err if rejected => NetError::Untrusted {
             addr,
             detail: err.to_string(),

@@ -35,6 +35,7 @@ use crate::content::store::ChunkStore;
 use crate::engine::node::full_name;
 use crate::engine::{self, Engine, EngineSpec};
 use crate::net::identity::Identity;
+use crate::net::Timeouts;
 use crate::ops::signal::Stop;
 use crate::swarm::{DistShared, Registry, Swarm, SwarmOptions, UploadMeter};
 use crate::wire::{close, PeerBytes, PeerInfo, Plan, Progress};
@@ -217,8 +218,21 @@ impl PushReport {
 /// nodes not done yet are failed and told the pusher is leaving
 /// ([`close::PUSHER_LEFT`]): they end the distribution at once, keeping
 /// their verified chunks for the next push.
+///
+/// The timeouts are the defaults, unless a test shortened them for this
+/// process ([`Timeouts::from_test_env`], debug builds only).
 pub async fn push(
     opts: PushOptions,
+    events: mpsc::UnboundedSender<PushEvent>,
+    stop: impl Future<Output = Stop>,
+) -> Result<PushReport, PushError> {
+    push_with(opts, Timeouts::from_test_env(), events, stop).await
+}
+
+/// [`push`] with these `timeouts` (tests shorten them).
+pub async fn push_with(
+    opts: PushOptions,
+    timeouts: Timeouts,
     events: mpsc::UnboundedSender<PushEvent>,
     stop: impl Future<Output = Stop>,
 ) -> Result<PushReport, PushError> {
@@ -249,14 +263,24 @@ pub async fn push(
         &vec![true; chunks],
         SwarmOptions {
             seeding: true,
+            seed_stall: timeouts.seed_stall,
             ..SwarmOptions::default()
         },
     );
     let registry = Registry::for_seed(opts.max_upload_mbit);
     let registered = registry.register(seed);
-    let endpoint = crate::net::endpoint(&identity, bind_addr(&opts.nodes))?;
+    let transport = crate::net::transport_config_with(&timeouts);
+    let endpoint = crate::net::endpoint_with(&identity, bind_addr(&opts.nodes), transport)?;
     let (cut_tx, cut_rx) = watch::channel(None);
-    let sessions = run_sessions(&endpoint, &registry, &opts.nodes, &manifest, &events, cut_rx);
+    let sessions = run_sessions(
+        &endpoint,
+        &registry,
+        timeouts,
+        &opts.nodes,
+        &manifest,
+        &events,
+        cut_rx,
+    );
     let (nodes, interrupted) = cut_short(sessions, &cut_tx, stop, deadline).await;
     drop(registered);
     // Sessions cut short closed their connections as leaving for good.
@@ -491,11 +515,12 @@ pub(crate) fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
     }
 }
 
-/// Runs one session per node; Start goes out once every node has planned
-/// (or failed), Finish once every node is done.
+/// Runs one session per node, each with `timeouts`; Start goes out once
+/// every node has planned (or failed), Finish once every node is done.
 async fn run_sessions(
     endpoint: &quinn::Endpoint,
     registry: &Registry,
+    timeouts: Timeouts,
     nodes: &[NodeEntry],
     manifest: &Arc<Manifest>,
     events: &mpsc::UnboundedSender<PushEvent>,
@@ -522,6 +547,7 @@ async fn run_sessions(
             done: done_tx.clone(),
             cut: cut.clone(),
             conn: None,
+            timeouts,
         };
         tasks.spawn(async move { (i, session.run().await) });
     }

@@ -19,17 +19,8 @@ use crate::wire::{self, read_frame, write_frame, ErrorCode, Message, Outcome, Pe
 /// and re-verifies the chunks it kept from an earlier run, about 10 GB a
 /// minute from a plain disk.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(300);
-/// A fetching node that reports no progress for this long is failed: one
-/// 1 MiB chunk takes 8 s even at 1 Mbit/s, and the fetch timeout (60 s)
-/// moves a stuck request to another peer well before.
-const STALL_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long a node that does not answer is dialed again before it is
-/// failed: a link down for a moment (a switch reboot, a flapping port)
-/// comes back within it, and it matches QUIC's idle timeout, the time a
-/// node cut off mid-transfer has to come back.
-const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// First pause between two dials of a node that did not answer; doubles.
-/// Each dial itself waits up to the connect timeout (10 s).
+/// Each dial itself waits up to the connect timeout ([`net::Timeouts`]).
 const REDIAL_FIRST: Duration = Duration::from_millis(500);
 /// How long the pusher waits for an agent to close its side after Finish.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
@@ -52,6 +43,8 @@ pub(super) struct Session {
     pub cut: watch::Receiver<Option<String>>,
     /// The connection to the node, once made.
     pub conn: Option<Connection>,
+    /// Dial (`connect`, `reach`) and stall (`stall`) limits.
+    pub timeouts: net::Timeouts,
 }
 
 struct Progressed {
@@ -148,27 +141,27 @@ impl Session {
     }
 
     /// Dials the node; while it does not answer at all, dials again with
-    /// backoff for up to [`REACH_TIMEOUT`]. Any other failure (a refused
-    /// certificate, a wrong name) is final at once.
+    /// backoff for up to [`net::Timeouts::reach`]. Any other failure (a
+    /// refused certificate, a wrong name) is final at once.
     async fn connect(&self) -> Result<(Connection, net::PeerIdentity), String> {
-        let give_up = tokio::time::Instant::now() + REACH_TIMEOUT;
+        let reach = self.timeouts.reach;
+        let give_up = tokio::time::Instant::now() + reach;
         let mut pause = REDIAL_FIRST;
+        let (addr, name) = (self.node.addr, Some(self.node.name.as_str()));
         loop {
-            match net::connect(&self.endpoint, self.node.addr, Some(&self.node.name)).await {
+            match net::connect_within(&self.endpoint, addr, name, self.timeouts.connect).await {
                 Ok(connected) => return Ok(connected),
                 Err(e @ net::NetError::Timeout { .. }) if tokio::time::Instant::now() + pause < give_up => {
                     tracing::warn!(node = %self.node.name, "{e}; dialing again");
-                    let secs = REACH_TIMEOUT.as_secs();
                     let _ = self.events.send(PushEvent::Waiting {
                         node: self.node.name.clone(),
-                        reason: format!("not answering; dialing again for up to {secs}s: {e}"),
+                        reason: format!("not answering; dialing again for up to {reach:?}: {e}"),
                     });
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
                 Err(e @ net::NetError::Timeout { .. }) => {
-                    let secs = REACH_TIMEOUT.as_secs();
-                    return Err(format!("unreachable for {secs}s: {e}"));
+                    return Err(format!("unreachable for {reach:?}: {e}"));
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -273,12 +266,13 @@ impl Session {
     }
 
     /// Follows the node to its `Done`. A node whose counts do not move for
-    /// [`STALL_TIMEOUT`] while fetching is failed, with the last reason it
+    /// [`net::Timeouts::stall`] while fetching is failed, with the last reason it
     /// gave (a new reason is not progress); while it loads, the engine's
     /// own time limit applies.
     async fn await_done(&self, recv: &mut RecvStream, report: &mut NodeReport) -> Result<(), String> {
         let mut last = Progress::default();
-        let mut stalled_at = tokio::time::Instant::now() + STALL_TIMEOUT;
+        let stall = self.timeouts.stall;
+        let mut stalled_at = tokio::time::Instant::now() + stall;
         loop {
             let next = read_frame(recv, wire::MAX_FRAME);
             let msg = if last.loading {
@@ -286,7 +280,7 @@ impl Session {
             } else {
                 tokio::time::timeout_at(stalled_at, next)
                     .await
-                    .map_err(|_| stall_reason(&last))?
+                    .map_err(|_| stall_reason(&last, stall))?
             };
             match msg.map_err(|e| format!("connection lost: {e}"))? {
                 Message::Progress(progress) => {
@@ -294,7 +288,7 @@ impl Session {
                         .check()
                         .map_err(|e| format!("protocol error: the node sent {e}"))?;
                     if (progress.chunks, progress.loading) != (last.chunks, last.loading) {
-                        stalled_at = tokio::time::Instant::now() + STALL_TIMEOUT;
+                        stalled_at = tokio::time::Instant::now() + stall;
                     }
                     last = progress.clone();
                     let node = self.node.name.clone();
@@ -325,13 +319,12 @@ fn status_cut_short(plan: Option<&wire::Plan>, reason: String) -> NodeStatus {
     }
 }
 
-/// Why a fetching node is failed after [`STALL_TIMEOUT`] without progress:
-/// what it last said it waited for, if anything.
-fn stall_reason(last: &Progress) -> String {
-    let secs = STALL_TIMEOUT.as_secs();
+/// Why a fetching node is failed after `stall` without progress: what it
+/// last said it waited for, if anything.
+fn stall_reason(last: &Progress, stall: Duration) -> String {
     match &last.reason {
-        Some(reason) => format!("no progress for {secs}s: {reason}"),
-        None => format!("no progress for {secs}s: no peer could send the chunks it lacks"),
+        Some(reason) => format!("no progress for {stall:?}: {reason}"),
+        None => format!("no progress for {stall:?}: no peer could send the chunks it lacks"),
     }
 }
 

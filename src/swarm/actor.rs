@@ -78,7 +78,9 @@ impl Swarm {
         let picker = Picker::new(need, have, opts.max_in_flight).with_total_limit(opts.max_total_in_flight);
         let rng = StdRng::from_entropy();
         let window = opts.max_in_flight * SEED_WINDOW_PER_REQUEST;
-        let seeder = opts.seeding.then(|| Seeder::new(need.len(), window));
+        let seeder = opts
+            .seeding
+            .then(|| Seeder::new(need.len(), window).with_stall_after(opts.seed_stall));
         let complete = picker.is_complete();
         let held = need.iter().zip(have).map(|(&n, &h)| h || !n).collect();
         let arrivals = Arc::new(Arrivals::new(held));

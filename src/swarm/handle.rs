@@ -45,6 +45,9 @@ pub struct SwarmOptions {
     /// Seed mode: hold everything, fetch nothing, and offer chunks a window
     /// at a time so each is uploaded about once ([`Seeder`]).
     pub seeding: bool,
+    /// In seed mode, how long a peer goes without progress before it is
+    /// offered chunks others hold ([`crate::net::Timeouts::seed_stall`]).
+    pub seed_stall: std::time::Duration,
 }
 
 impl Default for SwarmOptions {
@@ -53,6 +56,7 @@ impl Default for SwarmOptions {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_total_in_flight: DEFAULT_MAX_TOTAL_IN_FLIGHT,
             seeding: false,
+            seed_stall: crate::net::Timeouts::default().seed_stall,
         }
     }
 }

@@ -143,3 +143,91 @@ async fn unexpected_peer_name_is_an_error() {
     let expected = format!("node at {addr} presented certificate for n1, expected n3");
     assert!(err.to_string().starts_with(&expected), "{err}");
 }
+
+/// Timeouts short enough for a unit test, in the product's proportions.
+fn short() -> Timeouts {
+    Timeouts::default()
+        .with("connect=300,keep_alive=100,idle=600")
+        .unwrap()
+}
+
+fn bind_with(identity: &Identity, timeouts: &Timeouts) -> (quinn::Endpoint, SocketAddr) {
+    let bind = "127.0.0.1:0".parse().unwrap();
+    let ep = endpoint_with(identity, bind, transport_config_with(timeouts)).unwrap();
+    let addr = ep.local_addr().unwrap();
+    (ep, addr)
+}
+
+#[tokio::test]
+async fn a_dial_nobody_answers_gives_up_after_the_connect_timeout_given() {
+    let (_dir, ids) = cluster(&["p1"]);
+    let (client, _) = bind_with(&ids[0], &short());
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = Instant::now();
+    let err = connect_within(&client, addr, None, short().connect)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::Timeout { after, .. } if after == short().connect),
+        "{err}"
+    );
+    assert!(err.to_string().contains("within 300ms"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Forwards UDP between one client and `server` until `cut` is set; then drops everything,
+/// as a pulled cable would.
+async fn relay(server: SocketAddr, cut: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut client, mut buf) = (None, vec![0u8; 65536]);
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            if cut.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            let to = if from == server {
+                client
+            } else {
+                client = Some(from);
+                Some(server)
+            };
+            if let Some(to) = to {
+                let _ = socket.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_peer_gone_silent_is_dropped_after_the_idle_timeout_given() {
+    let (_dir, ids) = cluster(&["n1", "p1"]);
+    let (server, addr) = bind_with(&ids[0], &short());
+    let (client, _) = bind_with(&ids[1], &short());
+    let _served = serve_one(server);
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let via = relay(addr, cut.clone()).await;
+    let (conn, _) = connect_within(&client, via, Some("n1"), short().connect)
+        .await
+        .unwrap();
+    // Quiet but healthy: keep-alives hold it open past the idle timeout.
+    tokio::time::sleep(short().idle * 2).await;
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the idle timeout closes it");
+    assert!(matches!(reason, ConnectionError::TimedOut), "{reason}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}

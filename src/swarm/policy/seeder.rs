@@ -7,7 +7,8 @@
 //! ("fresh" chunks); as it reports chunks (HAVE), it is offered more. Peers
 //! fetch everything else from each other. Two fallbacks keep anyone from
 //! starving: chunks offered to a peer that leaves are fresh again, and a
-//! peer that has made no progress for [`STALL_AFTER`] and has nothing
+//! peer that has made no progress for [`STALL_AFTER`] (or what
+//! [`Seeder::with_stall_after`] sets) and has nothing
 //! offered outstanding is offered whatever it still wants.
 //!
 //! Once every chunk has been offered and fewer offers are outstanding than
@@ -37,6 +38,8 @@ use crate::wire::Bitfield;
 /// with chunks offered to it, the healthy nodes that need those chunks wait
 /// seconds, not the half minute until the dead node's connection times out.
 /// At worst the seed uploads a window of chunks twice per stalled peer.
+/// The default of [`crate::net::Timeouts::seed_stall`]: it must stay under
+/// the idle timeout, so tests that shorten that shorten this too.
 pub const STALL_AFTER: Duration = Duration::from_secs(8);
 
 /// Offers of chunks already offered once, allowed after the last fresh one,
@@ -66,6 +69,8 @@ pub struct Seeder {
     holders: Vec<u32>,
     peers: HashMap<PeerId, SeedPeer>,
     window: usize,
+    /// How long a peer goes without progress before it counts as stalled.
+    stall_after: Duration,
     /// Offers left for chunks already offered (see [`EXTRA_SHARE`]).
     extra_left: usize,
     /// No peer wants a chunk that nobody holds or was offered. Only a peer
@@ -84,9 +89,17 @@ impl Seeder {
             holders: vec![0; chunks],
             peers: HashMap::new(),
             window,
+            stall_after: STALL_AFTER,
             extra_left: chunks / EXTRA_SHARE,
             exhausted: false,
         }
+    }
+
+    /// This seeder, counting a peer as stalled after `stall_after` instead
+    /// of [`STALL_AFTER`].
+    pub fn with_stall_after(mut self, stall_after: Duration) -> Self {
+        self.stall_after = stall_after;
+        self
     }
 
     /// A peer said what it holds and wants; returns the chunks to offer it.
@@ -145,13 +158,13 @@ impl Seeder {
             .collect()
     }
 
-    /// Offers for peers that stalled: no progress for [`STALL_AFTER`] and
-    /// nothing outstanding. Call periodically.
+    /// Offers for peers that stalled: no progress for its stall limit
+    /// ([`STALL_AFTER`] by default) and nothing outstanding. Call periodically.
     pub fn tick(&mut self, now: Instant) -> Vec<(PeerId, Vec<u32>)> {
         let stalled: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.pending.is_empty() && now.duration_since(p.last_progress) >= STALL_AFTER)
+            .filter(|(_, p)| p.pending.is_empty() && now.duration_since(p.last_progress) >= self.stall_after)
             .map(|(id, _)| *id)
             .collect();
         stalled

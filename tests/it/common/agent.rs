@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::netns::Net;
 use super::process::{terminate, wait_deadline};
 
 /// How long an agent may take to print `listening on`: it only binds a port and reads
@@ -41,17 +40,13 @@ impl Agent {
     ///
     /// In an integration test, `bin` is `Path::new(env!("CARGO_BIN_EXE_p2pimg"))`.
     pub fn start(bin: &Path, config_path: &Path) -> Agent {
-        Agent::spawn(Command::new(bin), bin, config_path)
+        Agent::start_command(Command::new(bin), bin, config_path)
     }
 
-    /// Like [`Agent::start`], inside host `host`'s network namespace of `net`.
-    pub fn start_in(net: &Net, host: usize, bin: &Path, config_path: &Path) -> Agent {
-        Agent::spawn(net.command(host, bin), bin, config_path)
-    }
-
-    /// Runs `cmd` (the agent binary, perhaps under a wrapper that execs it) with
+    /// Runs `cmd` (the agent binary `bin`, perhaps under a wrapper that execs it, such as
+    /// [`crate::common::Net::command`], with the environment the test chose) with
     /// `agent --config <config_path>`.
-    fn spawn(mut cmd: Command, bin: &Path, config_path: &Path) -> Agent {
+    pub fn start_command(mut cmd: Command, bin: &Path, config_path: &Path) -> Agent {
         let log_path = config_path.with_extension("log");
         let log = open_log(&log_path, bin, config_path);
         let mut child = cmd

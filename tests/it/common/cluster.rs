@@ -24,6 +24,19 @@ use super::{Agent, AgentConfig, Dockerd, DockerdOptions, Net};
 /// Longest a push in these tests may take before the test fails.
 pub const PUSH_TIMEOUT_SECS: u64 = 300;
 
+/// The environment variable through which a debug build of `p2pimg` takes shortened
+/// timeouts (`net::TEST_ENV` in the library; this harness drives the binary only).
+pub const TIMEOUTS_ENV: &str = "P2PIMG_TEST_TIMEOUTS";
+
+/// Timeouts for tests that wait for a link to be declared dead, in milliseconds: the
+/// product's are 10 s connect, 5 s keep-alive, 30 s idle, a 30 s redial window and an 8 s
+/// seed stall fallback. A dial still has ample time on a loaded 2-core machine; the seed
+/// still routes around a dead node well before its connection times out; and the idle
+/// timeout and redial window still outlast a healthy node's push with a dead peer
+/// (netns: 3 s start grace, the transfer, the stall fallback, the load: about 11 s), so
+/// a test can tell "failed" from "held up".
+pub const SHORT_TIMEOUTS: &str = "connect=2000,keep_alive=1000,idle=12000,reach=16000,seed_stall=1000";
+
 /// A node: its engine and its agent.
 pub struct Node {
     pub name: String,
@@ -44,6 +57,9 @@ pub struct ClusterOptions {
     pub netns: bool,
     /// Engine options: `engine(0)` for the seed, `engine(i)` for node `ni`.
     pub engine: fn(usize) -> DockerdOptions,
+    /// Timeouts given to the pusher and every agent ([`TIMEOUTS_ENV`], such as
+    /// [`SHORT_TIMEOUTS`]); the product's when `None`.
+    pub timeouts: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +68,7 @@ impl Default for ClusterOptions {
             agent_toml: String::new(),
             netns: false,
             engine: |_| DockerdOptions::default(),
+            timeouts: None,
         }
     }
 }
@@ -65,6 +82,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// The hosts, with [`ClusterOptions::netns`]: 0 is the pusher's, `i` node `i - 1`'s.
     pub net: Option<Net>,
+    /// [`ClusterOptions::timeouts`].
+    pub timeouts: Option<&'static str>,
 }
 
 /// One finished `p2pimg push --json`.
@@ -103,7 +122,7 @@ impl Cluster {
                 };
                 let name = format!("n{}", i + 1);
                 let config = write_node_config(bin, dir.path(), &name, &engine, &listen, &opts.agent_toml);
-                let agent = start_agent(bin, net.as_ref(), i, &config.path);
+                let agent = start_agent(bin, net.as_ref(), i, &config.path, opts.timeouts);
                 Node {
                     name,
                     engine,
@@ -119,6 +138,7 @@ impl Cluster {
             seed,
             nodes,
             net,
+            timeouts: opts.timeouts,
         };
         cluster.write_inventory();
         cluster
@@ -144,7 +164,7 @@ impl Cluster {
         if node.agent.try_exit_status().is_none() {
             node.agent.stop();
         }
-        node.agent = start_agent(&self.bin, self.net.as_ref(), i, &node.config);
+        node.agent = start_agent(&self.bin, self.net.as_ref(), i, &node.config, self.timeouts);
         self.write_inventory();
     }
 
@@ -207,6 +227,9 @@ impl Cluster {
             Some(net) => net.command(0, &self.bin),
             None => Command::new(&self.bin),
         };
+        if let Some(timeouts) = self.timeouts {
+            cmd.env(TIMEOUTS_ENV, timeouts);
+        }
         cmd.arg("push").args(images).arg("--nodes").arg(self.nodes_toml());
         if !extra.contains(&"--cluster-dir") {
             cmd.arg("--cluster-dir").arg(self.ca_dir());
@@ -265,12 +288,17 @@ impl Node {
     }
 }
 
-/// Node `i`'s agent, in its host of `net` if there is one.
-fn start_agent(bin: &Path, net: Option<&Net>, i: usize, config: &Path) -> Agent {
-    match net {
-        Some(net) => Agent::start_in(net, Cluster::host_of(i), bin, config),
-        None => Agent::start(bin, config),
+/// Node `i`'s agent, in its host of `net` if there is one, with `timeouts`
+/// ([`TIMEOUTS_ENV`]) if given.
+fn start_agent(bin: &Path, net: Option<&Net>, i: usize, config: &Path, timeouts: Option<&str>) -> Agent {
+    let mut cmd = match net {
+        Some(net) => net.command(Cluster::host_of(i), bin),
+        None => Command::new(bin),
+    };
+    if let Some(timeouts) = timeouts {
+        cmd.env(TIMEOUTS_ENV, timeouts);
     }
+    Agent::start_command(cmd, bin, config)
 }
 
 /// Where a node's agent.toml went, and the state directory it names.

@@ -165,6 +165,22 @@ fn a_stalled_peer_is_offered_what_others_hold() {
 }
 
 #[test]
+fn a_shorter_stall_limit_offers_sooner() {
+    let t0 = Instant::now();
+    let short = Duration::from_millis(500);
+    let mut s = seeder(3, 3).with_stall_after(short);
+    s.add_peer(1, &bits(3, [0, 1, 2]), &bits(3, []), t0);
+    assert!(s.add_peer(2, &bits(3, []), &bits(3, 0..3), t0).is_empty());
+    assert!(s.tick(t0 + short / 2).is_empty(), "not yet stalled");
+    assert_eq!(s.tick(t0 + short).len(), 1);
+}
+
+#[test]
+fn the_default_stall_limit_is_the_seeds_timeout() {
+    assert_eq!(crate::net::Timeouts::default().seed_stall, STALL_AFTER);
+}
+
+#[test]
 fn out_of_range_have_is_ignored() {
     let mut s = seeder(2, 2);
     s.add_peer(1, &bits(2, []), &bits(2, 0..2), Instant::now());
