@@ -111,11 +111,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads the identity, opens the store and binds the endpoint. The
-    /// timeouts are the defaults, unless a test shortened them for this
-    /// process ([`Timeouts::from_test_env`], debug builds only).
+    /// Loads the identity, opens the store and binds the endpoint, with the
+    /// default timeouts.
     pub fn start(opts: &AgentOptions) -> Result<Agent, AgentError> {
-        Agent::start_with(opts, Timeouts::from_test_env())
+        Agent::start_with(opts, Timeouts::default())
     }
 
     /// [`Agent::start`] with these `timeouts` (tests shorten them).

@@ -105,7 +105,8 @@ fn agent(log: LogFormat, config: PathBuf) -> anyhow::Result<ExitCode> {
     logging(log, "info", std::io::stderr);
     let opts = AgentOptions::load(&config)?;
     runtime()?.block_on(async {
-        let agent = crate::agent::Agent::start(&opts)?;
+        let timeouts = crate::net::Timeouts::from_test_env();
+        let agent = crate::agent::Agent::start_with(&opts, timeouts)?;
         let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
         let stop = async move {
             signals.recv().await;
@@ -160,7 +161,8 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shown = tokio::spawn(view.follow(rx));
-        let report = push::push(opts, tx, async move { signals.recv().await }).await;
+        let timeouts = crate::net::Timeouts::from_test_env();
+        let report = push::push_with(opts, timeouts, tx, async move { signals.recv().await }).await;
         // On an error the view is dropped, and so cleared, before main prints it.
         let view = shown.await.context("the progress display failed")?;
         let report = match report {

@@ -2,15 +2,15 @@
 //! place, the way quinn-proto's `TransportConfig` holds QUIC's. The product
 //! runs with [`Timeouts::default`]; tests shorten them instead of waiting
 //! them out, through the library (the pusher and the agent take them as an
-//! argument) or, for the built binary, through [`TEST_ENV`] (debug builds
-//! only, see [`Timeouts::from_test_env`]).
+//! argument) or, for the built binary, through [`TEST_ENV`], which only the
+//! command line reads ([`Timeouts::from_test_env`]).
 
 use std::time::Duration;
 
 /// The environment variable through which tests shorten the timeouts of a
 /// `p2pimg` binary they run: `connect=1000,idle=4000` (milliseconds, any of
-/// the field names of [`Timeouts`]). For tests only: a release build ignores
-/// it, and a debug build that honours it logs a warning.
+/// the field names of [`Timeouts`]). For tests only: in no `--help`, and
+/// honouring it logs a warning.
 pub const TEST_ENV: &str = "P2PIMG_TEST_TIMEOUTS";
 
 /// How long the network waits before a peer counts as gone. Passed to the
@@ -65,18 +65,15 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// The defaults, or in a debug build (the one `cargo test` runs) the
-    /// defaults with what [`TEST_ENV`] sets, logged as a warning. A release
-    /// build never reads it, so no environment can change the product's
-    /// timeouts. Read once, where a process starts a push or an agent.
+    /// The defaults with what [`TEST_ENV`] sets, logged as a warning: how
+    /// the tests shorten the timeouts of the built binary (the suite runs a
+    /// release build). Read once, by the command line, where it starts a
+    /// push or an agent; nothing below it reads the environment.
     ///
     /// # Panics
-    /// In a debug build, when [`TEST_ENV`] is set but malformed: a test that
-    /// meant to shorten the timeouts must not silently wait them out.
+    /// When [`TEST_ENV`] is set but malformed: a test that meant to shorten
+    /// the timeouts must not silently wait them out.
     pub fn from_test_env() -> Timeouts {
-        if !cfg!(debug_assertions) {
-            return Timeouts::default();
-        }
         let Ok(spec) = std::env::var(TEST_ENV) else {
             return Timeouts::default();
         };

@@ -218,15 +218,13 @@ impl PushReport {
 /// nodes not done yet are failed and told the pusher is leaving
 /// ([`close::PUSHER_LEFT`]): they end the distribution at once, keeping
 /// their verified chunks for the next push.
-///
-/// The timeouts are the defaults, unless a test shortened them for this
-/// process ([`Timeouts::from_test_env`], debug builds only).
+/// With the default timeouts.
 pub async fn push(
     opts: PushOptions,
     events: mpsc::UnboundedSender<PushEvent>,
     stop: impl Future<Output = Stop>,
 ) -> Result<PushReport, PushError> {
-    push_with(opts, Timeouts::from_test_env(), events, stop).await
+    push_with(opts, Timeouts::default(), events, stop).await
 }
 
 /// [`push`] with these `timeouts` (tests shorten them).
