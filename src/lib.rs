@@ -9,14 +9,17 @@
 //! ```
 //!
 //! - [`ops`]: metrics counters (a handle, passed in) and sizes for people.
-//! - [`content`]: hash, manifest, image references, chunk packing and
+//! - [`content`]: hash, manifest, image references, platforms, the OCI
+//!   manifest p2pimg writes, chunk packing and
 //!   verification, the chunk store, arrivals, retention, disk space, the
 //!   state-directory lock, the bundle file.
 //! - [`wire`]: the messages agents and pushers exchange, their framing and
 //!   limits (spec: `proto/PROTOCOL.md`).
-//! - [`net`]: the QUIC endpoint with mutual TLS; the cluster's identities.
-//! - [`engine`]: the node's container engine: export and parse `docker save`,
-//!   the minimal load archive, load, tag.
+//! - [`net`]: the QUIC endpoint with mutual TLS; the cluster's identities;
+//!   the timeouts that decide when a peer is gone.
+//! - [`engine`]: the node's container engine, one interface over Docker
+//!   (classic or containerd image store), containerd and podman: export and
+//!   parse `docker save`, load only the missing layers, tag, identify.
 //! - [`swarm`]: one distribution among peers: the I/O-free policy
 //!   ([`swarm::policy`]: picker, seeder) and the tokio side (links, fetch,
 //!   serve, rate limit).

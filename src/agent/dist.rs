@@ -353,13 +353,8 @@ impl Node<'_> {
         }
         // The load streams from the start: dockerd unpacks the archive as
         // the chunks arrive, and only its import is left after the last.
-        let streaming = engine.load(engine::LoadRequest {
-            manifest: manifest.clone(),
-            images: plan.images.clone(),
-            layers: plan.layers.clone(),
-            store: ctx.store.clone(),
-            arrivals: Some(swarm.arrivals()),
-        });
+        let request = plan.load_request(&manifest, &ctx.store, Some(swarm.arrivals()));
+        let streaming = engine.load(request);
         tokio::pin!(streaming);
         let mut streamed = None;
         let fetched = tokio::select! {
@@ -448,15 +443,8 @@ async fn load_again(
             }
         };
         control.send(&Message::Progress(loading.clone())).await;
-        let (images, layers, store) = (plan.images.clone(), plan.layers.clone(), ctx.store.clone());
         let started = std::time::Instant::now();
-        let load = engine.load(engine::LoadRequest {
-            manifest: manifest.clone(),
-            images,
-            layers,
-            store,
-            arrivals: None,
-        });
+        let load = engine.load(plan.load_request(manifest, &ctx.store, None));
         loaded = wait_load(ctx, &engine, control, &loading, load).await?;
         ctx.registry.metrics().on_load(loaded.is_ok(), started.elapsed());
     }

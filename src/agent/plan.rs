@@ -3,11 +3,13 @@
 //! fetch, and which of those a previous run already verified (resume).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use crate::content::arrivals::Arrivals;
 use crate::content::manifest::Manifest;
 use crate::content::platform::Platform;
 use crate::content::store::ChunkStore;
-use crate::engine::{About, Held};
+use crate::engine::{About, Held, LoadRequest};
 use crate::wire::Plan;
 
 /// What one node will fetch and load.
@@ -29,6 +31,23 @@ impl NodePlan {
     /// True when every image is already present: nothing to fetch or load.
     pub fn is_skip(&self) -> bool {
         self.images.is_empty()
+    }
+
+    /// The load of this plan: its images, only its layers, from `store`;
+    /// with `arrivals` while the node still fetches.
+    pub fn load_request(
+        &self,
+        manifest: &Arc<Manifest>,
+        store: &ChunkStore,
+        arrivals: Option<Arc<Arrivals>>,
+    ) -> LoadRequest {
+        LoadRequest {
+            manifest: manifest.clone(),
+            images: self.images.clone(),
+            layers: self.layers.clone(),
+            store: store.clone(),
+            arrivals,
+        }
     }
 }
 
