@@ -11,15 +11,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::bin;
 use crate::common::process::{signal, wait_deadline, SIGTERM};
 use crate::common::{build_test_image, chunk_files, run_ok, run_with_timeout, Cluster, Dockerd, HELLO_PATH};
 
 /// SIGINT: Ctrl-C.
 const SIGINT: i32 = 2;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// The manifest ID a `bundle create`/`ls`/`verify` line prints.
 fn manifest_id(out: &str) -> String {

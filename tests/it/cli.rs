@@ -6,22 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{self, run_ok, run_with_timeout, AgentConfig, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
-
-/// Runs p2pimg; returns (exit code, stdout, stderr).
-fn p2pimg(args: &[&str]) -> (i32, String, String) {
-    let out = run_with_timeout(Command::new(bin()).args(args), 120);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
+use crate::common::{self, run_ok, AgentConfig, Cluster};
+use crate::common::{bin, p2pimg};
 
 /// Asserts a failure explained in one line that contains every `needles`.
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {

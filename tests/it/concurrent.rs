@@ -3,14 +3,10 @@
 //! Every push completes, and each node fetches every distinct chunk once: the chunks
 //! it received over both pushes, per the push reports, are as many as its store holds.
 
-use std::path::Path;
 use std::thread;
 
+use crate::common::bin;
 use crate::common::{build_test_image_with, Cluster, Dockerd, ImageOptions, Push, TestImage};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Seed upload limit, Mbit/s: a push then takes seconds, not a fraction of one, so the
 /// two pushes overlap even if one export finishes a little before the other.

@@ -7,13 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::common::bin;
 use crate::common::dockerd::mount_tmpfs;
 use crate::common::process::check;
 use crate::common::{build_test_image, run_with_timeout, Cluster, ClusterOptions, DockerdOptions, Push};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Size of the small file systems: room for a daemon's own files, or the store's
 /// directories, and the filler.

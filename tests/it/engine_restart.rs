@@ -7,16 +7,12 @@
 //! it from the chunks it kept. While n2 and n4 wait for their engines, the push's
 //! progress events say so.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use crate::common::bin;
 use crate::common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// How long agents wait for an engine to come back: long enough for a restart here
 /// (about a second), short enough that the node whose engine stays down fails soon.

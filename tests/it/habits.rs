@@ -9,22 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{build_test_image, run_ok, run_with_timeout, Agent, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
-
-/// Runs p2pimg; returns (exit code, stdout, stderr).
-fn p2pimg(args: &[&str]) -> (i32, String, String) {
-    let out = run_with_timeout(Command::new(bin()).args(args), 120);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
+use crate::common::{bin, p2pimg};
+use crate::common::{build_test_image, run_ok, Agent, Cluster};
 
 /// Asserts `args` fail with exit code 2 (a usage error) and one line on stderr holding
 /// every one of `needles`.

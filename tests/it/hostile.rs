@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::bin;
 use crate::common::{build_test_image, Cluster};
 use p2pimg::content::manifest::Manifest;
 use p2pimg::net;
@@ -18,10 +19,6 @@ use p2pimg::net::identity::{self, Identity, Role};
 use p2pimg::wire::{self, read_frame, write_frame, Bitfield, Message, Outcome, Plan};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Mutex;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// The bad peer's name sorts after the honest nodes', so they dial it.
 const BAD: &str = "zz-bad";

@@ -3,13 +3,8 @@
 //! connection per other node plus the pusher's. The full 16-node, 5-image run is
 //! `scripts/load.sh`, too heavy for a 2-core CI machine.
 
-use std::path::Path;
-
+use crate::common::bin;
 use crate::common::{build_test_image, Cluster, ClusterOptions};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 const NODES: usize = 6;
 

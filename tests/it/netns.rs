@@ -14,16 +14,12 @@
 //! outlast a healthy node's push with a dead peer (about 11 s here), as the "not held
 //! up" assertion needs.
 
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::bin;
 use crate::common::cluster::SHORT_TIMEOUTS;
 use crate::common::{build_test_image_with, Cluster, ClusterOptions, ImageOptions, Push, TestImage};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Seed upload limit, Mbit/s: the transfer lasts seconds, so a link can be cut while
 /// it runs.

@@ -6,11 +6,8 @@
 
 use std::path::Path;
 
+use crate::common::bin;
 use crate::common::{build_test_image_with, chunk_files, Cluster, ImageOptions, HELLO_PATH};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Random (incompressible) bytes in the base image's own files.
 const BASE_RANDOM: usize = 4 << 20;

@@ -2,15 +2,11 @@
 //! among the agents, and the agents finish among themselves.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::bin;
 use crate::common::{build_test_image_with, Cluster, ImageOptions};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Waits until `check` holds, up to `secs`.
 fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {

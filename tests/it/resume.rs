@@ -2,13 +2,9 @@
 //! chunks it kept and fetches only what is missing or damaged.
 
 use std::fs;
-use std::path::Path;
 
+use crate::common::bin;
 use crate::common::{build_test_image, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 #[test]
 fn restarted_agent_fetches_only_missing_and_damaged_chunks() {

@@ -9,11 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::bin;
 use crate::common::{build_test_image, build_test_image_with, chunk_files, Cluster, ImageOptions, Push};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// The agent's retention in this test: short, but long enough to start the next push
 /// before the last one's chunks expire, even on a busy machine.

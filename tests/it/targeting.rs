@@ -4,13 +4,9 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::UdpSocket;
-use std::path::Path;
 
+use crate::common::bin;
 use crate::common::{self, build_test_image, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 #[test]
 fn select_by_label_and_tag_on_arrival() {

@@ -2,14 +2,10 @@
 //! the handshake, a node identity of this cluster cannot announce a push, and
 //! an identity on an agent's deny list is refused.
 
-use std::path::Path;
 use std::process::Command;
 
+use crate::common::bin;
 use crate::common::{build_test_image, run_ok, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 #[test]
 fn foreign_ca_node_identity_and_denied_identity_are_refused() {

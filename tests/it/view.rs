@@ -3,15 +3,11 @@
 //! terminal; the live fleet view, cleared and followed by the same table,
 //! when asked for (`--progress live`) or on a pseudo-terminal (`script`).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::common::bin;
 use crate::common::cluster::PUSH_TIMEOUT_SECS;
 use crate::common::{build_test_image, run_with_timeout, Cluster};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// Runs a push command; returns (exit code, stdout, stderr).
 fn run(mut cmd: Command) -> (i32, String, String) {

@@ -5,12 +5,12 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::dockerd::log_tail;
-use super::process::{check, kill_all_referring_to, run_with_timeout, terminate, unmount_under};
+use super::process::{self, kill_all_referring_to, terminate, unmount_under};
 
 /// Debian's containerd 1.6; `P2PIMG_TEST_CONTAINERD` overrides it.
 const CONTAINERD: &str = "/usr/bin/containerd";
@@ -73,22 +73,13 @@ impl Containerd {
         format!("unix://{}", self.socket.display())
     }
 
-    /// Runs `ctr -a SOCK -n NAMESPACE ARGS…` with no stdin; its output whatever the
-    /// exit status.
-    pub fn ctr<I, S>(&self, namespace: &str, args: I) -> Output
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    /// `ctr` against this daemon in `namespace`, ignoring the caller's environment.
+    fn ctr_cmd(&self, namespace: &str) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("-a")
-            .arg(&self.socket)
-            .args(["-n", namespace])
-            .args(args)
-            .env_remove("CONTAINERD_ADDRESS")
-            .env_remove("CONTAINERD_NAMESPACE")
-            .stdin(Stdio::null());
-        run_with_timeout(&mut cmd, CTR_TIMEOUT_SECS)
+        cmd.arg("-a").arg(&self.socket).args(["-n", namespace]);
+        cmd.env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE");
+        cmd
     }
 
     /// Like [`Containerd::ctr`], but panics unless it succeeds; returns trimmed stdout.
@@ -97,12 +88,13 @@ impl Containerd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<S> = args.into_iter().collect();
-        let out = self.ctr(namespace, &args);
-        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-        let what = format!("ctr ({}) -n {namespace} {}", self.name, shown.join(" "));
-        check(&what, &out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let label = format!("ctr ({}) -n {namespace}", self.name);
+        process::cli_ok(
+            &label,
+            self.ctr_cmd(namespace),
+            args.into_iter().collect(),
+            CTR_TIMEOUT_SECS,
+        )
     }
 
     /// The last `lines` lines of the daemon's log.

@@ -326,9 +326,7 @@ impl Dockerd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = self.docker_cmd();
-        cmd.args(args).stdin(Stdio::null());
-        run_with_timeout(&mut cmd, DOCKER_TIMEOUT_SECS)
+        process::cli_output(self.docker_cmd(), args, DOCKER_TIMEOUT_SECS)
     }
 
     /// Runs the docker CLI and panics unless it succeeds; returns trimmed stdout.
@@ -337,11 +335,13 @@ impl Dockerd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<S> = args.into_iter().collect();
-        let out = self.docker(&args);
-        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-        check(&format!("docker ({}) {}", self.name, shown.join(" ")), &out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let label = format!("docker ({})", self.name);
+        process::cli_ok(
+            &label,
+            self.docker_cmd(),
+            args.into_iter().collect(),
+            DOCKER_TIMEOUT_SECS,
+        )
     }
 
     /// The image ID (`sha256:…`) of `reference` on this daemon, or `None` if the daemon

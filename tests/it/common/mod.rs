@@ -35,3 +35,19 @@ pub use image::{build_test_image, build_test_image_with, ImageOptions, TestImage
 pub use netns::Net;
 pub use podman::Podman;
 pub use process::{run_ok, run_with_timeout};
+
+/// The p2pimg binary under test.
+pub fn bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_p2pimg"))
+}
+
+/// Runs p2pimg with `args` (two minutes at most); returns (exit code, stdout, stderr).
+pub fn p2pimg(args: &[&str]) -> (i32, String, String) {
+    let out = run_with_timeout(std::process::Command::new(bin()).args(args), 120);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::dockerd::{
     log_tail, make_dir, ping, reap_stale_once, remove_daemon_dir, Dockerd, DOCKER_TIMEOUT_SECS,
 };
-use super::process::{check, run_with_timeout, terminate};
+use super::process::{check, cli_ok, cli_output, run_with_timeout, terminate};
 use super::Cluster;
 
 /// Debian's podman (4.3 in bookworm); `P2PIMG_TEST_PODMAN` overrides it.
@@ -136,9 +136,7 @@ impl Podman {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = self.podman_cmd();
-        cmd.args(args).stdin(Stdio::null());
-        run_with_timeout(&mut cmd, DOCKER_TIMEOUT_SECS)
+        cli_output(self.podman_cmd(), args, DOCKER_TIMEOUT_SECS)
     }
 
     /// Runs the podman CLI and panics unless it succeeds; returns trimmed stdout.
@@ -147,11 +145,13 @@ impl Podman {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let args: Vec<S> = args.into_iter().collect();
-        let out = self.podman(&args);
-        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-        check(&format!("podman ({}) {}", self.name, shown.join(" ")), &out);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let label = format!("podman ({})", self.name);
+        cli_ok(
+            &label,
+            self.podman_cmd(),
+            args.into_iter().collect(),
+            DOCKER_TIMEOUT_SECS,
+        )
     }
 
     /// The image ID (`sha256:…`, the config digest) of `reference`, or `None` if podman

@@ -81,6 +81,29 @@ pub fn check(what: &str, out: &Output) {
     );
 }
 
+/// Runs an engine's CLI, `cmd` with `args` and no stdin, for at most `limit_secs`;
+/// returns its output whatever the exit status.
+pub fn cli_output<I, S>(mut cmd: Command, args: I, limit_secs: u64) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    cmd.args(args).stdin(Stdio::null());
+    run_with_timeout(&mut cmd, limit_secs)
+}
+
+/// [`cli_output`], panicking unless it succeeds (naming `label` and the arguments);
+/// returns the trimmed stdout.
+pub fn cli_ok<S: AsRef<std::ffi::OsStr>>(label: &str, cmd: Command, args: Vec<S>, limit_secs: u64) -> String {
+    let shown: Vec<_> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    let out = cli_output(cmd, &args, limit_secs);
+    check(&format!("{label} {}", shown.join(" ")), &out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Waits for `child` to exit for at most `limit`; `None` if it is still running.
 pub fn wait_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
