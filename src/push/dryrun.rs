@@ -103,7 +103,8 @@ pub async fn dry_run(
     let query = Message::PlanQuery {
         manifest: (*manifest).clone(),
     };
-    let answers = super::status::ask_each(&endpoint, &opts.nodes, &query, PLAN_TIMEOUT).await;
+    let answers =
+        super::status::ask_each(&endpoint, &opts.nodes, &query, timeouts.connect, PLAN_TIMEOUT).await;
     endpoint.close(quinn::VarInt::from_u32(close::DONE), b"dry run done");
     if !opts.keep {
         if let Err(e) = seed_store.retain_only(&manifest) {

@@ -60,7 +60,8 @@ pub async fn status(
     let identity = Identity::load_from_dir(cluster_dir, identity)?;
     let endpoint = net::endpoint(&identity, crate::push::bind_addr(nodes))?;
     let query = Message::Query { refs: refs.to_vec() };
-    let answers = ask_each(&endpoint, nodes, &query, ANSWER_TIMEOUT).await;
+    let connect = net::Timeouts::default().connect;
+    let answers = ask_each(&endpoint, nodes, &query, connect, ANSWER_TIMEOUT).await;
     endpoint.close(quinn::VarInt::from_u32(wire::close::DONE), b"status done");
     let images = |(node, answer): (NodeEntry, Result<Message, String>)| NodeImages {
         name: node.name,
@@ -79,20 +80,22 @@ fn status_answer(msg: Message) -> Result<Answer, String> {
 }
 
 /// Sends `question` to every node, concurrently, on a new stream each, and
-/// returns each node's first answer (`Err`: it could not be asked, or did
-/// not answer within `timeout`, connection included), in `nodes`' order.
+/// returns each node's first answer (`Err`: it could not be reached within
+/// `connect`, or did not answer within `timeout`, connection included), in
+/// `nodes`' order.
 /// Shared by `status` and `push --dry-run`.
 pub(crate) async fn ask_each(
     endpoint: &quinn::Endpoint,
     nodes: &[NodeEntry],
     question: &Message,
+    connect: Duration,
     timeout: Duration,
 ) -> Vec<(NodeEntry, Result<Message, String>)> {
     let mut asks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let (endpoint, node, question) = (endpoint.clone(), node.clone(), question.clone());
         asks.spawn(async move {
-            let answer = tokio::time::timeout(timeout, ask(&endpoint, &node, &question))
+            let answer = tokio::time::timeout(timeout, ask(&endpoint, &node, &question, connect))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
             (i, node, answer)
@@ -106,8 +109,13 @@ pub(crate) async fn ask_each(
     answers.into_iter().map(|(_, n, a)| (n, a)).collect()
 }
 
-async fn ask(endpoint: &quinn::Endpoint, node: &NodeEntry, question: &Message) -> Result<Message, String> {
-    let (conn, _) = net::connect(endpoint, node.addr, Some(&node.name))
+async fn ask(
+    endpoint: &quinn::Endpoint,
+    node: &NodeEntry,
+    question: &Message,
+    connect: Duration,
+) -> Result<Message, String> {
+    let (conn, _) = net::connect_within(endpoint, node.addr, Some(&node.name), connect)
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn
