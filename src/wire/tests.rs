@@ -424,6 +424,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
             code: ErrorCode::Internal,
             message
         }),
+        Just(Message::PlanQuery {
+            manifest: tiny_manifest()
+        }),
     ]
 }
 
