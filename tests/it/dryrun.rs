@@ -113,4 +113,14 @@ fn dry_run_says_skip_fetch_and_unreachable_and_moves_nothing() {
         None,
         "n3 loaded nothing"
     );
+
+    // A node that answers but whose push would fail says why.
+    cluster.nodes[1].engine.stop();
+    let dry = cluster.push(&["app:1"], &["--dry-run", "--node", "n2"]);
+    let why = format!("{}\n{}", dry.stdout, dry.stderr);
+    assert_eq!(dry.code, 1, "{why}");
+    let report = dry_run_report(&dry.stdout);
+    let verdict = &report["report"]["nodes"][0]["verdict"];
+    assert_eq!(verdict["kind"], "would_fail", "{why}");
+    assert!(!verdict["reason"].as_str().unwrap().is_empty(), "{why}");
 }
