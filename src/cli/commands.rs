@@ -133,9 +133,11 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let seed_meter = UploadMeter::default();
     if args.dry_run {
+        // Plain lines: the export line, then the table; no live view.
+        let view = PushView::new(args.json, report::ProgressMode::Plain, &names, &seed_meter);
         logging(log, "warn", std::io::stderr);
         let json = args.json;
-        return dry_run(push_options(args, nodes, seed_meter), json);
+        return dry_run(push_options(args, nodes, seed_meter), view, json);
     }
     let view = PushView::new(args.json, args.progress.into(), &names, &seed_meter);
     logging(log, "warn", view.log_writer());
@@ -194,18 +196,11 @@ fn push_options(
 /// `push --dry-run`: the export line (or event), then the dry run's table
 /// (or report). 0 when every node answered and none would fail, else 1;
 /// 130 or 143 when a signal ends the export.
-fn dry_run(opts: PushOptions, json: bool) -> anyhow::Result<ExitCode> {
+fn dry_run(opts: PushOptions, view: PushView, json: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let shown = tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                match json {
-                    true => println!("{}", serde_json::to_string(&event).unwrap_or_default()),
-                    false => eprintln!("{}", report::exported_line(&event).unwrap_or_default()),
-                }
-            }
-        });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shown = tokio::spawn(view.follow(rx));
         let timeouts = crate::net::Timeouts::from_test_env();
         let stop = async move { signals.recv().await };
         let report = push::dryrun::dry_run(opts, timeouts, tx, stop).await;

@@ -200,7 +200,7 @@ impl PushView {
 }
 
 /// The export summary, for an `Exported` event.
-pub fn exported_line(event: &PushEvent) -> Option<String> {
+fn exported_line(event: &PushEvent) -> Option<String> {
     let PushEvent::Exported {
         images,
         layers,
