@@ -28,7 +28,7 @@
 //! - [`agent`]: the node's daemon: plans what to fetch, runs distributions,
 //!   loads the images.
 //! - [`push`]: the seed: export, announce, seed, follow every node; `status`;
-//!   bundle creation; scratch chunk stores.
+//!   the dry run; bundle creation; scratch chunk stores.
 //! - [`cli`]: the command line and what people see of a push.
 
 pub mod ops;

@@ -6,7 +6,9 @@
 //! ```text
 //!  endpoint.accept ─► connection task (serve_connection)
 //!                       ├─ Hello / Request ─► swarm::Registry ─► Swarm actor of that distribution
-//!                       └─ Announce (pusher identities only) ─► distribution task (dist.rs)
+//!                       ├─ Announce (pusher identities only) ─► distribution task (dist.rs)
+//!                       ├─ Query (pusher identities only) ─► the engine's image IDs (status)
+//!                       └─ PlanQuery (pusher identities only) ─► the plan a push would get (dry.rs)
 //! ```
 //!
 //! Distributions run in the agent's own task set, not the connection's, so
@@ -20,6 +22,7 @@
 //! for the close to reach peers.
 
 mod dist;
+mod dry;
 pub mod plan;
 mod room;
 mod waits;
@@ -263,7 +266,10 @@ async fn on_control(
             });
         }
         Message::Query { refs } if peer.role == Role::Pusher => answer_query(&ctx, send, refs).await,
-        Message::Announce { .. } | Message::Query { .. } => {
+        Message::PlanQuery { manifest } if peer.role == Role::Pusher => {
+            dry::answer_plan_query(&ctx, send, manifest).await
+        }
+        Message::Announce { .. } | Message::Query { .. } | Message::PlanQuery { .. } => {
             tracing::warn!(peer = %peer.name, "refused an announce from a {} identity", peer.role);
             let why = "only a pusher identity may announce a distribution or query the node";
             refuse(send, ErrorCode::NotAuthorized, why).await;

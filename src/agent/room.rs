@@ -29,6 +29,16 @@ pub(super) async fn check(
         .make_room(plan.summary.need_bytes)
         .await
         .map_err(|e| e.to_string())?;
+    check_engine_room(engine, manifest, plan).await
+}
+
+/// The engine's half of [`check`]: room in its data root for loading
+/// `plan`. Only reads (a dry run uses it alone).
+pub(super) async fn check_engine_room(
+    engine: &Engine,
+    manifest: &Manifest,
+    plan: &NodePlan,
+) -> Result<(), String> {
     let layers: u64 = plan.layers.iter().map(|&l| manifest.layers[l].size).sum();
     check_engine(engine, layers * LOAD_SPACE_FACTOR).await
 }

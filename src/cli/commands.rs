@@ -132,28 +132,16 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
     let nodes = args.targets.nodes()?;
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let seed_meter = UploadMeter::default();
+    if args.dry_run {
+        // Plain lines: the export line, then the table; no live view.
+        let view = PushView::new(args.json, report::ProgressMode::Plain, &names, &seed_meter);
+        logging(log, "warn", std::io::stderr);
+        let json = args.json;
+        return dry_run(push_options(args, nodes, seed_meter), view, json);
+    }
     let view = PushView::new(args.json, args.progress.into(), &names, &seed_meter);
     logging(log, "warn", view.log_writer());
-    let source = match args.bundle {
-        Some(file) => Source::Bundle(file),
-        None => Source::Engine {
-            engine: args.engine.spec(),
-            images: args.images,
-            pack: args.pack.options(),
-        },
-    };
-    let opts = PushOptions {
-        source,
-        nodes,
-        cluster_dir: args.targets.cluster_dir,
-        identity: args.targets.identity,
-        state_dir: args.state_dir,
-        keep: args.keep,
-        tags: args.tags,
-        timeout: args.timeout.map(std::time::Duration::from_secs),
-        max_upload_mbit: args.max_upload_mbit,
-        seed_meter,
-    };
+    let opts = push_options(args, nodes, seed_meter);
     runtime()?.block_on(async move {
         // SIGINT and SIGTERM end the push, not the process: the nodes are
         // told the pusher leaves, the seed's scratch directory is removed,
@@ -174,6 +162,69 @@ fn push_images(log: LogFormat, args: PushArgs) -> anyhow::Result<ExitCode> {
         };
         view.finish(&report);
         Ok(exit_code(&report))
+    })
+}
+
+/// What to push where, from the command line.
+fn push_options(
+    args: PushArgs,
+    nodes: Vec<crate::config::NodeEntry>,
+    seed_meter: UploadMeter,
+) -> PushOptions {
+    let source = match args.bundle {
+        Some(file) => Source::Bundle(file),
+        None => Source::Engine {
+            engine: args.engine.spec(),
+            images: args.images,
+            pack: args.pack.options(),
+        },
+    };
+    PushOptions {
+        source,
+        nodes,
+        cluster_dir: args.targets.cluster_dir,
+        identity: args.targets.identity,
+        state_dir: args.state_dir,
+        keep: args.keep,
+        tags: args.tags,
+        timeout: args.timeout.map(std::time::Duration::from_secs),
+        max_upload_mbit: args.max_upload_mbit,
+        seed_meter,
+    }
+}
+
+/// `push --dry-run`: the export line (or event), then the dry run's table
+/// (or report). 0 when every node answered and none would fail, else 1;
+/// 130 or 143 when a signal ends the export.
+fn dry_run(opts: PushOptions, view: PushView, json: bool) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let mut signals = Signals::install().context("cannot handle SIGINT and SIGTERM")?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shown = tokio::spawn(view.follow(rx));
+        let timeouts = crate::net::Timeouts::from_test_env();
+        let stop = async move { signals.recv().await };
+        let report = push::dryrun::dry_run(opts, timeouts, tx, stop).await;
+        let _ = shown.await;
+        let report = match report {
+            Err(push::PushError::Interrupted(signal)) => {
+                eprintln!("p2pimg: {}", push::PushError::Interrupted(signal));
+                return Ok(ExitCode::from(signal.exit_code()));
+            }
+            report => report?,
+        };
+        match json {
+            true => {
+                let value =
+                    serde_json::json!({ "event": "dry_run", "report": report, "success": report.success() });
+                println!("{value}");
+            }
+            false => print!("{}", report::dry_run_table(&report)),
+        }
+        Ok(if report.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
 }
 

@@ -131,6 +131,11 @@ struct PushArgs {
     keep: bool,
     #[command(flatten)]
     pack: PackArgs,
+    /// Announce nothing, transfer nothing: export as a push would, then ask every node what it
+    /// would fetch (or why it would fail) and print that. Exit 0 when every node answered and
+    /// none would fail.
+    #[arg(long)]
+    dry_run: bool,
     /// Print events and the final report as JSON lines instead of text.
     #[arg(long)]
     json: bool,

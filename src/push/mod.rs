@@ -11,6 +11,7 @@
 //! ```
 
 pub mod bundle;
+pub mod dryrun;
 pub mod scratch;
 mod session;
 pub mod status;

@@ -59,50 +59,74 @@ pub async fn status(
 ) -> Result<Vec<NodeImages>, StatusError> {
     let identity = Identity::load_from_dir(cluster_dir, identity)?;
     let endpoint = net::endpoint(&identity, crate::push::bind_addr(nodes))?;
+    let query = Message::Query { refs: refs.to_vec() };
+    let connect = net::Timeouts::default().connect;
+    let answers = ask_each(&endpoint, nodes, &query, connect, ANSWER_TIMEOUT).await;
+    endpoint.close(quinn::VarInt::from_u32(wire::close::DONE), b"status done");
+    let images = |(node, answer): (NodeEntry, Result<Message, String>)| NodeImages {
+        name: node.name,
+        addr: node.addr,
+        answer: answer.and_then(status_answer),
+    };
+    Ok(answers.into_iter().map(images).collect())
+}
+
+fn status_answer(msg: Message) -> Result<Answer, String> {
+    match msg {
+        Message::Status { ids, engine, digests } => Ok(Answer { engine, ids, digests }),
+        Message::Error { message, .. } => Err(message),
+        other => Err(format!("protocol error: answered with {}", other.kind())),
+    }
+}
+
+/// Sends `question` to every node, concurrently, on a new stream each, and
+/// returns each node's first answer (`Err`: it could not be reached within
+/// `connect`, or did not answer within `timeout`, connection included), in
+/// `nodes`' order.
+/// Shared by `status` and `push --dry-run`.
+pub(crate) async fn ask_each(
+    endpoint: &quinn::Endpoint,
+    nodes: &[NodeEntry],
+    question: &Message,
+    connect: Duration,
+    timeout: Duration,
+) -> Vec<(NodeEntry, Result<Message, String>)> {
     let mut asks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
-        let (endpoint, node, refs) = (endpoint.clone(), node.clone(), refs.to_vec());
+        let (endpoint, node, question) = (endpoint.clone(), node.clone(), question.clone());
         asks.spawn(async move {
-            let answer = tokio::time::timeout(ANSWER_TIMEOUT, ask(&endpoint, &node, refs))
+            let answer = tokio::time::timeout(timeout, ask(&endpoint, &node, &question, connect))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {}s", ANSWER_TIMEOUT.as_secs())));
-            (
-                i,
-                NodeImages {
-                    name: node.name,
-                    addr: node.addr,
-                    answer,
-                },
-            )
+                .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
+            (i, node, answer)
         });
     }
-    let mut answers: Vec<(usize, NodeImages)> = Vec::new();
+    let mut answers = Vec::new();
     while let Some(answer) = asks.join_next().await {
         answers.extend(answer.ok());
     }
-    endpoint.close(quinn::VarInt::from_u32(wire::close::DONE), b"status done");
-    answers.sort_by_key(|(i, _)| *i);
-    Ok(answers.into_iter().map(|(_, a)| a).collect())
+    answers.sort_by_key(|(i, _, _)| *i);
+    answers.into_iter().map(|(_, n, a)| (n, a)).collect()
 }
 
-async fn ask(endpoint: &quinn::Endpoint, node: &NodeEntry, refs: Vec<String>) -> Result<Answer, String> {
-    let (conn, _) = net::connect(endpoint, node.addr, Some(&node.name))
+async fn ask(
+    endpoint: &quinn::Endpoint,
+    node: &NodeEntry,
+    question: &Message,
+    connect: Duration,
+) -> Result<Message, String> {
+    let (conn, _) = net::connect_within(endpoint, node.addr, Some(&node.name), connect)
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| format!("connection lost: {e}"))?;
-    write_frame(&mut send, &Message::Query { refs })
+    write_frame(&mut send, question)
         .await
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
-    match read_frame(&mut recv, wire::MAX_FRAME)
+    read_frame(&mut recv, wire::MAX_FRAME)
         .await
-        .map_err(|e| e.to_string())?
-    {
-        Message::Status { ids, engine, digests } => Ok(Answer { engine, ids, digests }),
-        Message::Error { message, .. } => Err(message),
-        other => Err(format!("protocol error: answered with {}", other.kind())),
-    }
+        .map_err(|e| e.to_string())
 }

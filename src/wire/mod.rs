@@ -106,6 +106,12 @@ pub enum Message {
         engine: String,
         digests: Vec<Option<String>>,
     },
+    /// Pusher → agent, first frame of a dry-run stream (`push --dry-run`):
+    /// what would you fetch for this manifest? Answered with a `Plan`, or
+    /// an `Error` saying why the push would fail there; nothing is
+    /// registered, fetched or loaded. Appended: an agent older than this
+    /// variant answers `Error { BadRequest, "unexpected first message" }`.
+    PlanQuery { manifest: Manifest },
 }
 
 impl Message {
@@ -125,6 +131,7 @@ impl Message {
             Message::Error { .. } => "Error",
             Message::Query { .. } => "Query",
             Message::Status { .. } => "Status",
+            Message::PlanQuery { .. } => "PlanQuery",
         }
     }
 }

@@ -163,6 +163,26 @@ fn golden() -> Vec<(Message, &'static str)> {
                 "030c"
             ),
         ),
+        (
+            Message::PlanQuery {
+                manifest: tiny_manifest(),
+            },
+            concat!(
+                "00000047",
+                "0d",
+                "01",
+                "097368613235363a6162",
+                "0103613a31",
+                "027b7d",
+                "0100",
+                "01",
+                "097368613235363a6364",
+                "030001",
+                "01",
+                "0101010101010101010101010101010101010101010101010101010101010101",
+                "030c"
+            ),
+        ),
     ]
 }
 
@@ -403,6 +423,9 @@ fn arb_message() -> impl Strategy<Value = Message> {
         ".{0,30}".prop_map(|message| Message::Error {
             code: ErrorCode::Internal,
             message
+        }),
+        Just(Message::PlanQuery {
+            manifest: tiny_manifest()
         }),
     ]
 }

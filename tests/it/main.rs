@@ -10,6 +10,7 @@ mod cli;
 mod concurrent;
 mod containerd;
 mod diskfull;
+mod dryrun;
 mod engine;
 mod engine_restart;
 mod engines;

@@ -1,7 +1,9 @@
 //! How a push looks to people: a live fleet view on a terminal
 //! ([`live`]), plain progress lines elsewhere, and a final table; or, with
-//! `--json`, one JSON object per line. Also the `bundle` and `status` listings.
+//! `--json`, one JSON object per line. Also the `bundle` and `status` listings
+//! and the dry run's table.
 
+mod dryrun;
 mod fleet;
 mod live;
 
@@ -13,6 +15,7 @@ use std::time::Instant;
 use indicatif::ProgressDrawTarget;
 use tokio::sync::mpsc;
 
+pub use dryrun::dry_run_table;
 pub use fleet::{Fleet, LineText, NodeState};
 pub use live::{LiveView, LogWriter};
 
