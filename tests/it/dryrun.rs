@@ -7,12 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::common::bin;
 use crate::common::cluster::SHORT_TIMEOUTS;
 use crate::common::{build_test_image, Cluster, ClusterOptions};
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_p2pimg"))
-}
 
 /// The distribution records in an agent's state directory.
 fn dist_records(state_dir: &Path) -> Vec<PathBuf> {
