@@ -261,12 +261,7 @@ async fn prepare(
     let (engine, held) = control
         .engine_call(ctx, &ctx.engine.host, Progress::default(), inspect)
         .await?;
-    let (m, store) = (manifest.clone(), ctx.store.clone());
-    let mut plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held, &store))
-        .await
-        .map_err(|e| format!("planning failed: {e}"))?;
-    plan::check_platform(manifest, &plan, engine.about())?;
-    plan.summary.engine = engine.about().to_string();
+    let plan = plan::plan_on(&engine, held, manifest, &ctx.store).await?;
     Ok((engine, plan, lease))
 }
 

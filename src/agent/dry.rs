@@ -38,12 +38,7 @@ pub(super) async fn answer_plan_query(ctx: &AgentCtx, mut send: SendStream, mani
 async fn would_plan(ctx: &AgentCtx, manifest: Arc<Manifest>) -> Result<Plan, String> {
     let engine = Engine::connect(&ctx.engine).await.map_err(|e| e.to_string())?;
     let held = engine.held().await.map_err(|e| e.to_string())?;
-    let (m, store) = (manifest.clone(), ctx.store.clone());
-    let mut plan = tokio::task::spawn_blocking(move || plan::plan(&m, &held, &store))
-        .await
-        .map_err(|e| format!("planning failed: {e}"))?;
-    plan::check_platform(&manifest, &plan, engine.about())?;
-    plan.summary.engine = engine.about().to_string();
+    let plan = plan::plan_on(&engine, held, &manifest, &ctx.store).await?;
     room::check_engine_room(&engine, &manifest, &plan).await?;
     Ok(plan.summary)
 }

@@ -9,7 +9,7 @@ use crate::content::arrivals::Arrivals;
 use crate::content::manifest::Manifest;
 use crate::content::platform::Platform;
 use crate::content::store::ChunkStore;
-use crate::engine::{About, Held, LoadRequest};
+use crate::engine::{About, Engine, Held, LoadRequest};
 use crate::wire::Plan;
 
 /// What one node will fetch and load.
@@ -92,6 +92,24 @@ pub fn plan(manifest: &Manifest, held: &Held, store: &ChunkStore) -> NodePlan {
         have,
         summary,
     }
+}
+
+/// A push's plan on `engine`, which holds `held`: what to fetch (stored
+/// chunks re-verified, on a blocking thread), refused if an image is for
+/// another platform, with the engine named in its summary.
+pub async fn plan_on(
+    engine: &Engine,
+    held: Held,
+    manifest: &Arc<Manifest>,
+    store: &ChunkStore,
+) -> Result<NodePlan, String> {
+    let (m, store) = (manifest.clone(), store.clone());
+    let mut plan = tokio::task::spawn_blocking(move || plan(&m, &held, &store))
+        .await
+        .map_err(|e| format!("planning failed: {e}"))?;
+    check_platform(manifest, &plan, engine.about())?;
+    plan.summary.engine = engine.about().to_string();
+    Ok(plan)
 }
 
 /// Refuses images built for another platform than the node's, before
