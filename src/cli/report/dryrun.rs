@@ -9,13 +9,7 @@ use crate::push::dryrun::{DryRunReport, Verdict};
 /// The dry run's table: one line per node, then what a push would send.
 pub fn dry_run_table(report: &DryRunReport) -> String {
     let mut out = String::new();
-    let width = report
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = super::name_width(report.nodes.iter().map(|n| n.name.as_str()));
     let engine_of = |v: &Verdict| match v {
         Verdict::WouldSkip { plan } | Verdict::WouldFetch { plan } => plan.engine.clone(),
         _ => "-".to_string(),

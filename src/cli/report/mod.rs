@@ -242,16 +242,16 @@ fn status_text(status: &NodeStatus) -> String {
     }
 }
 
+/// The width of a table's NODE column: the longest name, at least the
+/// header's.
+fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max("NODE".len())
+}
+
 /// The final table: one line per node, then the seed's upload.
 pub fn table(report: &PushReport) -> String {
     let mut out = String::new();
-    let width = report
-        .nodes
-        .iter()
-        .map(|n| n.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = name_width(report.nodes.iter().map(|n| n.name.as_str()));
     let _ = writeln!(
         out,
         "{:width$}  {:21}  {:>10}  {:>10}  RESULT",
@@ -328,7 +328,7 @@ pub fn bundle_listing(path: &std::path::Path, m: &crate::content::manifest::Mani
 /// The `status` table: one line per node, one column per reference.
 pub fn status_table(refs: &[String], nodes: &[NodeImages]) -> String {
     let mut out = String::new();
-    let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+    let width = name_width(nodes.iter().map(|n| n.name.as_str()));
     let engine_of = |n: &NodeImages| n.answer.as_ref().map_or(String::new(), |a| a.engine.clone());
     let engine_width = nodes.iter().map(|n| engine_of(n).len()).max().unwrap_or(0).max(6);
     let _ = writeln!(
