@@ -9,22 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::dockerd::log_tail;
+use super::dockerd::{log_tail, make_dir};
 use super::process::{self, kill_all_referring_to, terminate, unmount_under};
 
 /// Debian's containerd 1.6; `P2PIMG_TEST_CONTAINERD` overrides it.
 const CONTAINERD: &str = "/usr/bin/containerd";
-
-/// Parent of the daemon directory: short, since the sockets live inside it and a unix
-/// socket path must fit in 108 bytes.
-const ROOT: &str = "/tmp";
-
-/// Prefix of daemon directories, shared with the dockerd harness, whose reaper removes
-/// directories left by dead test processes (it reads [`OWNER_FILE`]).
-const PREFIX: &str = "p2pimg-test-";
-
-/// File naming the pid of the test process that owns the directory.
-const OWNER_FILE: &str = "owner.pid";
 
 /// How long containerd may take to answer on its socket: about 0.1 s idle; parallel
 /// tests and builds on 2 cores slow it a lot.
@@ -54,7 +43,9 @@ impl Containerd {
     /// Starts a containerd named `name` (used in its directory name and messages) and
     /// waits until it answers. Panics, with the tail of its log, if it does not.
     pub fn start(name: &str) -> Containerd {
-        let dir = make_dir(name);
+        // `/tmp/p2pimg-test-ctd-NAME-XXXXXX`, owned by this process: the dockerd
+        // harness's reaper removes it if the test process dies without dropping it.
+        let dir = make_dir(&format!("ctd-{name}"));
         let socket = dir.join("c.sock");
         let config = write_config(&dir, &socket);
         let child = spawn(&dir, &config);
@@ -167,27 +158,4 @@ fn spawn(dir: &Path, config: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (install Debian's containerd)"))
-}
-
-/// Creates `/tmp/p2pimg-test-ctd-<name>-XXXXXX` and marks it as owned by this process.
-fn make_dir(name: &str) -> PathBuf {
-    let short: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(16)
-        .collect();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{PREFIX}ctd-{short}-"))
-        .rand_bytes(6)
-        .tempdir_in(ROOT)
-        .unwrap_or_else(|e| panic!("cannot create a daemon directory in {ROOT}: {e}"))
-        .keep();
-    fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).expect("write owner file");
-    dir
 }
