@@ -99,7 +99,10 @@ impl Fleet {
 /// the overlayfs snapshotter (so it must be unpacked there), and returns what it printed.
 fn ctr_cat(c: &Containerd, image: &str) -> String {
     let name = format!("docker.io/library/{image}");
-    let id = format!("cat{}", std::process::id());
+    // A new container ID each time: `ctr run --rm` may not have released the last one.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("cat{}-{run}", std::process::id());
     let args = [
         "run",
         "--rm",
