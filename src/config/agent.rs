@@ -142,14 +142,31 @@ fn default_state_dir() -> PathBuf {
     DEFAULT_STATE_DIR.into()
 }
 
-/// Checks agent.toml's whole numbers against their ranges, naming the line
-/// of one that is out of range.
-struct Numbers<'a> {
+/// Reads agent.toml's values from its text, naming the line of one that is
+/// wrong.
+struct Fields<'a> {
     text: &'a str,
     origin: &'a Path,
 }
 
-impl Numbers<'_> {
+impl Fields<'_> {
+    /// The error for `key`'s `value` at `span`, which should be `expected`.
+    fn bad(
+        &self,
+        key: &'static str,
+        span: std::ops::Range<usize>,
+        value: String,
+        expected: &'static str,
+    ) -> ConfigError {
+        ConfigError::BadValue {
+            path: self.origin.into(),
+            line: line_of(self.text, span.start),
+            key,
+            value,
+            expected,
+        }
+    }
+
     /// `value` if it lies in `range`; an error naming `key`, its line and
     /// `rule` if not. `None` when the key is absent.
     fn in_range(
@@ -170,6 +187,60 @@ impl Numbers<'_> {
             v => Ok(v.map(Spanned::into_inner)),
         }
     }
+
+    /// `name`, if it is a valid node name.
+    fn name(&self, name: Spanned<String>) -> Result<String, ConfigError> {
+        let line = line_of(self.text, name.span().start);
+        let name = name.into_inner();
+        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
+            path: self.origin.into(),
+            line,
+            source,
+        })?;
+        Ok(name)
+    }
+
+    /// `retain`: a duration, [`DEFAULT_RETAIN`] if absent.
+    fn retain(&self, value: Option<Spanned<String>>) -> Result<Duration, ConfigError> {
+        let Some(v) = value else { return Ok(DEFAULT_RETAIN) };
+        parse_duration(v.get_ref())
+            .ok_or_else(|| self.bad("retain", v.span(), v.into_inner(), DURATION_FORMS))
+    }
+
+    /// `store_budget`: bytes, or a size with a unit.
+    fn store_budget(&self, value: Option<Spanned<Size>>) -> Result<Option<u64>, ConfigError> {
+        let Some(v) = value else { return Ok(None) };
+        match v.get_ref() {
+            Size::Bytes(n) => Ok(Some(*n)),
+            Size::Text(t) => parse_size(t)
+                .map(Some)
+                .ok_or_else(|| self.bad("store_budget", v.span(), t.clone(), SIZE_FORMS)),
+        }
+    }
+
+    /// `engine_wait_secs`, from 0 to a day.
+    fn engine_wait(&self, value: Option<Spanned<u64>>) -> Result<Duration, ConfigError> {
+        let rule = "0 to 86400 (a day)";
+        let secs = self.in_range("engine_wait_secs", value, 0..=MAX_ENGINE_WAIT_SECS, rule)?;
+        Ok(Duration::from_secs(secs.unwrap_or(DEFAULT_ENGINE_WAIT_SECS)))
+    }
+
+    /// `max_upload_mbit`: at least 1, no limit if absent.
+    fn max_upload(&self, value: Option<Spanned<u64>>) -> Result<Option<u64>, ConfigError> {
+        let rule = "at least 1 Mbit/s (leave it out for no limit)";
+        self.in_range("max_upload_mbit", value, 1..=u64::MAX, rule)
+    }
+
+    /// One of the engine's timeouts in seconds, `default` if absent.
+    fn engine_secs(
+        &self,
+        key: &'static str,
+        value: Option<Spanned<u64>>,
+        default: u64,
+    ) -> Result<Duration, ConfigError> {
+        let secs = self.in_range(key, value, 1..=MAX_ENGINE_SECS, ENGINE_SECS_FORM)?;
+        Ok(Duration::from_secs(secs.unwrap_or(default)))
+    }
 }
 
 impl AgentOptions {
@@ -182,66 +253,10 @@ impl AgentOptions {
     pub fn parse(text: &str, origin: &Path) -> Result<AgentOptions, ConfigError> {
         let raw: RawAgent = parse_toml(text, origin)?;
         let engine = engine_spec(&raw, text, origin)?;
-        let line = line_of(text, raw.name.span().start);
-        let name = raw.name.into_inner();
-        identity::validate_name(&name).map_err(|source| ConfigError::InvalidName {
-            path: origin.into(),
-            line,
-            source,
-        })?;
-        let bad = |key, span: std::ops::Range<usize>, value: String, expected| ConfigError::BadValue {
-            path: origin.into(),
-            line: line_of(text, span.start),
-            key,
-            value,
-            expected,
-        };
-        let retain = match raw.retain {
-            None => DEFAULT_RETAIN,
-            Some(v) => parse_duration(v.get_ref())
-                .ok_or_else(|| bad("retain", v.span(), v.get_ref().clone(), DURATION_FORMS))?,
-        };
-        let store_budget = match raw.store_budget {
-            None => None,
-            Some(v) => Some(match v.get_ref() {
-                Size::Bytes(n) => *n,
-                Size::Text(t) => {
-                    parse_size(t).ok_or_else(|| bad("store_budget", v.span(), t.clone(), SIZE_FORMS))?
-                }
-            }),
-        };
-        let numbers = Numbers { text, origin };
-        let engine_wait_secs = numbers
-            .in_range(
-                "engine_wait_secs",
-                raw.engine_wait_secs,
-                0..=MAX_ENGINE_WAIT_SECS,
-                "0 to 86400 (a day)",
-            )?
-            .unwrap_or(DEFAULT_ENGINE_WAIT_SECS);
-        let max_upload_mbit = numbers.in_range(
-            "max_upload_mbit",
-            raw.max_upload_mbit,
-            1..=u64::MAX,
-            "at least 1 Mbit/s (leave it out for no limit)",
-        )?;
-        let engine_secs = |key, v, default| {
-            let secs = numbers.in_range(key, v, 1..=MAX_ENGINE_SECS, ENGINE_SECS_FORM)?;
-            Ok::<_, ConfigError>(Duration::from_secs(secs.unwrap_or(default)))
-        };
-        let engine_quiet = engine_secs(
-            "engine_quiet_secs",
-            raw.engine_quiet_secs,
-            DEFAULT_ENGINE_QUIET_SECS,
-        )?;
-        let engine_stall = engine_secs(
-            "engine_stall_secs",
-            raw.engine_stall_secs,
-            DEFAULT_ENGINE_STALL_SECS,
-        )?;
+        let fields = Fields { text, origin };
         let base = origin.parent().unwrap_or(Path::new(""));
         Ok(AgentOptions {
-            name,
+            name: fields.name(raw.name)?,
             listen: raw.listen,
             state_dir: base.join(raw.state_dir),
             engine,
@@ -249,14 +264,22 @@ impl AgentOptions {
             cert: base.join(raw.cert),
             key: base.join(raw.key),
             deny: raw.deny,
-            max_upload_mbit,
+            max_upload_mbit: fields.max_upload(raw.max_upload_mbit)?,
             metrics_listen: raw.metrics_listen,
-            engine_wait: Duration::from_secs(engine_wait_secs),
-            retain,
-            store_budget,
+            engine_wait: fields.engine_wait(raw.engine_wait_secs)?,
+            retain: fields.retain(raw.retain)?,
+            store_budget: fields.store_budget(raw.store_budget)?,
             source: origin.into(),
-            engine_quiet,
-            engine_stall,
+            engine_quiet: fields.engine_secs(
+                "engine_quiet_secs",
+                raw.engine_quiet_secs,
+                DEFAULT_ENGINE_QUIET_SECS,
+            )?,
+            engine_stall: fields.engine_secs(
+                "engine_stall_secs",
+                raw.engine_stall_secs,
+                DEFAULT_ENGINE_STALL_SECS,
+            )?,
         })
     }
 
@@ -331,24 +354,35 @@ const ENGINE_KINDS: &str = "one of \"docker\", \"containerd\", \"podman\"";
 /// `containerd_host`. A key that does not apply to the kind is an error,
 /// not silently ignored.
 fn engine_spec(raw: &RawAgent, text: &str, origin: &Path) -> Result<EngineSpec, ConfigError> {
-    let bad = |key, v: &Spanned<String>, expected| ConfigError::BadValue {
-        path: origin.into(),
-        line: line_of(text, v.span().start),
-        key,
-        value: v.get_ref().clone(),
-        expected,
-    };
     let kind = match &raw.engine {
         None => Kind::Docker,
-        Some(v) => Kind::parse(v.get_ref()).ok_or_else(|| bad("engine", v, ENGINE_KINDS))?,
+        Some(v) => Kind::parse(v.get_ref()).ok_or_else(|| {
+            let fields = Fields { text, origin };
+            fields.bad("engine", v.span(), v.get_ref().clone(), ENGINE_KINDS)
+        })?,
     };
-    let conflict = |key, v: &Spanned<String>, reason| ConfigError::DoesNotApply {
-        path: origin.into(),
-        line: line_of(text, v.span().start),
-        key,
-        reason,
-    };
-    let misplaced = [
+    if let Some((key, v, reason)) = misplaced(raw, kind) {
+        return Err(ConfigError::DoesNotApply {
+            path: origin.into(),
+            line: line_of(text, v.span().start),
+            key,
+            reason,
+        });
+    }
+    let text_of = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
+    let host = text_of(&raw.engine_host).or(text_of(&raw.docker_host));
+    Ok(EngineSpec {
+        kind,
+        host: host.unwrap_or_else(|| kind.default_host().to_string()),
+        namespace: text_of(&raw.containerd_namespace),
+        containerd_host: text_of(&raw.containerd_host),
+    })
+}
+
+/// The first engine key that does not apply to `kind` (or to the other keys
+/// set), with the reason.
+fn misplaced(raw: &RawAgent, kind: Kind) -> Option<(&'static str, &Spanned<String>, &'static str)> {
+    let rules = [
         (
             "docker_host",
             &raw.docker_host,
@@ -374,17 +408,7 @@ fn engine_spec(raw: &RawAgent, text: &str, origin: &Path) -> Result<EngineSpec, 
             "is for Docker's containerd image store; with engine = \"containerd\" set engine_host",
         ),
     ];
-    for (key, value, wrong, reason) in misplaced {
-        if let (Some(v), true) = (value, wrong) {
-            return Err(conflict(key, v, reason));
-        }
-    }
-    let text_of = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
-    let host = text_of(&raw.engine_host).or(text_of(&raw.docker_host));
-    Ok(EngineSpec {
-        kind,
-        host: host.unwrap_or_else(|| kind.default_host().to_string()),
-        namespace: text_of(&raw.containerd_namespace),
-        containerd_host: text_of(&raw.containerd_host),
-    })
+    rules
+        .into_iter()
+        .find_map(|(key, value, wrong, reason)| Some((key, value.as_ref().filter(|_| wrong)?, reason)))
 }
