@@ -20,12 +20,14 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::content::chunk::{decode_chunk, ChunkError};
+use crate::content::chunk::{check_chunk, ChunkError};
 use crate::content::manifest::{Manifest, ManifestError, MAX_ENCODED_LEN};
 use crate::content::store::{ChunkStore, StoreError};
 
-/// First bytes of every bundle; the last byte is the format version.
-const MAGIC: &[u8; 8] = b"P2PIMGB\x01";
+/// First bytes of every bundle; the last byte is the format version: 2
+/// since chunks are addressed by the hash of their compressed bytes (format
+/// 1 hashed their content).
+const MAGIC: &[u8; 8] = b"P2PIMGB\x02";
 
 /// Why a bundle could not be written, read or trusted.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum BundleError {
     /// The file does not start like a bundle.
     #[error("{path} is not a p2pimg bundle (made by `p2pimg bundle create`)")]
     NotABundle { path: PathBuf },
+    /// A bundle of another format than this version's.
+    #[error("bundle {path} was made by another version of p2pimg (bundle format {version}; this one reads format {}): make it again with this version's `p2pimg bundle create`, or push it with the version that made it", MAGIC[7])]
+    OtherFormat { path: PathBuf, version: u8 },
     /// The manifest inside does not decode or fails validation.
     #[error("bundle {path} has an invalid manifest: {detail}")]
     BadManifest { path: PathBuf, detail: String },
@@ -181,8 +186,15 @@ impl Bundle {
         };
         let mut file = open_file(path)?;
         let mut head = [0u8; 16];
-        if file.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+        if file.read_exact(&mut head).is_err() || head[..7] != MAGIC[..7] {
             return Err(BundleError::NotABundle { path: path.into() });
+        }
+        if head[7] != MAGIC[7] {
+            let version = head[7];
+            return Err(BundleError::OtherFormat {
+                path: path.into(),
+                version,
+            });
         }
         let len = u64::from_be_bytes(head[8..].try_into().expect("8 bytes"));
         let bad = |detail: String| BundleError::BadManifest {
@@ -239,7 +251,7 @@ impl Bundle {
         for (index, entry) in self.manifest.chunks.iter().enumerate() {
             buf.resize(entry.zsize as usize, 0);
             file.read_exact(&mut buf).map_err(io_err)?;
-            decode_chunk(entry, &buf).map_err(|cause| BundleError::Damaged {
+            check_chunk(entry, &buf).map_err(|cause| BundleError::Damaged {
                 path: self.path.clone(),
                 index,
                 cause,
@@ -354,6 +366,15 @@ mod tests {
         ));
         fs::write(&path, b"not a bundle at all").unwrap();
         assert!(matches!(Bundle::open(&path), Err(BundleError::NotABundle { .. })));
+        let mut format_1 = bytes.clone();
+        format_1[7] = 1;
+        fs::write(&path, format_1).unwrap();
+        let old = Bundle::open(&path).unwrap_err();
+        assert!(
+            matches!(old, BundleError::OtherFormat { version: 1, .. }),
+            "{old}"
+        );
+        assert!(old.to_string().contains("bundle create"), "{old}");
         let mut huge = MAGIC.to_vec();
         huge.extend(u64::MAX.to_be_bytes());
         fs::write(&path, huge).unwrap();

@@ -56,6 +56,8 @@ const CLOSE_UNEXPECTED_PEER: VarInt = VarInt::from_u32(1);
 /// certificate_required (116). decrypt_error is the usual one here: every cluster CA has the
 /// same subject, so a foreign leaf finds "its" issuer by name and fails the signature check.
 const CERTIFICATE_ALERTS: [u8; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
+/// The TLS alert for "no protocol version (ALPN) in common" (RFC 7301).
+const NO_APPLICATION_PROTOCOL: u8 = 120;
 
 /// Errors from building the endpoint and from connecting to peers.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,9 @@ pub enum NetError {
     /// The peer rejected our certificate, or presented one not signed by the cluster CA.
     #[error("{addr} refused the connection or presented a certificate not signed by this cluster's CA: {detail} (both sides need certificates from the same `p2pimg init`)")]
     Untrusted { addr: SocketAddr, detail: String },
+    /// The peer speaks no protocol version this build speaks.
+    #[error("{addr} speaks another version of the p2pimg protocol (this build speaks {}): run the same p2pimg version on every node and on the pusher", String::from_utf8_lossy(wire::ALPN))]
+    OtherVersion { addr: SocketAddr },
     /// The connection failed or was closed for another reason.
     #[error("connection to {addr} failed: {source}")]
     Connection {
@@ -133,7 +138,7 @@ pub fn endpoint_with(
 }
 
 /// [`endpoint_with`] offering only the protocol versions `alpns`, most preferred first: the
-/// compatibility tests stand in for an agent not upgraded yet with `&[wire::ALPN_V1]`.
+/// version tests stand in for an agent not upgraded yet with [`wire::EARLIER_ALPNS`].
 pub fn endpoint_speaking(
     identity: &Identity,
     bind: SocketAddr,
@@ -308,11 +313,15 @@ async fn await_confirmation(
 /// Maps a quinn connection error to a [`NetError`], singling out certificate rejections
 /// (ours by the peer, or the peer's by us) and timeouts.
 pub fn connection_error(addr: SocketAddr, err: ConnectionError) -> NetError {
-    let rejected = match &err {
-        ConnectionError::TransportError(e) => is_certificate_alert(e.code),
-        ConnectionError::ConnectionClosed(close) => is_certificate_alert(close.error_code),
-        _ => false,
+    let alert = match &err {
+        ConnectionError::TransportError(e) => Some(e.code),
+        ConnectionError::ConnectionClosed(close) => Some(close.error_code),
+        _ => None,
     };
+    let rejected = alert.is_some_and(is_certificate_alert);
+    if alert == Some(TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL)) {
+        return NetError::OtherVersion { addr };
+    }
     match err {
         // Reported as a dial that got no answer, as before the connect timeout was a setting.
         ConnectionError::TimedOut => NetError::Timeout {
@@ -352,8 +361,9 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, NetError>
     Ok(PeerIdentity { name, role })
 }
 
-/// Whether the peer on `conn` speaks the current protocol version (it may
-/// be told [`wire::ErrorCode::Busy`]) rather than version 1.
+/// Whether the peer on `conn` speaks the current protocol version, so it
+/// may be told [`wire::ErrorCode::Busy`]. Every connection does since version
+/// 3 is the only one spoken.
 pub fn speaks_current(conn: &quinn::Connection) -> bool {
     conn.handshake_data()
         .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use quinn::Connection;
 
 use super::*;
-use crate::content::chunk::decode_chunk;
+use crate::content::chunk::check_chunk;
 use crate::wire::{self, read_frame, write_frame, ErrorCode, FrameError, Message};
 
 /// How a chunk request ended well.
@@ -110,7 +110,7 @@ pub(super) async fn fetch(
     };
     let store = shared.store.clone();
     let stored = tokio::task::spawn_blocking(move || {
-        decode_chunk(&entry, &data).map_err(|cause| FetchError::BadData { index, cause })?;
+        check_chunk(&entry, &data).map_err(|cause| FetchError::BadData { index, cause })?;
         store.put(&entry.hash, &data)?;
         Ok(Fetched::Received(u64::from(entry.zsize)))
     })

@@ -8,7 +8,7 @@
 //!   callers ◄── watch<SwarmProgress> ──┘
 //! ```
 //!
-//! A chunk becomes HAVE only after [`decode_chunk`] verified it and the
+//! A chunk becomes HAVE only after [`check_chunk`](crate::content::chunk::check_chunk) verified it and the
 //! store wrote it; only then is it announced. A peer that sends bad data
 //! is disconnected and its chunk is requested elsewhere.
 //!

@@ -13,14 +13,15 @@ use crate::content::hash::Hash;
 use crate::content::manifest::Manifest;
 
 /// ALPN of this protocol version; a peer speaking another version fails the
-/// TLS handshake instead of misreading frames.
-pub const ALPN: &[u8] = b"p2pimg/2";
-/// ALPN of version 1, still spoken with peers that offer nothing newer (an
-/// agent not upgraded yet): version 2 only adds [`ErrorCode::Busy`], which
-/// is never sent to them.
-pub const ALPN_V1: &[u8] = b"p2pimg/1";
+/// TLS handshake instead of misreading frames. Version 3 addresses chunks by
+/// the hash of their compressed bytes, so a node of an earlier version would
+/// take every chunk for damaged: it is the only version spoken.
+pub const ALPN: &[u8] = b"p2pimg/3";
 /// The ALPNs offered, most preferred first.
-pub const ALPNS: [&[u8]; 2] = [ALPN, ALPN_V1];
+pub const ALPNS: [&[u8]; 1] = [ALPN];
+/// ALPNs of earlier versions, which this one no longer speaks (for tests and
+/// error messages).
+pub const EARLIER_ALPNS: [&[u8]; 2] = [b"p2pimg/2", b"p2pimg/1"];
 
 /// Largest frame on swarm streams: one chunk of `MAX_CHUNK_SIZE` (8 MiB)
 /// after zstd's worst-case expansion, plus the message header.

@@ -63,39 +63,28 @@ async fn same_ca_peers_see_each_others_name_and_role() {
     );
 }
 
-/// Version 2 peers agree on version 2; a version 1 peer (an agent not upgraded yet) still
-/// connects, and neither side then counts on version 2.
+/// A peer of an earlier protocol version (an agent not upgraded yet) fails the handshake
+/// with an error that says so, whichever side dials.
 #[tokio::test]
-async fn peers_agree_on_the_newest_version_both_speak() {
-    let (_dir, ids) = cluster(&["n1", "n2", "n3"]);
-    let (server, addr) = bind(&ids[0]);
-    let served = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        for _ in 0..2 {
-            let (conn, _) = accept(server.accept().await.unwrap()).await.unwrap();
-            conns.push(conn);
-        }
-        let seen: Vec<bool> = conns.iter().map(speaks_current).collect();
-        for conn in conns {
-            conn.closed().await;
-        }
-        seen
-    });
-    let (current, _) = bind(&ids[1]);
-    let (conn, _) = connect(&current, addr, Some("n1")).await.unwrap();
-    assert!(speaks_current(&conn));
+async fn peers_of_an_earlier_version_are_refused_by_name() {
+    let (_dir, ids) = cluster(&["n1", "n2"]);
+    let (current, addr) = bind(&ids[0]);
     let old = endpoint_speaking(
-        &ids[2],
+        &ids[1],
         "127.0.0.1:0".parse().unwrap(),
         transport_config(),
-        &[wire::ALPN_V1],
+        &wire::EARLIER_ALPNS,
     )
     .unwrap();
-    let (old_conn, _) = connect(&old, addr, Some("n1")).await.unwrap();
-    assert!(!speaks_current(&old_conn));
-    conn.close(VarInt::from_u32(0), b"done");
-    old_conn.close(VarInt::from_u32(0), b"done");
-    assert_eq!(served.await.unwrap(), vec![true, false]);
+    let old_addr = old.local_addr().unwrap();
+    let served = serve_one(current.clone());
+    let err = connect(&old, addr, Some("n1")).await.unwrap_err();
+    assert!(matches!(err, NetError::OtherVersion { .. }), "{err}");
+    assert!(served.await.unwrap().is_err());
+    let _old_served = serve_one(old);
+    let err = connect(&current, old_addr, Some("n2")).await.unwrap_err();
+    assert!(matches!(err, NetError::OtherVersion { .. }), "{err}");
+    assert!(err.to_string().contains("same p2pimg version"), "{err}");
 }
 
 #[tokio::test]
