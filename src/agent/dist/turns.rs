@@ -63,50 +63,8 @@ impl Running {
     /// loads. While it waits, the pusher (on `control`) is told why; a run
     /// holding the turn whose pusher is gone is ended at once.
     pub(super) async fn turn(&self, id: Hash, pusher: &Connection, control: &mut Control) -> Turn<'_> {
-        let slot = self
-            .0
-            .lock()
-            .expect("running lock")
-            .entry(id)
-            .or_default()
-            .clone();
-        let mut told = false;
-        let held = loop {
-            if let Ok(held) = slot.turn.clone().try_lock_owned() {
-                break held;
-            }
-            let holder = slot.holder.lock().expect("holder lock").clone();
-            match &holder {
-                Some(h) if !pusher_answers(&h.pusher).await => {
-                    tracing::info!(dist = %id.short(), "the running push's pusher is gone; this one takes over");
-                    h.supersede.cancel();
-                    // It ends at once and releases the turn.
-                    break slot.turn.clone().lock_owned().await;
-                }
-                _ if !told => {
-                    told = true;
-                    let reason = Some(WAITING_FOR_OTHER_PUSH.to_string());
-                    control
-                        .send(&Message::Progress(Progress {
-                            reason,
-                            ..Progress::default()
-                        }))
-                        .await;
-                }
-                _ => {}
-            }
-            let holder_closed = async {
-                match &holder {
-                    Some(h) => drop(h.pusher.closed().await),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                held = slot.turn.clone().lock_owned() => break held,
-                _ = holder_closed => {}
-                _ = tokio::time::sleep(CHECK_AGAIN) => {}
-            }
-        };
+        let slot = self.slot(id);
+        let held = slot.wait(id, control).await;
         let superseded = CancellationToken::new();
         *slot.holder.lock().expect("holder lock") = Some(Holder {
             pusher: pusher.clone(),
@@ -119,6 +77,62 @@ impl Running {
             superseded,
             _held: held,
         }
+    }
+
+    /// Distribution `id`'s slot, made if no run has it.
+    fn slot(&self, id: Hash) -> Arc<Slot> {
+        let mut map = self.0.lock().expect("running lock");
+        map.entry(id).or_default().clone()
+    }
+}
+
+impl Slot {
+    /// Waits for the turn, telling the pusher on `control` once why it
+    /// waits, and takes it over from a holder whose pusher is gone.
+    async fn wait(&self, id: Hash, control: &mut Control) -> OwnedMutexGuard<()> {
+        let mut told = false;
+        loop {
+            if let Ok(held) = self.turn.clone().try_lock_owned() {
+                return held;
+            }
+            let holder = self.holder.lock().expect("holder lock").clone();
+            if let Some(h) = holder.as_ref() {
+                if !pusher_answers(&h.pusher).await {
+                    tracing::info!(dist = %id.short(), "the running push's pusher is gone; this one takes over");
+                    h.supersede.cancel();
+                    // It ends at once and releases the turn.
+                    return self.turn.clone().lock_owned().await;
+                }
+            }
+            if !told {
+                told = true;
+                tell_waiting(control).await;
+            }
+            tokio::select! {
+                held = self.turn.clone().lock_owned() => return held,
+                _ = holder_closed(holder.as_ref()) => {}
+                _ = tokio::time::sleep(CHECK_AGAIN) => {}
+            }
+        }
+    }
+}
+
+/// Tells the pusher on `control` that its announce waits for another push.
+async fn tell_waiting(control: &mut Control) {
+    let reason = Some(WAITING_FOR_OTHER_PUSH.to_string());
+    control
+        .send(&Message::Progress(Progress {
+            reason,
+            ..Progress::default()
+        }))
+        .await;
+}
+
+/// Resolves when the holder's pusher connection closes; never without one.
+async fn holder_closed(holder: Option<&Holder>) {
+    match holder {
+        Some(h) => drop(h.pusher.closed().await),
+        None => std::future::pending().await,
     }
 }
 
