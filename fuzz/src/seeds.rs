@@ -115,6 +115,18 @@ pub fn messages(manifest: &Manifest) -> Vec<(&'static str, Message)> {
                 manifest: manifest.clone(),
             },
         ),
+        (
+            "force-announce",
+            Message::ForceAnnounce {
+                manifest: manifest.clone(),
+            },
+        ),
+        (
+            "force-plan-query",
+            Message::ForcePlanQuery {
+                manifest: manifest.clone(),
+            },
+        ),
     ]
 }
 

@@ -352,13 +352,13 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, NetError>
     Ok(PeerIdentity { name, role })
 }
 
-/// Whether the peer on `conn` speaks the current protocol version (it may
-/// be told [`wire::ErrorCode::Busy`]) rather than version 1.
-pub fn speaks_current(conn: &quinn::Connection) -> bool {
+/// The protocol version both ends of `conn` chose (its ALPN): what the
+/// peer may be sent ([`wire::BUSY_SINCE`], [`wire::FORCE_SINCE`]).
+pub fn version(conn: &quinn::Connection) -> u8 {
     conn.handshake_data()
         .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|hd| hd.protocol)
-        .is_some_and(|p| p == wire::ALPN)
+        .map_or(1, |p| wire::version_of(&p))
 }
 
 #[cfg(test)]

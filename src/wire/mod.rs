@@ -14,13 +14,32 @@ use crate::content::manifest::Manifest;
 
 /// ALPN of this protocol version; a peer speaking another version fails the
 /// TLS handshake instead of misreading frames.
-pub const ALPN: &[u8] = b"p2pimg/2";
-/// ALPN of version 1, still spoken with peers that offer nothing newer (an
-/// agent not upgraded yet): version 2 only adds [`ErrorCode::Busy`], which
-/// is never sent to them.
+pub const ALPN: &[u8] = b"p2pimg/3";
+/// ALPN of version 2, still spoken with peers that offer nothing newer (an
+/// agent not upgraded yet): version 3 only adds [`Message::ForceAnnounce`]
+/// and [`Message::ForcePlanQuery`], which are never sent to them.
+pub const ALPN_V2: &[u8] = b"p2pimg/2";
+/// ALPN of version 1: version 2 only adds [`ErrorCode::Busy`], which is
+/// never sent to a version 1 peer.
 pub const ALPN_V1: &[u8] = b"p2pimg/1";
 /// The ALPNs offered, most preferred first.
-pub const ALPNS: [&[u8]; 2] = [ALPN, ALPN_V1];
+pub const ALPNS: [&[u8]; 3] = [ALPN, ALPN_V2, ALPN_V1];
+
+/// The protocol version an ALPN names (1 for an unknown one: a peer is never
+/// told what it may not know).
+pub fn version_of(alpn: &[u8]) -> u8 {
+    match alpn {
+        a if a == ALPN => 3,
+        a if a == ALPN_V2 => 2,
+        _ => 1,
+    }
+}
+
+/// The first version whose peers may be told [`ErrorCode::Busy`].
+pub const BUSY_SINCE: u8 = 2;
+/// The first version whose agents know [`Message::ForceAnnounce`] and
+/// [`Message::ForcePlanQuery`] (`push --force`).
+pub const FORCE_SINCE: u8 = 3;
 
 /// Largest frame on swarm streams: one chunk of `MAX_CHUNK_SIZE` (8 MiB)
 /// after zstd's worst-case expansion, plus the message header.
@@ -112,6 +131,15 @@ pub enum Message {
     /// registered, fetched or loaded. Appended: an agent older than this
     /// variant answers `Error { BadRequest, "unexpected first message" }`.
     PlanQuery { manifest: Manifest },
+    /// Pusher → agent, first frame of a control stream (`push --force`):
+    /// an `Announce` after which the node loads every image again, also
+    /// those its engine holds. Version 3: sent only to agents that speak
+    /// it, so an older agent never has to read it.
+    ForceAnnounce { manifest: Manifest },
+    /// Pusher → agent, first frame of a dry-run stream (`push --dry-run
+    /// --force`): the plan a `ForceAnnounce` of this manifest would get.
+    /// Version 3, as `ForceAnnounce`.
+    ForcePlanQuery { manifest: Manifest },
 }
 
 impl Message {
@@ -132,6 +160,8 @@ impl Message {
             Message::Query { .. } => "Query",
             Message::Status { .. } => "Status",
             Message::PlanQuery { .. } => "PlanQuery",
+            Message::ForceAnnounce { .. } => "ForceAnnounce",
+            Message::ForcePlanQuery { .. } => "ForcePlanQuery",
         }
     }
 }

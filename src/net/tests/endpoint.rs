@@ -63,19 +63,19 @@ async fn same_ca_peers_see_each_others_name_and_role() {
     );
 }
 
-/// Version 2 peers agree on version 2; a version 1 peer (an agent not upgraded yet) still
-/// connects, and neither side then counts on version 2.
+/// Current peers agree on the current version; a version 2 or 1 peer (an agent not upgraded
+/// yet) still connects, and neither side then counts on what it lacks.
 #[tokio::test]
 async fn peers_agree_on_the_newest_version_both_speak() {
-    let (_dir, ids) = cluster(&["n1", "n2", "n3"]);
+    let (_dir, ids) = cluster(&["n1", "n2", "n3", "n4"]);
     let (server, addr) = bind(&ids[0]);
     let served = tokio::spawn(async move {
         let mut conns = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let (conn, _) = accept(server.accept().await.unwrap()).await.unwrap();
             conns.push(conn);
         }
-        let seen: Vec<bool> = conns.iter().map(speaks_current).collect();
+        let seen: Vec<u8> = conns.iter().map(version).collect();
         for conn in conns {
             conn.closed().await;
         }
@@ -83,19 +83,22 @@ async fn peers_agree_on_the_newest_version_both_speak() {
     });
     let (current, _) = bind(&ids[1]);
     let (conn, _) = connect(&current, addr, Some("n1")).await.unwrap();
-    assert!(speaks_current(&conn));
-    let old = endpoint_speaking(
-        &ids[2],
-        "127.0.0.1:0".parse().unwrap(),
-        transport_config(),
-        &[wire::ALPN_V1],
-    )
-    .unwrap();
-    let (old_conn, _) = connect(&old, addr, Some("n1")).await.unwrap();
-    assert!(!speaks_current(&old_conn));
-    conn.close(VarInt::from_u32(0), b"done");
-    old_conn.close(VarInt::from_u32(0), b"done");
-    assert_eq!(served.await.unwrap(), vec![true, false]);
+    assert_eq!(version(&conn), 3);
+    let mut older = Vec::new();
+    for (id, alpn) in [(&ids[2], wire::ALPN_V2), (&ids[3], wire::ALPN_V1)] {
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let old = endpoint_speaking(id, bind, transport_config(), &[alpn]).unwrap();
+        let (old_conn, _) = connect(&old, addr, Some("n1")).await.unwrap();
+        older.push((old, old_conn));
+    }
+    let versions: Vec<u8> = older.iter().map(|(_, c)| version(c)).collect();
+    assert_eq!(versions, [2, 1]);
+    for c in std::iter::once(&conn).chain(older.iter().map(|(_, c)| c)) {
+        c.close(VarInt::from_u32(0), b"done");
+    }
+    let mut seen = served.await.unwrap();
+    seen.sort();
+    assert_eq!(seen, vec![1, 2, 3]);
 }
 
 #[tokio::test]
