@@ -61,12 +61,12 @@ pub async fn status(
     let endpoint = net::endpoint(&identity, crate::push::bind_addr(nodes))?;
     let query = Message::Query { refs: refs.to_vec() };
     let connect = net::Timeouts::default().connect;
-    let answers = ask_each(&endpoint, nodes, &query, connect, ANSWER_TIMEOUT).await;
+    let answers = ask_each(&endpoint, nodes, &query, 1, connect, ANSWER_TIMEOUT).await;
     endpoint.close(quinn::VarInt::from_u32(wire::close::DONE), b"status done");
-    let images = |(node, answer): (NodeEntry, Result<Message, String>)| NodeImages {
+    let images = |(node, answer): (NodeEntry, Result<Message, AskError>)| NodeImages {
         name: node.name,
         addr: node.addr,
-        answer: answer.and_then(status_answer),
+        answer: answer.map_err(|e| e.to_string()).and_then(status_answer),
     };
     Ok(answers.into_iter().map(images).collect())
 }
@@ -79,25 +79,41 @@ fn status_answer(msg: Message) -> Result<Answer, String> {
     }
 }
 
+/// Why a node's answer did not come.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AskError {
+    /// Its agent speaks an older protocol version than the question needs:
+    /// it was not asked.
+    #[error("its agent (protocol version {version}) is too old for the question")]
+    TooOld { version: u8 },
+    /// It could not be reached, or did not answer, and why.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Sends `question` to every node, concurrently, on a new stream each, and
-/// returns each node's first answer (`Err`: it could not be reached within
-/// `connect`, or did not answer within `timeout`, connection included), in
-/// `nodes`' order.
+/// returns each node's first answer (`TooOld`: its agent speaks a version
+/// older than `since`, and was not asked; `Failed`: it could not be reached
+/// within `connect`, or did not answer within `timeout`, connection
+/// included), in `nodes`' order.
 /// Shared by `status` and `push --dry-run`.
 pub(crate) async fn ask_each(
     endpoint: &quinn::Endpoint,
     nodes: &[NodeEntry],
     question: &Message,
+    since: u8,
     connect: Duration,
     timeout: Duration,
-) -> Vec<(NodeEntry, Result<Message, String>)> {
+) -> Vec<(NodeEntry, Result<Message, AskError>)> {
     let mut asks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let (endpoint, node, question) = (endpoint.clone(), node.clone(), question.clone());
         asks.spawn(async move {
-            let answer = tokio::time::timeout(timeout, ask(&endpoint, &node, &question, connect))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
+            let asked = ask(&endpoint, &node, (&question, since), connect);
+            let answer = tokio::time::timeout(timeout, asked).await.unwrap_or_else(|_| {
+                let why = format!("no answer within {}s", timeout.as_secs());
+                Err(AskError::Failed(why))
+            });
             (i, node, answer)
         });
     }
@@ -112,12 +128,21 @@ pub(crate) async fn ask_each(
 async fn ask(
     endpoint: &quinn::Endpoint,
     node: &NodeEntry,
-    question: &Message,
+    (question, since): (&Message, u8),
     connect: Duration,
-) -> Result<Message, String> {
+) -> Result<Message, AskError> {
     let (conn, _) = net::connect_within(endpoint, node.addr, Some(&node.name), connect)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AskError::Failed(e.to_string()))?;
+    let version = net::version(&conn);
+    if version < since {
+        return Err(AskError::TooOld { version });
+    }
+    ask_on(&conn, question).await.map_err(AskError::Failed)
+}
+
+/// Asks `question` on a new stream of `conn` and reads the first answer.
+async fn ask_on(conn: &quinn::Connection, question: &Message) -> Result<Message, String> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
