@@ -82,8 +82,9 @@ fn status_answer(msg: Message) -> Result<Answer, String> {
 /// Why a node's answer did not come.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AskError {
-    /// Its agent speaks an older protocol version than the question needs:
-    /// it was not asked.
+    /// Its agent is older than the question: it speaks an older protocol
+    /// version than the question needs (and was not asked), or it closed the
+    /// connection as broken when asked (it could not decode the question).
     #[error("its agent (protocol version {version}) is too old for the question")]
     TooOld { version: u8 },
     /// It could not be reached, or did not answer, and why.
@@ -138,7 +139,20 @@ async fn ask(
     if version < since {
         return Err(AskError::TooOld { version });
     }
-    ask_on(&conn, question).await.map_err(AskError::Failed)
+    ask_on(&conn, question)
+        .await
+        .map_err(|e| match closed_as_broken(&conn) {
+            true => AskError::TooOld { version },
+            false => AskError::Failed(e),
+        })
+}
+
+/// Whether the node closed `conn` as a protocol violation ([`wire::close::PROTOCOL`]):
+/// what an agent does with a first frame it cannot decode, a question newer
+/// than itself (`PlanQuery` to an agent from before it).
+fn closed_as_broken(conn: &quinn::Connection) -> bool {
+    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c))
+        if c.error_code == quinn::VarInt::from_u32(wire::close::PROTOCOL))
 }
 
 /// Asks `question` on a new stream of `conn` and reads the first answer.
