@@ -12,7 +12,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use p2pimg::proto;
+use p2pimg::wire;
 use p2pimg_fuzz::seeds::{messages, save_specs, valid_manifest};
 
 fn main() {
@@ -23,12 +23,12 @@ fn main() {
     let manifest = valid_manifest();
     let messages = messages(&manifest);
     for (name, msg) in &messages {
-        let frame = proto::encode(msg);
+        let frame = wire::encode(msg);
         // Selector 3: limit MAX_ANNOUNCE_FRAME, the stream read whole.
         seeds.write("frame", name, &[&[3u8][..], &frame].concat());
         seeds.write("message", name, &postcard::to_allocvec(msg).expect("encodes"));
     }
-    let two: Vec<u8> = [proto::encode(&messages[0].1), proto::encode(&messages[1].1)].concat();
+    let two: Vec<u8> = [wire::encode(&messages[0].1), wire::encode(&messages[1].1)].concat();
     // Selector 0x2c: limit MAX_FRAME, 3 bytes per read, every other poll pending.
     seeds.write("frame", "two-frames-trickled", &[&[0x2c][..], &two].concat());
     seeds.write(

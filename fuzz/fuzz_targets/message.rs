@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
 /// What receivers do with a message before trusting it must not panic.
 fn inspect(msg: &Message) {
     match msg {
-        Message::Announce { manifest } => {
+        Message::Announce { manifest }
+        | Message::ForceAnnounce { manifest }
+        | Message::PlanQuery { manifest }
+        | Message::ForcePlanQuery { manifest } => {
             p2pimg_fuzz::checks::validated_manifest(manifest);
         }
         Message::Hello { have, want, .. } => {

@@ -66,6 +66,7 @@ pub fn messages(manifest: &Manifest) -> Vec<(&'static str, Message)> {
                 need_chunks: 3,
                 need_bytes: 12345,
                 stored_chunks: 1,
+                engine: "docker 20.10.24 (overlay2, linux/amd64)".into(),
             }),
         ),
         (
@@ -112,6 +113,18 @@ pub fn messages(manifest: &Manifest) -> Vec<(&'static str, Message)> {
         (
             "announce",
             Message::Announce {
+                manifest: manifest.clone(),
+            },
+        ),
+        (
+            "force-announce",
+            Message::ForceAnnounce {
+                manifest: manifest.clone(),
+            },
+        ),
+        (
+            "force-plan-query",
+            Message::ForcePlanQuery {
                 manifest: manifest.clone(),
             },
         ),

@@ -3,9 +3,9 @@
 //! builds an archive without panicking the generator or the parser.
 //! Run with `cargo test` in `fuzz/` (no sanitizer, no nightly features).
 
-use p2pimg::image::parse_save;
-use p2pimg::pack::PackOptions;
-use p2pimg::store::ChunkStore;
+use p2pimg::content::pack::PackOptions;
+use p2pimg::content::store::ChunkStore;
+use p2pimg::engine::parse_save;
 use p2pimg_fuzz::checks;
 use p2pimg_fuzz::save_gen::{Fault, NameSpec, SaveSpec};
 use p2pimg_fuzz::seeds::{save_specs, valid_manifest};
@@ -18,14 +18,14 @@ const OPTS: PackOptions = PackOptions {
 fn parse(
     spec: &SaveSpec,
     store: &ChunkStore,
-) -> Result<p2pimg::manifest::Manifest, p2pimg::image::SaveError> {
+) -> Result<p2pimg::content::manifest::Manifest, p2pimg::engine::SaveError> {
     parse_save(&spec.build().bytes[..], store, &OPTS)
 }
 
 #[test]
 fn seed_archives_parse_to_what_the_model_expects() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_scratch(dir.path()).unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
     for (name, spec) in save_specs() {
         let built = spec.build();
         let expected = built.expected.expect("seeds are well-formed");
@@ -43,7 +43,7 @@ fn seed_manifest_is_valid_and_indexable() {
 #[test]
 fn every_fault_builds_and_parses_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_scratch(dir.path()).unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
     let name = NameSpec::Parent(3);
     let faults = [
         Fault::ConfigLies(0, 1),
@@ -77,7 +77,7 @@ fn every_fault_builds_and_parses_without_panicking() {
 #[test]
 fn a_lying_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ChunkStore::open_scratch(dir.path()).unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
     for (name, mut spec) in save_specs() {
         spec.faults = vec![Fault::ConfigLies(0, 2)];
         let err = parse(&spec, &store).expect_err(&name);

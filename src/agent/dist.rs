@@ -109,15 +109,24 @@ impl Control {
     }
 }
 
+/// What a pusher announced.
+pub(super) struct Announced {
+    /// The distribution.
+    pub manifest: Manifest,
+    /// Load every image again, also those the engine holds (`push --force`).
+    pub force: bool,
+}
+
 /// Runs a distribution the pusher `pusher` announced on `conn`.
 pub(super) async fn run(
     ctx: Arc<AgentCtx>,
     conn: Connection,
     pusher: PeerIdentity,
-    manifest: Manifest,
+    announced: Announced,
     send: SendStream,
     recv: RecvStream,
 ) {
+    let Announced { manifest, force } = announced;
     let mut control = Control { send, recv };
     if let Err(e) = manifest.validate() {
         tracing::warn!(pusher = %pusher.name, "rejected manifest: {e}");
@@ -135,7 +144,7 @@ pub(super) async fn run(
         ctx.registry.metrics().clone(),
     );
     let id = shared.id;
-    tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), "announced");
+    tracing::info!(dist = %id.short(), pusher = %pusher.name, images = manifest.images.len(), force, "announced");
     let turn = tokio::select! {
         turn = ctx.running.turn(id, &conn, &mut control) => turn,
         _ = conn.closed() => {
@@ -148,6 +157,7 @@ pub(super) async fn run(
         conn: &conn,
         pusher: &pusher,
         shared,
+        force,
     };
     let ended = tokio::select! {
         outcome = attempt.run(manifest, &mut control, &mut held) => Ok(outcome),
@@ -201,6 +211,8 @@ struct Attempt<'a> {
     conn: &'a Connection,
     pusher: &'a PeerIdentity,
     shared: Arc<DistShared>,
+    /// Load every image, also those the engine holds.
+    force: bool,
 }
 
 impl Attempt<'_> {
@@ -212,7 +224,7 @@ impl Attempt<'_> {
             reason,
             received: Vec::new(),
         };
-        let (engine, plan, lease) = match prepare(ctx, self.shared.id, &manifest, control).await {
+        let (engine, plan, lease) = match prepare(ctx, self.shared.id, &manifest, self.force, control).await {
             Ok(prepared) => prepared,
             Err(reason) => return failed(reason),
         };
@@ -243,13 +255,15 @@ impl Attempt<'_> {
     }
 }
 
-/// Everything before fetching: mark the distribution live, reach the
-/// engine, see what it holds, plan. An engine slow to answer is shown to
-/// the pusher (on `control`) while the node waits for it.
+/// Everything before fetching: mark the distribution `id` live, reach the
+/// engine, see what it holds, plan (every image with `force`). An engine
+/// slow to answer is shown to the pusher (on `control`) while the node
+/// waits for it.
 async fn prepare(
     ctx: &AgentCtx,
     id: Hash,
     manifest: &Arc<Manifest>,
+    force: bool,
     control: &mut Control,
 ) -> Result<(Engine, NodePlan, Lease), String> {
     let lease = begin(ctx, id, manifest).await?;
@@ -261,7 +275,7 @@ async fn prepare(
     let (engine, held) = control
         .engine_call(ctx, &ctx.engine.host, Progress::default(), inspect)
         .await?;
-    let plan = plan::plan_on(&engine, held, manifest, &ctx.store).await?;
+    let plan = plan::plan_on(&engine, held, manifest, &ctx.store, force).await?;
     Ok((engine, plan, lease))
 }
 

@@ -6,9 +6,9 @@
 //! ```text
 //!  endpoint.accept ─► connection task (serve_connection)
 //!                       ├─ Hello / Request ─► swarm::Registry ─► Swarm actor of that distribution
-//!                       ├─ Announce (pusher identities only) ─► distribution task (dist.rs)
+//!                       ├─ Announce, ForceAnnounce (pusher identities only) ─► distribution task (dist.rs)
 //!                       ├─ Query (pusher identities only) ─► the engine's image IDs (status)
-//!                       └─ PlanQuery (pusher identities only) ─► the plan a push would get (dry.rs)
+//!                       └─ PlanQuery, ForcePlanQuery (pusher identities only) ─► the plan a push would get (dry.rs)
 //! ```
 //!
 //! Distributions run in the agent's own task set, not the connection's, so
@@ -254,28 +254,60 @@ async fn on_control(
     send: SendStream,
     recv: RecvStream,
 ) {
+    let pusher = peer.role == Role::Pusher;
     match msg {
-        Message::Announce { manifest } if peer.role == Role::Pusher => {
-            let stopping = ctx.stopping.clone();
-            let run = dist::run(ctx.clone(), conn, peer, manifest, send, recv);
-            ctx.dists.spawn(async move {
-                tokio::select! {
-                    _ = run => {}
-                    _ = stopping.cancelled() => {}
-                }
-            });
+        Message::Announce { manifest } if pusher => {
+            let announced = dist::Announced {
+                manifest,
+                force: false,
+            };
+            start_dist(ctx, conn, peer, announced, send, recv)
         }
-        Message::Query { refs } if peer.role == Role::Pusher => answer_query(&ctx, send, refs).await,
-        Message::PlanQuery { manifest } if peer.role == Role::Pusher => {
-            dry::answer_plan_query(&ctx, send, manifest).await
+        Message::ForceAnnounce { manifest } if pusher => {
+            let announced = dist::Announced {
+                manifest,
+                force: true,
+            };
+            start_dist(ctx, conn, peer, announced, send, recv)
         }
-        Message::Announce { .. } | Message::Query { .. } | Message::PlanQuery { .. } => {
+        Message::Query { refs } if pusher => answer_query(&ctx, send, refs).await,
+        Message::PlanQuery { manifest } if pusher => {
+            dry::answer_plan_query(&ctx, send, manifest, false).await
+        }
+        Message::ForcePlanQuery { manifest } if pusher => {
+            dry::answer_plan_query(&ctx, send, manifest, true).await
+        }
+        Message::Announce { .. }
+        | Message::ForceAnnounce { .. }
+        | Message::Query { .. }
+        | Message::PlanQuery { .. }
+        | Message::ForcePlanQuery { .. } => {
             tracing::warn!(peer = %peer.name, "refused an announce from a {} identity", peer.role);
             let why = "only a pusher identity may announce a distribution or query the node";
             refuse(send, ErrorCode::NotAuthorized, why).await;
         }
         _ => refuse(send, ErrorCode::BadRequest, "unexpected first message").await,
     }
+}
+
+/// Runs an announced distribution in the agent's task set, until it ends or
+/// the agent stops.
+fn start_dist(
+    ctx: Arc<AgentCtx>,
+    conn: Connection,
+    peer: PeerIdentity,
+    announced: dist::Announced,
+    send: SendStream,
+    recv: RecvStream,
+) {
+    let stopping = ctx.stopping.clone();
+    let run = dist::run(ctx.clone(), conn, peer, announced, send, recv);
+    ctx.dists.spawn(async move {
+        tokio::select! {
+            _ = run => {}
+            _ = stopping.cancelled() => {}
+        }
+    });
 }
 
 /// Answers `p2pimg status`: the image ID each reference names in the

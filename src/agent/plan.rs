@@ -15,7 +15,8 @@ use crate::wire::Plan;
 /// What one node will fetch and load.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodePlan {
-    /// Images the engine lacks, as indices into the manifest's images.
+    /// Images to load, as indices into the manifest's images: those the
+    /// engine lacks, or every image with `force`.
     pub images: Vec<usize>,
     /// Layers the engine lacks under those images.
     pub layers: BTreeSet<usize>,
@@ -28,7 +29,8 @@ pub struct NodePlan {
 }
 
 impl NodePlan {
-    /// True when every image is already present: nothing to fetch or load.
+    /// True when there is no image to load (every image is present and the
+    /// push is not forced): nothing to fetch or load.
     pub fn is_skip(&self) -> bool {
         self.images.is_empty()
     }
@@ -53,23 +55,23 @@ impl NodePlan {
 
 /// Plans against the engine's image IDs and chain IDs. Chunks already in
 /// the store are re-verified (read and hashed) before they count as held.
-pub fn plan(manifest: &Manifest, held: &Held, store: &ChunkStore) -> NodePlan {
+///
+/// With `force` (`push --force`) every image is loaded again, also those
+/// the engine holds (`present` still says which it held), but only the
+/// layers it lacks are fetched and sent: every engine keeps a layer it
+/// holds whatever comes with the load (Docker's classic store by chain ID,
+/// containerd by blob digest, podman by diffID), so sending it again would
+/// repair nothing and cost its every byte.
+pub fn plan(manifest: &Manifest, held: &Held, store: &ChunkStore, force: bool) -> NodePlan {
     let present: Vec<bool> = manifest
         .images
         .iter()
         .map(|i| held.image_ids.contains(&i.id))
         .collect();
-    let images: Vec<usize> = (0..manifest.images.len()).filter(|&i| !present[i]).collect();
-    let mut layers = BTreeSet::new();
-    for &i in &images {
-        let image = &manifest.images[i];
-        for (pos, chain) in image.chain_ids(manifest).iter().enumerate() {
-            let layer = image.layers[pos] as usize;
-            if !held.has_layer(chain, &manifest.layers[layer].diff_id) {
-                layers.insert(layer);
-            }
-        }
-    }
+    let images: Vec<usize> = (0..manifest.images.len())
+        .filter(|&i| force || !present[i])
+        .collect();
+    let layers = lacking_layers(manifest, held, &images);
     let mut need = vec![false; manifest.chunks.len()];
     for &l in &layers {
         let layer = &manifest.layers[l];
@@ -94,17 +96,35 @@ pub fn plan(manifest: &Manifest, held: &Held, store: &ChunkStore) -> NodePlan {
     }
 }
 
-/// A push's plan on `engine`, which holds `held`: what to fetch (stored
-/// chunks re-verified, on a blocking thread), refused if an image is for
-/// another platform, with the engine named in its summary.
+/// The layers of `images` the engine lacks: by chain ID, or by blob where
+/// the engine keeps blobs.
+fn lacking_layers(manifest: &Manifest, held: &Held, images: &[usize]) -> BTreeSet<usize> {
+    let mut layers = BTreeSet::new();
+    for &i in images {
+        let image = &manifest.images[i];
+        for (pos, chain) in image.chain_ids(manifest).iter().enumerate() {
+            let layer = image.layers[pos] as usize;
+            if !held.has_layer(chain, &manifest.layers[layer].diff_id) {
+                layers.insert(layer);
+            }
+        }
+    }
+    layers
+}
+
+/// A push's plan on `engine`, which holds `held` ([`plan`], `force` for
+/// `push --force`): what to fetch (stored chunks re-verified, on a blocking
+/// thread), refused if an image is for another platform, with the engine
+/// named in its summary.
 pub async fn plan_on(
     engine: &Engine,
     held: Held,
     manifest: &Arc<Manifest>,
     store: &ChunkStore,
+    force: bool,
 ) -> Result<NodePlan, String> {
     let (m, store) = (manifest.clone(), store.clone());
-    let mut plan = tokio::task::spawn_blocking(move || plan(&m, &held, &store))
+    let mut plan = tokio::task::spawn_blocking(move || plan(&m, &held, &store, force))
         .await
         .map_err(|e| format!("planning failed: {e}"))?;
     check_platform(manifest, &plan, engine.about())?;
@@ -176,7 +196,7 @@ mod tests {
     #[test]
     fn empty_engine_needs_everything() {
         let (m, _d, store) = setup();
-        let p = plan(&m, &held([], []), &store);
+        let p = plan(&m, &held([], []), &store, false);
         assert_eq!(p.images, [0]);
         assert_eq!(p.layers.len(), 2);
         assert!(p.need.iter().all(|n| *n));
@@ -187,7 +207,7 @@ mod tests {
     #[test]
     fn image_present_is_a_skip() {
         let (m, _d, store) = setup();
-        let p = plan(&m, &held([m.images[0].id.clone()], []), &store);
+        let p = plan(&m, &held([m.images[0].id.clone()], []), &store, false);
         assert!(p.is_skip());
         assert_eq!(p.summary.need_chunks, 0);
         assert_eq!(p.summary.present, [true]);
@@ -197,7 +217,7 @@ mod tests {
     fn held_base_layer_is_not_fetched() {
         let (m, _d, store) = setup();
         let base_chain = chain_ids([m.layers[0].diff_id.as_str()]).remove(0);
-        let p = plan(&m, &held([], [base_chain]), &store);
+        let p = plan(&m, &held([], [base_chain]), &store, false);
         assert_eq!(p.layers, BTreeSet::from([1]));
         let top = &m.layers[1];
         assert_eq!(p.summary.need_chunks, top.chunk_count);
@@ -208,7 +228,7 @@ mod tests {
         // A chain ID, not a diffID, says a layer is present: the top layer's
         // diffID alone as a chain means "this layer at the bottom".
         let (m, _d, store) = setup();
-        let p = plan(&m, &held([], [m.layers[1].diff_id.clone()]), &store);
+        let p = plan(&m, &held([], [m.layers[1].diff_id.clone()]), &store, false);
         assert_eq!(p.layers.len(), 2);
     }
 
@@ -221,14 +241,58 @@ mod tests {
             image_ids: HashSet::new(),
             layers: HeldLayers::Blobs(HashSet::from([m.layers[1].diff_id.clone()])),
         };
-        assert_eq!(plan(&m, &held, &store).layers, BTreeSet::from([0]));
+        assert_eq!(plan(&m, &held, &store, false).layers, BTreeSet::from([0]));
+    }
+
+    #[test]
+    fn a_forced_plan_loads_a_held_image_again_without_fetching_its_layers() {
+        let (m, _d, store) = setup();
+        let diff_ids = m.layers.iter().map(|l| l.diff_id.as_str());
+        let [base, top] = <[String; 2]>::try_from(chain_ids(diff_ids)).unwrap();
+        let held = held([m.images[0].id.clone()], [base, top]);
+        assert!(plan(&m, &held, &store, false).is_skip());
+        let p = plan(&m, &held, &store, true);
+        assert!(!p.is_skip(), "forced: the image is loaded again");
+        assert_eq!(p.images, [0]);
+        assert_eq!(
+            p.summary.present,
+            [true],
+            "the plan still says the engine held it"
+        );
+        assert!(p.layers.is_empty(), "the engine keeps the layers it holds");
+        assert_eq!((p.summary.need_chunks, p.summary.need_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_forced_plan_fetches_the_blobs_a_held_image_lost() {
+        // containerd lists an image whose layer blob was removed (`ctr
+        // content rm`, discard_unpacked_layers): a push skips it, a forced
+        // push writes the blob again.
+        let (m, _d, store) = setup();
+        let held = Held {
+            image_ids: HashSet::from([m.images[0].id.clone()]),
+            layers: HeldLayers::Blobs(HashSet::from([m.layers[0].diff_id.clone()])),
+        };
+        assert!(plan(&m, &held, &store, false).is_skip());
+        let p = plan(&m, &held, &store, true);
+        assert_eq!(p.layers, BTreeSet::from([1]));
+        assert_eq!(p.summary.need_chunks, m.layers[1].chunk_count);
+    }
+
+    #[test]
+    fn forcing_changes_nothing_where_the_engine_lacks_the_image() {
+        let (m, _d, store) = setup();
+        let base_chain = chain_ids([m.layers[0].diff_id.as_str()]).remove(0);
+        for held in [held([], []), held([], [base_chain])] {
+            assert_eq!(plan(&m, &held, &store, true), plan(&m, &held, &store, false));
+        }
     }
 
     #[test]
     fn an_image_for_another_platform_is_refused_with_both_named() {
         use crate::engine::{About, Kind};
         let (mut m, _d, store) = setup();
-        let p = plan(&m, &held([], []), &store);
+        let p = plan(&m, &held([], []), &store, false);
         let node = About {
             kind: Kind::Containerd,
             version: String::new(),
@@ -265,7 +329,7 @@ mod tests {
         m.chunks[0] = e0;
         store.put(&e0.hash, &z0).unwrap();
         store.put(&m.chunks[1].hash, b"garbage").unwrap();
-        let p = plan(&m, &held([], []), &store);
+        let p = plan(&m, &held([], []), &store, false);
         assert!(p.have[0] && !p.have[1]);
         assert_eq!(p.summary.stored_chunks, 1);
         assert!(!store.contains(&m.chunks[1].hash), "damaged chunk removed");

@@ -190,6 +190,7 @@ fn push_options(
         timeout: args.timeout.map(std::time::Duration::from_secs),
         max_upload_mbit: args.max_upload_mbit,
         seed_meter,
+        force: args.force,
     }
 }
 

@@ -131,6 +131,15 @@ struct PushArgs {
     keep: bool,
     #[command(flatten)]
     pack: PackArgs,
+    /// Load the images again on every selected node, also where its engine already holds them
+    /// (a node whose image storage was damaged, an engine reset that kept its image list):
+    /// the table says "reloaded (forced)" there instead of "skipped". The engine re-registers
+    /// each image and its tags and gets back any layer it lacks; a layer it still holds is kept
+    /// as it is (on every engine), so to replace a damaged layer remove the image on that node
+    /// first (docker rmi, podman rmi, ctr images rm), then push. Needs agents of this version;
+    /// with --dry-run, shows what a forced push would fetch.
+    #[arg(long)]
+    force: bool,
     /// Announce nothing, transfer nothing: export as a push would, then ask every node what it
     /// would fetch (or why it would fail) and print that. Exit 0 when every node answered and
     /// none would fail.

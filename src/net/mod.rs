@@ -361,16 +361,6 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, NetError>
     Ok(PeerIdentity { name, role })
 }
 
-/// Whether the peer on `conn` speaks the current protocol version, so it
-/// may be told [`wire::ErrorCode::Busy`]. Every connection does since version
-/// 3 is the only one spoken.
-pub fn speaks_current(conn: &quinn::Connection) -> bool {
-    conn.handshake_data()
-        .and_then(|any| any.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|hd| hd.protocol)
-        .is_some_and(|p| p == wire::ALPN)
-}
-
 #[cfg(test)]
 #[path = "tests/endpoint.rs"]
 mod tests;

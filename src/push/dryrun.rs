@@ -1,7 +1,8 @@
 //! `push --dry-run`: export and pack as a push does, then ask every node,
-//! concurrently and on a stream of its own (`PlanQuery`, as `status` asks),
-//! what it would fetch. Nothing is announced: no node registers a
-//! distribution, fetches, loads or tags anything.
+//! concurrently and on a stream of its own (`PlanQuery`, as `status` asks;
+//! `ForcePlanQuery` with `--force`), what it would fetch. Nothing is
+//! announced: no node registers a distribution, fetches, loads or tags
+//! anything.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,16 +18,12 @@ use crate::config::NodeEntry;
 use crate::net::identity::Identity;
 use crate::net::Timeouts;
 use crate::ops::signal::Stop;
-use crate::wire::{close, ErrorCode, Message, Plan};
+use crate::wire::{close, Message, Plan};
 
 /// Longest wait for one node's plan, connection included: planning
 /// re-reads and hashes the chunks of the manifest the node already stores
 /// (a few seconds for a few GiB), and asks its engine what it holds.
 const PLAN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What an agent from before `PlanQuery` answers it (PROTOCOL.md,
-/// Versioning).
-const UNEXPECTED: &str = "unexpected first message";
 
 /// What a push would do on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -34,12 +31,13 @@ const UNEXPECTED: &str = "unexpected first message";
 pub enum Verdict {
     /// The node holds every image: it would only tag them.
     WouldSkip { plan: Plan },
+    /// The node holds every image and would load them again (`--force`),
+    /// fetching what `plan` says (the layers its engine lacks, if any).
+    WouldReload { plan: Plan },
     /// The node would fetch what `plan` says, then load.
     WouldFetch { plan: Plan },
     /// The node answered: a push would fail there, and why.
     WouldFail { reason: String },
-    /// The node's agent answered that it does not know `PlanQuery`.
-    TooOld,
     /// The node could not be asked, and why.
     Unreachable { reason: String },
 }
@@ -71,9 +69,12 @@ pub struct DryRunReport {
 impl DryRunReport {
     /// True when every node answered and none would fail.
     pub fn success(&self) -> bool {
-        self.nodes
-            .iter()
-            .all(|n| matches!(n.verdict, Verdict::WouldSkip { .. } | Verdict::WouldFetch { .. }))
+        self.nodes.iter().all(|n| {
+            matches!(
+                n.verdict,
+                Verdict::WouldSkip { .. } | Verdict::WouldReload { .. } | Verdict::WouldFetch { .. }
+            )
+        })
     }
 }
 
@@ -100,11 +101,17 @@ pub async fn dry_run(
     let manifest = with_tags(manifest, &opts.tags)?;
     let transport = crate::net::transport_config_with(&timeouts);
     let endpoint = crate::net::endpoint_with(&identity, bind_addr(&opts.nodes), transport)?;
-    let query = Message::PlanQuery {
-        manifest: (*manifest).clone(),
+    let manifest_copy = (*manifest).clone();
+    let query = match opts.force {
+        true => Message::ForcePlanQuery {
+            manifest: manifest_copy,
+        },
+        false => Message::PlanQuery {
+            manifest: manifest_copy,
+        },
     };
-    let answers =
-        super::status::ask_each(&endpoint, &opts.nodes, &query, timeouts.connect, PLAN_TIMEOUT).await;
+    let (connect, nodes) = (timeouts.connect, &opts.nodes);
+    let answers = super::status::ask_each(&endpoint, nodes, &query, connect, PLAN_TIMEOUT).await;
     endpoint.close(quinn::VarInt::from_u32(close::DONE), b"dry run done");
     if !opts.keep {
         if let Err(e) = seed_store.retain_only(&manifest) {
@@ -119,30 +126,33 @@ pub async fn dry_run(
             .flat_map(|i| i.refs.iter().map(|r| (r.clone(), i.id.clone())))
             .collect(),
         compressed_bytes: manifest.compressed_size(),
-        nodes: answers.into_iter().map(node_dry_run).collect(),
+        nodes: answers
+            .into_iter()
+            .map(|answer| node_dry_run(answer, opts.force))
+            .collect(),
     })
 }
 
-fn node_dry_run((node, answer): (NodeEntry, Result<Message, String>)) -> NodeDryRun {
+fn node_dry_run((node, answer): (NodeEntry, Result<Message, String>), force: bool) -> NodeDryRun {
     NodeDryRun {
         name: node.name,
         addr: node.addr,
         verdict: match answer {
-            Ok(msg) => verdict(msg),
+            Ok(msg) => verdict(msg, force),
             Err(reason) => Verdict::Unreachable { reason },
         },
     }
 }
 
-/// What a node's answer to `PlanQuery` means.
-fn verdict(answer: Message) -> Verdict {
+/// What a node's answer to `PlanQuery` (`ForcePlanQuery` with `force`)
+/// means.
+fn verdict(answer: Message, force: bool) -> Verdict {
     match answer {
-        Message::Plan(plan) if plan.present.iter().all(|p| *p) => Verdict::WouldSkip { plan },
+        Message::Plan(plan) if plan.present.iter().all(|p| *p) => match force {
+            true => Verdict::WouldReload { plan },
+            false => Verdict::WouldSkip { plan },
+        },
         Message::Plan(plan) => Verdict::WouldFetch { plan },
-        Message::Error {
-            code: ErrorCode::BadRequest,
-            message,
-        } if message == UNEXPECTED => Verdict::TooOld,
         Message::Error { message, .. } => Verdict::WouldFail { reason: message },
         other => Verdict::WouldFail {
             reason: format!("protocol error: answered with {}", other.kind()),
@@ -155,31 +165,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_old_agents_refusal_reads_as_too_old() {
-        let refusal = Message::Error {
-            code: ErrorCode::BadRequest,
-            message: UNEXPECTED.into(),
-        };
-        assert_eq!(verdict(refusal), Verdict::TooOld);
+    fn an_agents_error_is_a_failure_there() {
         let full = Message::Error {
-            code: ErrorCode::Internal,
+            code: crate::wire::ErrorCode::Internal,
             message: "not enough disk space".into(),
         };
-        assert!(matches!(verdict(full), Verdict::WouldFail { .. }));
+        assert!(matches!(verdict(full, false), Verdict::WouldFail { .. }));
     }
 
     #[test]
-    fn a_plan_with_every_image_present_is_a_skip() {
+    fn a_plan_with_every_image_present_is_a_skip_or_forced_a_reload() {
         let plan = Plan {
             present: vec![true, true],
             ..Plan::default()
         };
-        assert!(matches!(verdict(Message::Plan(plan)), Verdict::WouldSkip { .. }));
+        assert!(matches!(
+            verdict(Message::Plan(plan.clone()), false),
+            Verdict::WouldSkip { .. }
+        ));
+        assert!(matches!(
+            verdict(Message::Plan(plan), true),
+            Verdict::WouldReload { .. }
+        ));
         let plan = Plan {
             present: vec![true, false],
             need_chunks: 3,
             ..Plan::default()
         };
-        assert!(matches!(verdict(Message::Plan(plan)), Verdict::WouldFetch { .. }));
+        for force in [false, true] {
+            assert!(matches!(
+                verdict(Message::Plan(plan.clone()), force),
+                Verdict::WouldFetch { .. }
+            ));
+        }
     }
 }

@@ -91,6 +91,9 @@ pub struct PushOptions {
     /// Counts what the seed uploads while the push runs (the report has
     /// the per-node figures at the end).
     pub seed_meter: UploadMeter,
+    /// Load the images again on every node, also where the engine holds
+    /// them (`--force`): announced with `ForceAnnounce`.
+    pub force: bool,
 }
 
 /// Why a push could not start.
@@ -141,8 +144,9 @@ pub enum PushEvent {
         compressed: u64,
         secs: f64,
     },
-    /// A node answered the announce with its plan.
-    Planned { node: String, plan: Plan },
+    /// A node answered the announce with its plan. `reload`: it holds every
+    /// image and loads them again (`--force`), where it would have skipped.
+    Planned { node: String, plan: Plan, reload: bool },
     /// A node reported progress; `progress.reason` says what it waits for
     /// while it cannot move on.
     Progress { node: String, progress: Progress },
@@ -163,6 +167,8 @@ pub enum NodeStatus {
     Loaded,
     /// The node already held every image.
     Skipped,
+    /// The node held every image and loaded them again (`--force`).
+    Reloaded,
     /// The node failed, and why.
     Failed(String),
 }
@@ -208,9 +214,12 @@ pub struct PushReport {
 impl PushReport {
     /// True when every node has every image.
     pub fn success(&self) -> bool {
-        self.nodes
-            .iter()
-            .all(|n| matches!(n.status, NodeStatus::Loaded | NodeStatus::Skipped))
+        self.nodes.iter().all(|n| {
+            matches!(
+                n.status,
+                NodeStatus::Loaded | NodeStatus::Skipped | NodeStatus::Reloaded
+            )
+        })
     }
 }
 
@@ -276,7 +285,7 @@ pub async fn push_with(
         &registry,
         timeouts,
         &opts.nodes,
-        &manifest,
+        (&manifest, opts.force),
         &events,
         cut_rx,
     );
@@ -514,14 +523,24 @@ pub(crate) fn bind_addr(nodes: &[NodeEntry]) -> SocketAddr {
     }
 }
 
-/// Runs one session per node, each with `timeouts`; Start goes out once
-/// every node has planned (or failed), Finish once every node is done.
+/// The announce of `manifest`: `ForceAnnounce` with `force`.
+fn announce(manifest: &Manifest, force: bool) -> crate::wire::Message {
+    let manifest = manifest.clone();
+    match force {
+        true => crate::wire::Message::ForceAnnounce { manifest },
+        false => crate::wire::Message::Announce { manifest },
+    }
+}
+
+/// Runs one session per node, each with `timeouts`, announcing `manifest`
+/// (forced or not); Start goes out once every node has planned (or
+/// failed), Finish once every node is done.
 async fn run_sessions(
     endpoint: &quinn::Endpoint,
     registry: &Registry,
     timeouts: Timeouts,
     nodes: &[NodeEntry],
-    manifest: &Arc<Manifest>,
+    (manifest, force): (&Arc<Manifest>, bool),
     events: &mpsc::UnboundedSender<PushEvent>,
     cut: watch::Receiver<Option<String>>,
 ) -> Vec<NodeReport> {
@@ -529,9 +548,7 @@ async fn run_sessions(
     let (start_tx, start_rx) = watch::channel::<Option<Vec<PeerInfo>>>(None);
     let (finish_tx, finish_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::unbounded_channel::<()>();
-    let announce = Arc::new(crate::wire::encode(&crate::wire::Message::Announce {
-        manifest: (**manifest).clone(),
-    }));
+    let announce = Arc::new(crate::wire::encode(&announce(manifest, force)));
     let mut tasks = JoinSet::new();
     for (i, node) in nodes.iter().enumerate() {
         let session = session::Session {
@@ -539,6 +556,7 @@ async fn run_sessions(
             registry: registry.clone(),
             node: node.clone(),
             announce: announce.clone(),
+            force,
             events: events.clone(),
             planned: planned_tx.clone(),
             start: start_rx.clone(),

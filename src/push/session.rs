@@ -29,8 +29,12 @@ pub(super) struct Session {
     pub endpoint: quinn::Endpoint,
     pub registry: Registry,
     pub node: NodeEntry,
-    /// The `Announce` frame, encoded once for every node.
+    /// The `Announce` frame (`ForceAnnounce` with `force`), encoded once for
+    /// every node.
     pub announce: Arc<Vec<u8>>,
+    /// The push loads every image again (`--force`): a node holding every
+    /// image reloads it.
+    pub force: bool,
     pub events: mpsc::UnboundedSender<PushEvent>,
     /// (node, fetches) once the node planned or failed before planning.
     pub planned: mpsc::UnboundedSender<(String, bool)>,
@@ -85,7 +89,9 @@ impl Session {
         // A node that reported Done keeps its outcome, even if the push
         // timed out while it waited for the others.
         match result {
-            Err(reason) if !at.done => report.status = status_cut_short(report.plan.as_ref(), reason),
+            Err(reason) if !at.done => {
+                report.status = status_cut_short(report.plan.as_ref(), self.force, reason)
+            }
             _ => {}
         }
         if !at.planned {
@@ -233,11 +239,13 @@ impl Session {
         };
         match msg {
             Message::Plan(plan) => {
-                let fetches = plan.present.iter().any(|p| !p);
+                let reload = reloads(&plan, self.force);
+                let fetches = reload || plan.present.iter().any(|p| !p);
                 let node = self.node.name.clone();
                 let _ = self.events.send(PushEvent::Planned {
                     node,
                     plan: plan.clone(),
+                    reload,
                 });
                 report.plan = Some(plan);
                 Ok(fetches)
@@ -295,8 +303,10 @@ impl Session {
                     let _ = self.events.send(PushEvent::Progress { node, progress });
                 }
                 Message::Done(outcome) => {
+                    let reloaded = report.plan.as_ref().is_some_and(|p| reloads(p, self.force));
                     (report.status, report.received) = match outcome {
                         Outcome::Skipped => (NodeStatus::Skipped, Vec::new()),
+                        Outcome::Loaded { received } if reloaded => (NodeStatus::Reloaded, received),
                         Outcome::Loaded { received } => (NodeStatus::Loaded, received),
                         Outcome::Failed { reason, received } => (NodeStatus::Failed(reason), received),
                     };
@@ -310,13 +320,20 @@ impl Session {
 
 /// How a node ends whose session ended before its `Done` (the push timed
 /// out or was interrupted, the connection was lost): failed for `reason`,
-/// unless its plan said it holds every image already. That node is
-/// skipped, whatever came after: it was found holding the images.
-fn status_cut_short(plan: Option<&wire::Plan>, reason: String) -> NodeStatus {
+/// unless its plan said it holds every image already and the push is not
+/// forced. That node is skipped, whatever came after: it was found holding
+/// the images. A forced one was to load them again, and did not say it did.
+fn status_cut_short(plan: Option<&wire::Plan>, force: bool, reason: String) -> NodeStatus {
     match plan {
-        Some(plan) if plan.present.iter().all(|p| *p) => NodeStatus::Skipped,
+        Some(plan) if !force && plan.present.iter().all(|p| *p) => NodeStatus::Skipped,
         _ => NodeStatus::Failed(reason),
     }
+}
+
+/// Whether a node that planned `plan` loads images it holds again: the push
+/// is forced and it holds every image (it would have skipped).
+fn reloads(plan: &wire::Plan, force: bool) -> bool {
+    force && plan.present.iter().all(|p| *p)
 }
 
 /// Why a fetching node is failed after `stall` without progress: what it
@@ -377,9 +394,32 @@ mod tests {
     fn a_node_found_holding_every_image_is_skipped_when_the_push_is_cut_short() {
         let why = || "the push timed out (--timeout) before this node was done".to_string();
         let held = plan(vec![true, true]);
-        assert_eq!(status_cut_short(Some(&held), why()), NodeStatus::Skipped);
+        assert_eq!(status_cut_short(Some(&held), false, why()), NodeStatus::Skipped);
         let lacking = plan(vec![true, false]);
-        assert_eq!(status_cut_short(Some(&lacking), why()), NodeStatus::Failed(why()));
-        assert_eq!(status_cut_short(None, why()), NodeStatus::Failed(why()));
+        assert_eq!(
+            status_cut_short(Some(&lacking), false, why()),
+            NodeStatus::Failed(why())
+        );
+        assert_eq!(status_cut_short(None, false, why()), NodeStatus::Failed(why()));
+    }
+
+    #[test]
+    fn a_forced_node_cut_short_has_not_reloaded() {
+        let why = || "the push timed out (--timeout) before this node was done".to_string();
+        let held = plan(vec![true, true]);
+        assert_eq!(
+            status_cut_short(Some(&held), true, why()),
+            NodeStatus::Failed(why())
+        );
+    }
+
+    #[test]
+    fn only_a_forced_node_holding_every_image_reloads() {
+        assert!(reloads(&plan(vec![true, true]), true));
+        assert!(!reloads(&plan(vec![true, true]), false));
+        assert!(
+            !reloads(&plan(vec![true, false]), true),
+            "it loads one image for the first time"
+        );
     }
 }

@@ -105,7 +105,8 @@ impl StreamCtx {
             },
             Message::Request { dist, index } => {
                 let uploads = self.registry.uploads();
-                let may_refuse = crate::net::speaks_current(&self.conn);
+                // Every peer speaks version 3, which knows `Busy`.
+                let may_refuse = true;
                 let Some(_admitted) = uploads.admit(may_refuse, &self.peer_admitted) else {
                     self.registry.metrics().on_busy_sent();
                     return refuse(send, ErrorCode::Busy, "too many answers waiting here").await;

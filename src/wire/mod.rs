@@ -15,7 +15,8 @@ use crate::content::manifest::Manifest;
 /// ALPN of this protocol version; a peer speaking another version fails the
 /// TLS handshake instead of misreading frames. Version 3 addresses chunks by
 /// the hash of their compressed bytes, so a node of an earlier version would
-/// take every chunk for damaged: it is the only version spoken.
+/// take every chunk for damaged: it is the only version spoken. It also adds
+/// [`Message::ForceAnnounce`] and [`Message::ForcePlanQuery`].
 pub const ALPN: &[u8] = b"p2pimg/3";
 /// The ALPNs offered, most preferred first.
 pub const ALPNS: [&[u8]; 1] = [ALPN];
@@ -113,6 +114,15 @@ pub enum Message {
     /// registered, fetched or loaded. Appended: an agent older than this
     /// variant answers `Error { BadRequest, "unexpected first message" }`.
     PlanQuery { manifest: Manifest },
+    /// Pusher → agent, first frame of a control stream (`push --force`):
+    /// an `Announce` after which the node loads every image again, also
+    /// those its engine holds. Version 3: sent only to agents that speak
+    /// it, so an older agent never has to read it.
+    ForceAnnounce { manifest: Manifest },
+    /// Pusher → agent, first frame of a dry-run stream (`push --dry-run
+    /// --force`): the plan a `ForceAnnounce` of this manifest would get.
+    /// Version 3, as `ForceAnnounce`.
+    ForcePlanQuery { manifest: Manifest },
 }
 
 impl Message {
@@ -133,6 +143,8 @@ impl Message {
             Message::Query { .. } => "Query",
             Message::Status { .. } => "Status",
             Message::PlanQuery { .. } => "PlanQuery",
+            Message::ForceAnnounce { .. } => "ForceAnnounce",
+            Message::ForcePlanQuery { .. } => "ForcePlanQuery",
         }
     }
 }

@@ -164,6 +164,46 @@ fn golden() -> Vec<(Message, &'static str)> {
             ),
         ),
         (
+            Message::ForceAnnounce {
+                manifest: tiny_manifest(),
+            },
+            concat!(
+                "00000047",
+                "0e",
+                "01",
+                "097368613235363a6162",
+                "0103613a31",
+                "027b7d",
+                "0100",
+                "01",
+                "097368613235363a6364",
+                "030001",
+                "01",
+                "0101010101010101010101010101010101010101010101010101010101010101",
+                "030c"
+            ),
+        ),
+        (
+            Message::ForcePlanQuery {
+                manifest: tiny_manifest(),
+            },
+            concat!(
+                "00000047",
+                "0f",
+                "01",
+                "097368613235363a6162",
+                "0103613a31",
+                "027b7d",
+                "0100",
+                "01",
+                "097368613235363a6364",
+                "030001",
+                "01",
+                "0101010101010101010101010101010101010101010101010101010101010101",
+                "030c"
+            ),
+        ),
+        (
             Message::PlanQuery {
                 manifest: tiny_manifest(),
             },
@@ -313,6 +353,45 @@ fn a_pusher_from_before_engines_still_reads_plans() {
     assert_eq!(old, expected);
 }
 
+/// Every message up to `PlanQuery`, as a version 2 agent decodes them.
+/// Variants only take up their index.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+enum MessageOfVersion2 {
+    Announce(()),
+    Plan(()),
+    Start(()),
+    Progress(()),
+    Done(()),
+    Finish,
+    Hello(()),
+    Have(()),
+    Request(()),
+    Chunk(()),
+    Error(()),
+    Query(()),
+    Status(()),
+    PlanQuery(()),
+}
+
+/// A version 2 agent cannot read the forced messages (it would close the
+/// connection as broken), which is why they are version 3 and sent only to
+/// agents that speak it (PROTOCOL.md, Versioning).
+#[test]
+fn the_forced_messages_are_version_3() {
+    for msg in [
+        Message::ForceAnnounce {
+            manifest: tiny_manifest(),
+        },
+        Message::ForcePlanQuery {
+            manifest: tiny_manifest(),
+        },
+    ] {
+        assert!(postcard::from_bytes::<MessageOfVersion2>(&encode(&msg)[4..]).is_err());
+    }
+    assert_eq!(ALPN, b"p2pimg/3", "a version 2 agent would close the connection");
+}
+
 #[test]
 fn progress_reasons_are_checked_on_receipt() {
     let with = |reason: &str| Progress {
@@ -425,6 +504,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
             message
         }),
         Just(Message::PlanQuery {
+            manifest: tiny_manifest()
+        }),
+        Just(Message::ForceAnnounce {
+            manifest: tiny_manifest()
+        }),
+        Just(Message::ForcePlanQuery {
             manifest: tiny_manifest()
         }),
     ]

@@ -1,7 +1,10 @@
 //! The habits of the scripts p2pimg replaces (issue #22), through the built binary: node
 //! ranges on the command line (`--node worker-[01-20]`, `'web[1-3],db1'`), alone and with
 //! `--select`, and `cert issue --nodes` for a whole inventory, whose per-node directories
-//! go through `scripts/install.sh` to an agent that takes a push.
+//! go through `scripts/install.sh` to an agent that takes a push. `push --force` is in
+//! [`force`].
+
+mod force;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -11,7 +11,9 @@ pub fn dry_run_table(report: &DryRunReport) -> String {
     let mut out = String::new();
     let width = super::name_width(report.nodes.iter().map(|n| n.name.as_str()));
     let engine_of = |v: &Verdict| match v {
-        Verdict::WouldSkip { plan } | Verdict::WouldFetch { plan } => plan.engine.clone(),
+        Verdict::WouldSkip { plan } | Verdict::WouldReload { plan } | Verdict::WouldFetch { plan } => {
+            plan.engine.clone()
+        }
         _ => "-".to_string(),
     };
     let engine_width = report
@@ -49,21 +51,27 @@ pub fn dry_run_table(report: &DryRunReport) -> String {
 pub fn verdict_text(verdict: &Verdict) -> String {
     match verdict {
         Verdict::WouldSkip { .. } => "would skip: already has every image".into(),
-        Verdict::WouldFetch { plan } => {
-            let stored = match plan.stored_chunks {
-                0 => String::new(),
-                n => format!(", {n} already stored"),
-            };
-            format!(
-                "would fetch {} chunks ({}){stored}",
-                plan.need_chunks,
-                human(plan.need_bytes)
-            )
-        }
+        Verdict::WouldReload { plan } => format!(
+            "would reload (forced): already has every image; {}",
+            fetch_text(plan)
+        ),
+        Verdict::WouldFetch { plan } => format!("would {}", fetch_text(plan)),
         Verdict::WouldFail { reason } => format!("would fail: {reason}"),
-        Verdict::TooOld => "cannot tell: this node's agent is too old for --dry-run".into(),
         Verdict::Unreachable { reason } => format!("unreachable: {reason}"),
     }
+}
+
+/// `fetch 6 chunks (2.1 MB), 2 already stored`.
+fn fetch_text(plan: &crate::wire::Plan) -> String {
+    let stored = match plan.stored_chunks {
+        0 => String::new(),
+        n => format!(", {n} already stored"),
+    };
+    format!(
+        "fetch {} chunks ({}){stored}",
+        plan.need_chunks,
+        human(plan.need_bytes)
+    )
 }
 
 #[cfg(test)]
@@ -83,9 +91,16 @@ mod tests {
         let text = verdict_text(&Verdict::WouldFetch { plan });
         assert!(text.starts_with("would fetch 4 chunks ("), "{text}");
         assert!(text.ends_with(", 1 already stored"), "{text}");
+        let reload = Verdict::WouldReload {
+            plan: Plan {
+                present: vec![true],
+                engine: "docker".into(),
+                ..Plan::default()
+            },
+        };
         assert_eq!(
-            verdict_text(&Verdict::TooOld),
-            "cannot tell: this node's agent is too old for --dry-run"
+            verdict_text(&reload),
+            "would reload (forced): already has every image; fetch 0 chunks (0 B)"
         );
     }
 }

@@ -34,6 +34,8 @@ pub enum NodeState {
     Done,
     /// It already held every image.
     Skipped,
+    /// It held every image and loaded them again (`--force`).
+    Reloaded,
     /// It failed, and why.
     Failed(String),
 }
@@ -47,6 +49,7 @@ impl NodeState {
             NodeState::Loading => "loading",
             NodeState::Done => "done",
             NodeState::Skipped => "skipped",
+            NodeState::Reloaded => "reloaded",
             NodeState::Failed(_) => "failed",
         }
     }
@@ -155,6 +158,10 @@ impl Row {
                 format!("{} fetched, loaded", human(self.bytes)),
             ),
             NodeState::Skipped => (None, "already has every image".into()),
+            NodeState::Reloaded => (
+                Some((self.bytes, self.need)),
+                format!("{} fetched, reloaded (forced)", human(self.bytes)),
+            ),
             NodeState::Failed(reason) => (None, reason.clone()),
         };
         LineText {
@@ -250,10 +257,10 @@ impl Fleet {
         };
         let row = &mut self.rows[i];
         let keep = match event {
-            PushEvent::Planned { plan, .. } => {
+            PushEvent::Planned { plan, reload, .. } => {
                 row.need = plan.need_bytes;
                 row.waiting = None;
-                row.state = if plan.present.iter().all(|p| *p) {
+                row.state = if !reload && plan.present.iter().all(|p| *p) {
                     NodeState::Skipped
                 } else {
                     NodeState::Fetching
@@ -278,6 +285,7 @@ impl Fleet {
                 row.state = match status {
                     NodeStatus::Loaded => NodeState::Done,
                     NodeStatus::Skipped => NodeState::Skipped,
+                    NodeStatus::Reloaded => NodeState::Reloaded,
                     NodeStatus::Failed(reason) => NodeState::Failed(reason.clone()),
                 };
                 matches!(status, NodeStatus::Failed(_)).then(|| format!("{node}: {}", status_text(status)))
@@ -320,7 +328,7 @@ impl Fleet {
         });
         let need = need.sum();
         let count = |f: fn(&NodeState) -> bool| self.rows.iter().filter(|r| f(&r.state)).count();
-        let done = count(|s| matches!(s, NodeState::Done | NodeState::Skipped));
+        let done = count(|s| matches!(s, NodeState::Done | NodeState::Skipped | NodeState::Reloaded));
         let failed = count(|s| matches!(s, NodeState::Failed(_)));
         let waiting = self
             .rows

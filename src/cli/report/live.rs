@@ -287,6 +287,7 @@ mod tests {
                 stored_chunks: 0,
                 engine: String::new(),
             },
+            reload: false,
         });
         v.on_event(&PushEvent::Progress {
             node: "n1".into(),

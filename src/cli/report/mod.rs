@@ -41,10 +41,10 @@ impl Printer {
     pub fn line(&mut self, event: &PushEvent) -> Option<String> {
         match event {
             PushEvent::Exported { .. } => exported_line(event),
-            PushEvent::Planned { node, plan } => {
+            PushEvent::Planned { node, plan, reload } => {
                 self.plans.insert(node.clone(), plan.clone());
                 self.waiting.remove(node);
-                Some(plan_line(node, plan))
+                Some(plan_line(node, plan, *reload))
             }
             PushEvent::Waiting { node, reason } => self.waiting_line(node, Some(reason)),
             PushEvent::Progress { node, progress } => {
@@ -219,16 +219,22 @@ fn exported_line(event: &PushEvent) -> Option<String> {
     ))
 }
 
-fn plan_line(node: &str, plan: &Plan) -> String {
-    if plan.present.iter().all(|p| *p) {
+/// `n1: fetching 6 chunks (2.1 MB)` when a node plans; `reload`: it holds
+/// every image and loads them again (`--force`).
+fn plan_line(node: &str, plan: &Plan, reload: bool) -> String {
+    if !reload && plan.present.iter().all(|p| *p) {
         return format!("{node}: already has every image");
     }
     let resumed = match plan.stored_chunks {
         0 => String::new(),
         n => format!(", {n} chunks already stored"),
     };
+    let reloading = match reload {
+        true => "already has every image; loading it again (--force), ",
+        false => "",
+    };
     format!(
-        "{node}: fetching {} chunks ({}){resumed}",
+        "{node}: {reloading}fetching {} chunks ({}){resumed}",
         plan.need_chunks,
         human(plan.need_bytes)
     )
@@ -238,6 +244,7 @@ fn status_text(status: &NodeStatus) -> String {
     match status {
         NodeStatus::Loaded => "loaded".into(),
         NodeStatus::Skipped => "skipped: already present".into(),
+        NodeStatus::Reloaded => "reloaded (forced)".into(),
         NodeStatus::Failed(reason) => format!("failed: {reason}"),
     }
 }
@@ -392,7 +399,8 @@ mod tests {
         assert!(p
             .line(&PushEvent::Planned {
                 node: "n1".into(),
-                plan
+                plan,
+                reload: false,
             })
             .unwrap()
             .contains("10 chunks"));
@@ -441,6 +449,7 @@ mod tests {
         p.line(&PushEvent::Planned {
             node: "n1".into(),
             plan,
+            reload: false,
         });
         let stuck = reason(Some("no peer offers"), 0, false);
         assert_eq!(p.line(&stuck).as_deref(), Some("n1: waiting: no peer offers"));

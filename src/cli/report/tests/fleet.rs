@@ -13,6 +13,7 @@ fn planned(node: &str, need: u64, present: bool) -> PushEvent {
             stored_chunks: 0,
             engine: String::new(),
         },
+        reload: false,
     }
 }
 
@@ -118,6 +119,38 @@ fn skipped_and_failed_nodes_say_so_and_failures_are_kept() {
     assert_eq!(
         (line.state.as_str(), line.bar, line.detail.as_str()),
         ("failed", None, why)
+    );
+}
+
+#[test]
+fn a_forced_node_holding_the_image_loads_it_again_and_says_reloaded() {
+    let mut f = fleet();
+    let t = Instant::now();
+    f.on_event(&exported(), t);
+    let PushEvent::Planned { node, plan, .. } = planned("n1", 0, true) else {
+        unreachable!()
+    };
+    f.on_event(
+        &PushEvent::Planned {
+            node,
+            plan,
+            reload: true,
+        },
+        t,
+    );
+    assert_eq!(f.node_line(0, t).state, "fetching", "not skipped: it loads again");
+    f.on_event(&progress("n1", 0, true), t);
+    assert_eq!(f.node_line(0, t).state, "loading");
+    f.on_event(&finished("n1", NodeStatus::Reloaded), t);
+    let line = f.node_line(0, t);
+    assert_eq!(
+        (line.state.as_str(), line.detail.as_str()),
+        ("reloaded", "0 B fetched, reloaded (forced)")
+    );
+    assert!(
+        f.total_line(t).detail.contains("1/3 done"),
+        "{:?}",
+        f.total_line(t)
     );
 }
 
